@@ -1,0 +1,1 @@
+"""thinkmesh's versioned gRPC API (generated stubs live in thinkmesh.v1)."""

@@ -1,0 +1,101 @@
+"""The `thinkmesh` command.
+
+Each area contributes its subcommands through a `register(subparsers)` function in its own cli module (listed in
+COMMAND_MODULES); those modules import nothing heavy at the top, so `thinkmesh --help` stays fast and a sandbox
+image without torch can still run `thinkmesh serve sandbox`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import sys
+from collections.abc import Sequence
+
+from services import __version__
+
+# Modules that add subcommands; a missing module (an optional part not installed) is skipped.
+COMMAND_MODULES = (
+    "services.sandbox.cli",
+    "services.common.math_cli",
+    "services.policy.cli",
+    "services.search.cli",
+    "services.trainer.cli",
+    "services.bench",
+)
+
+# `thinkmesh serve NAME` → the service's one wiring function, `async def run(**overrides)`.
+SERVICES = {
+    "sandbox": "services.sandbox.main",
+    "policy": "services.policy.main",
+    "ppm": "services.ppm.main",
+    "search": "services.search.main",
+    "trainer": "services.trainer.main",
+}
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from services.common.errors import ConfigError
+
+    try:
+        module = importlib.import_module(SERVICES[args.service])
+    except ModuleNotFoundError as exc:
+        print(f"thinkmesh: cannot serve {args.service}: {exc} (is the '{args.service}' extra installed?)",
+              file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(module.run(port=args.port, host=args.host))
+    except ConfigError as exc:
+        print(f"thinkmesh: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from services.search.worker import run_worker
+
+    return run_worker(concurrency=args.concurrency, queues=args.queues)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="thinkmesh", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"thinkmesh {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run one gRPC service until SIGTERM")
+    serve.add_argument("service", choices=sorted(SERVICES))
+    serve.add_argument("--port", type=int, default=None, help="port to bind (0 picks a free one)")
+    serve.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
+    serve.set_defaults(func=_serve)
+
+    worker = sub.add_parser("worker", help="run a Celery worker for search tasks")
+    worker.add_argument("--concurrency", type=int, default=None)
+    worker.add_argument("--queues", default=None, help="comma-separated queues (default: search)")
+    worker.set_defaults(func=_worker)
+
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and name.startswith(exc.name):
+                continue  # this area is not part of the installed code
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Server interceptors: exceptions → status codes, bearer-token checks, request metrics.
+
+Every handler of every service passes through `ErrorInterceptor`, so core code only raises the project's own
+exceptions (services.common.errors) and never touches grpc status codes itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc import aio
+from prometheus_client import Counter, Histogram
+
+from services.common.errors import ThinkmeshError
+from services.common.security import TokenFile
+
+log = logging.getLogger(__name__)
+
+# Health checks come from the kubelet, which sends no token.
+_PUBLIC_PREFIXES = ("/grpc.health.v1.Health/",)
+
+REQUESTS = Counter("thinkmesh_grpc_requests", "Finished RPCs", ["method", "code"])
+LATENCY = Histogram(
+    "thinkmesh_grpc_latency_seconds",
+    "RPC latency",
+    ["method"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+
+Handler = grpc.RpcMethodHandler
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
+
+
+async def _abort_for(exc: BaseException, context: aio.ServicerContext[Any, Any], method: str) -> None:
+    if isinstance(exc, ThinkmeshError):
+        await context.abort(exc.code, str(exc) or type(exc).__name__)
+    log.error("unexpected error in %s", method, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
+
+
+def _wrap(handler: Handler, method: str) -> Handler:
+    """Re-build `handler` so its behaviour maps exceptions and records metrics."""
+
+    def finish(started: float, code: grpc.StatusCode) -> None:
+        LATENCY.labels(method).observe(time.perf_counter() - started)
+        REQUESTS.labels(method, code.name).inc()
+
+    def code_of(exc: BaseException) -> grpc.StatusCode:
+        return exc.code if isinstance(exc, ThinkmeshError) else grpc.StatusCode.INTERNAL
+
+    if handler.unary_unary is not None:
+        inner_uu = handler.unary_unary
+
+        async def unary_unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            started = time.perf_counter()
+            try:
+                response = await inner_uu(request, context)
+            except aio.AbortError:
+                finish(started, context.code() or grpc.StatusCode.UNKNOWN)
+                raise
+            except Exception as exc:
+                finish(started, code_of(exc))
+                await _abort_for(exc, context, method)
+            finish(started, grpc.StatusCode.OK)
+            return response
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary, handler.request_deserializer, handler.response_serializer
+        )
+    if handler.unary_stream is not None:
+        inner_us = handler.unary_stream
+
+        async def unary_stream(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            try:
+                async for item in inner_us(request, context):
+                    yield item
+            except aio.AbortError:
+                finish(started, context.code() or grpc.StatusCode.UNKNOWN)
+                raise
+            except Exception as exc:
+                finish(started, code_of(exc))
+                await _abort_for(exc, context, method)
+            finish(started, grpc.StatusCode.OK)
+
+        return grpc.unary_stream_rpc_method_handler(
+            unary_stream, handler.request_deserializer, handler.response_serializer
+        )
+    return handler  # client-streaming shapes: thinkmesh defines none
+
+
+class ErrorInterceptor(aio.ServerInterceptor):
+    async def intercept_service(self, continuation: Continuation, details: grpc.HandlerCallDetails) -> Handler:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(("/grpc.health", "/grpc.reflection")):
+            return handler  # type: ignore[return-value]
+        return _wrap(handler, details.method)
+
+
+def _rejecting(handler: Handler, message: str) -> Handler:
+    async def reject(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    async def reject_stream(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        yield  # pragma: no cover - makes this an async generator
+
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            reject_stream, handler.request_deserializer, handler.response_serializer
+        )
+    return grpc.unary_unary_rpc_method_handler(
+        reject, handler.request_deserializer, handler.response_serializer
+    )
+
+
+class BearerTokenInterceptor(aio.ServerInterceptor):
+    """Admits a call only with `authorization: Bearer <token>` naming a token from the token file."""
+
+    def __init__(self, tokens: TokenFile) -> None:
+        self._tokens = tokens
+
+    async def intercept_service(self, continuation: Continuation, details: grpc.HandlerCallDetails) -> Handler:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(_PUBLIC_PREFIXES):
+            return handler  # type: ignore[return-value]
+        metadata = dict(details.invocation_metadata or ())
+        header = metadata.get("authorization", "")
+        if isinstance(header, bytes):
+            header = header.decode(errors="replace")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return _rejecting(handler, "missing bearer token: send 'authorization: Bearer <token>'")
+        if not self._tokens.accepts(token.strip()):
+            return _rejecting(handler, "invalid bearer token")
+        return handler

@@ -1,0 +1,91 @@
+"""Typed settings read once from the environment.
+
+Each service declares a frozen dataclass with `SERVICE: ClassVar[str] = "sandbox"` and reads it with
+`load_settings(SandboxSettings)`: a field `max_workers` comes from `THINKMESH_SANDBOX_MAX_WORKERS`. Values are parsed by the field's type, and a bad value
+raises ConfigError naming the variable, so a misconfigured pod fails at start-up with a message that says why.
+Nothing is read at import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from services.common.errors import ConfigError
+
+T = TypeVar("T")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def env_name(service: str, field: str) -> str:
+    return f"THINKMESH_{service.upper()}_{field.upper()}"
+
+
+def _parse(raw: str, kind: Any, variable: str) -> Any:
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        # Optional[X]: an empty value means None.
+        members = [m for m in typing.get_args(kind) if m is not type(None)]
+        if raw.strip() == "":
+            return None
+        return _parse(raw, members[0], variable)
+    if origin is tuple:
+        (item,) = typing.get_args(kind)[:1]
+        return tuple(_parse(part.strip(), item, variable) for part in raw.split(",") if part.strip())
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered in _TRUE:
+                return True
+            if lowered in _FALSE:
+                return False
+            raise ValueError("expected one of true/false/1/0/yes/no")
+        if kind is int:
+            return int(raw.strip())
+        if kind is float:
+            return float(raw.strip())
+        if kind is Path:
+            return Path(raw)
+        if kind is str:
+            return raw
+    except ValueError as exc:
+        raise ConfigError(f"{variable}={raw!r} is not a valid {getattr(kind, '__name__', kind)}: {exc}") from exc
+    raise ConfigError(f"{variable}: unsupported setting type {kind!r}")
+
+
+def load_settings(cls: type[T], environ: Mapping[str, str] | None = None, **overrides: Any) -> T:
+    """Build `cls` from THINKMESH_<SERVICE>_* variables; `overrides` (e.g. from the CLI) win over both.
+
+    After construction `validate()` runs when the class defines it (see `require`).
+    """
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    service: str = getattr(cls, "SERVICE")
+    env = os.environ if environ is None else environ
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):
+        if field.name in overrides and overrides[field.name] is not None:
+            values[field.name] = overrides[field.name]
+            continue
+        variable = env_name(service, field.name)
+        if variable in env:
+            values[field.name] = _parse(env[variable], hints[field.name], variable)
+    instance = cls(**values)
+    validate = getattr(instance, "validate", None)
+    if callable(validate):
+        validate()
+    return instance
+
+
+def require(condition: bool, settings: object, field: str, message: str) -> None:
+    """For `validate()` methods: raise ConfigError naming the variable when `condition` is false."""
+    if not condition:
+        raise ConfigError(f"{env_name(getattr(settings, 'SERVICE'), field)}: {message}")
