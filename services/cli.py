@@ -57,7 +57,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     from services.search.worker import run_worker
 
-    return run_worker(concurrency=args.concurrency, queues=args.queues)
+    return int(run_worker(concurrency=args.concurrency, queues=args.queues))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,8 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
-    result: int = args.func(args)
-    return result
+    return int(args.func(args))
 
 
 if __name__ == "__main__":

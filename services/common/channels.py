@@ -36,7 +36,7 @@ _SERVICE_CONFIG = json.dumps(
 )
 
 
-class _TokenInterceptor(aio.UnaryUnaryClientInterceptor, aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+class _TokenInterceptor(aio.UnaryUnaryClientInterceptor, aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
     def __init__(self, token: str) -> None:
         self._header = ("authorization", f"Bearer {token}")
 
@@ -69,7 +69,7 @@ def open_channel(
         ("grpc.enable_retries", 1),
         ("grpc.keepalive_time_ms", 30_000),
     ]
-    interceptors = [_TokenInterceptor(token)] if token else None
+    interceptors: Any = [_TokenInterceptor(token)] if token else None
     if tls is not None and (tls.ca is not None or tls.cert is not None):
         return aio.secure_channel(target, channel_credentials(tls), options=options, interceptors=interceptors)
     return aio.insecure_channel(target, options=options, interceptors=interceptors)

@@ -31,11 +31,13 @@ LATENCY = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
 
-Handler = grpc.RpcMethodHandler
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
+# grpc's stubs type handlers loosely; Any keeps the wrapping code readable.
+Handler = Any
+Context = Any
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler]]
 
 
-async def _abort_for(exc: BaseException, context: aio.ServicerContext[Any, Any], method: str) -> None:
+async def _abort_for(exc: BaseException, context: Context, method: str) -> None:
     if isinstance(exc, ThinkmeshError):
         await context.abort(exc.code, str(exc) or type(exc).__name__)
     log.error("unexpected error in %s", method, exc_info=exc)
@@ -55,7 +57,7 @@ def _wrap(handler: Handler, method: str) -> Handler:
     if handler.unary_unary is not None:
         inner_uu = handler.unary_unary
 
-        async def unary_unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        async def unary_unary(request: Any, context: Context) -> Any:
             started = time.perf_counter()
             try:
                 response = await inner_uu(request, context)
@@ -74,7 +76,7 @@ def _wrap(handler: Handler, method: str) -> Handler:
     if handler.unary_stream is not None:
         inner_us = handler.unary_stream
 
-        async def unary_stream(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        async def unary_stream(request: Any, context: Context) -> AsyncIterator[Any]:
             started = time.perf_counter()
             try:
                 async for item in inner_us(request, context):
@@ -93,19 +95,19 @@ def _wrap(handler: Handler, method: str) -> Handler:
     return handler  # client-streaming shapes: thinkmesh defines none
 
 
-class ErrorInterceptor(aio.ServerInterceptor):
+class ErrorInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     async def intercept_service(self, continuation: Continuation, details: grpc.HandlerCallDetails) -> Handler:
         handler = await continuation(details)
         if handler is None or details.method.startswith(("/grpc.health", "/grpc.reflection")):
-            return handler  # type: ignore[return-value]
+            return handler
         return _wrap(handler, details.method)
 
 
 def _rejecting(handler: Handler, message: str) -> Handler:
-    async def reject(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+    async def reject(request: Any, context: Context) -> Any:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
-    async def reject_stream(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+    async def reject_stream(request: Any, context: Context) -> AsyncIterator[Any]:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
         yield  # pragma: no cover - makes this an async generator
 
@@ -118,7 +120,7 @@ def _rejecting(handler: Handler, message: str) -> Handler:
     )
 
 
-class BearerTokenInterceptor(aio.ServerInterceptor):
+class BearerTokenInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     """Admits a call only with `authorization: Bearer <token>` naming a token from the token file."""
 
     def __init__(self, tokens: TokenFile) -> None:
@@ -127,7 +129,7 @@ class BearerTokenInterceptor(aio.ServerInterceptor):
     async def intercept_service(self, continuation: Continuation, details: grpc.HandlerCallDetails) -> Handler:
         handler = await continuation(details)
         if handler is None or details.method.startswith(_PUBLIC_PREFIXES):
-            return handler  # type: ignore[return-value]
+            return handler
         metadata = dict(details.invocation_metadata or ())
         header = metadata.get("authorization", "")
         if isinstance(header, bytes):

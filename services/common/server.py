@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -112,9 +111,9 @@ class GrpcServer:
     def __init__(self, settings: ServerSettings, services: Sequence[Service]) -> None:
         self.settings = settings
         self.services = list(services)
-        self.health = health.aio.HealthServicer()
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.port = 0
-        interceptors: list[aio.ServerInterceptor] = []
+        interceptors: list[Any] = []
         if settings.auth_tokens_file is not None:
             interceptors.append(BearerTokenInterceptor(TokenFile(settings.auth_tokens_file)))
         interceptors.append(ErrorInterceptor())

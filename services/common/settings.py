@@ -1,8 +1,9 @@
 """Typed settings read once from the environment.
 
 Each service declares a frozen dataclass with `SERVICE: ClassVar[str] = "sandbox"` and reads it with
-`load_settings(SandboxSettings)`: a field `max_workers` comes from `THINKMESH_SANDBOX_MAX_WORKERS`. Values are parsed by the field's type, and a bad value
-raises ConfigError naming the variable, so a misconfigured pod fails at start-up with a message that says why.
+`load_settings(SandboxSettings)`: a field `max_workers` comes from `THINKMESH_SANDBOX_MAX_WORKERS`. Values are
+parsed by the field's type, and a bad value raises ConfigError naming the variable, so a misconfigured pod fails
+at start-up with a message that says why.
 Nothing is read at import time.
 """
 
@@ -67,7 +68,7 @@ def load_settings(cls: type[T], environ: Mapping[str, str] | None = None, **over
     """
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
-    service: str = getattr(cls, "SERVICE")
+    service: str = getattr(cls, "SERVICE")  # noqa: B009 - a ClassVar every settings class declares
     env = os.environ if environ is None else environ
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
@@ -88,4 +89,5 @@ def load_settings(cls: type[T], environ: Mapping[str, str] | None = None, **over
 def require(condition: bool, settings: object, field: str, message: str) -> None:
     """For `validate()` methods: raise ConfigError naming the variable when `condition` is false."""
     if not condition:
-        raise ConfigError(f"{env_name(getattr(settings, 'SERVICE'), field)}: {message}")
+        service: str = getattr(settings, "SERVICE")  # noqa: B009
+        raise ConfigError(f"{env_name(service, field)}: {message}")
