@@ -1,0 +1,1 @@
+"""Helpers shared by thinkmesh's tests: server processes, certificates, free ports."""

@@ -1,0 +1,56 @@
+"""Start a thinkmesh server as a child process and learn its address from its first line."""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+THINKMESH = str(Path(sys.executable).with_name("thinkmesh"))
+
+
+def read_first_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    assert proc.stdout is not None
+    selector = selectors.DefaultSelector()
+    selector.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if selector.select(timeout=0.1):
+            return proc.stdout.readline().rstrip("\n")
+        if proc.poll() is not None:
+            stderr = proc.stderr.read() if proc.stderr else ""
+            raise RuntimeError(f"server exited with {proc.returncode} before listening:\n{stderr}")
+    raise TimeoutError(f"no first line within {timeout}s")
+
+
+@contextmanager
+def server_process(
+    argv: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 60.0
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """Yields (process, "host:port"); the process is stopped (SIGTERM, then SIGKILL) afterwards."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.Popen(
+        list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env, cwd=REPO
+    )
+    try:
+        line = read_first_line(proc, timeout)
+        assert line.startswith("listening on "), f"unexpected first line {line!r}"
+        yield proc, line.removeprefix("listening on ")
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
