@@ -13,11 +13,11 @@ import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from support.echo_service import EchoServicer, make_server
-from support.processes import REPO, server_process
 
 from services.common.channels import open_channel
 from services.common.server import ServerSettings
+from support.echo_service import EchoServicer, make_server
+from support.processes import REPO, server_process
 from thinkmesh.v1 import sandbox_pb2, sandbox_pb2_grpc
 
 ECHO = [sys.executable, "-m", "support.echo_service"]

@@ -11,12 +11,12 @@ import grpc
 import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support.certs import CertSet, make_certs
-from support.echo_service import make_server
 
 from services.common.channels import open_channel
 from services.common.security import TlsFiles
 from services.common.server import GrpcServer, ServerSettings
+from support.certs import CertSet, make_certs
+from support.echo_service import make_server
 from thinkmesh.v1 import sandbox_pb2, sandbox_pb2_grpc
 
 REQUEST = sandbox_pb2.ExecuteRequest(code="hello")
