@@ -1,0 +1,211 @@
+"""The model store: versions of each model kind in Hugging Face format, under one root directory.
+
+    <root>/models/<kind>/<version>/        the model's files + manifest.json
+    <root>/models/<kind>/CURRENT            the name of the current version (one line)
+    <root>/rounds/<n>/                      search trees, training data and reports of round n
+
+Publishing is atomic: files are written into a private staging directory, the manifest last, and the whole
+directory is renamed into place; a rename either fully succeeds or fails, so no reader ever sees a half-written
+version. The CURRENT pointer is replaced with os.replace, also atomic. Old versions stay until pruned; the
+current one is never pruned. The root is local by default and a ReadWriteMany volume in a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from services.common.errors import InvalidInput, NotFound
+
+ModelKindName = Literal["policy", "ppm"]
+KINDS: tuple[ModelKindName, ...] = ("policy", "ppm")
+MANIFEST = "manifest.json"
+CURRENT = "CURRENT"
+DEFAULT_ROOT = Path(".thinkmesh/store")
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("THINKMESH_STORE", str(DEFAULT_ROOT)))
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Where a version came from: the base model, the round that trained it, what it was trained on."""
+
+    base_model: str = ""
+    round: int = 0
+    source: str = ""
+    data: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    kind: ModelKindName
+    version: str
+    path: Path
+    created_at: float
+    lineage: Lineage
+
+    @property
+    def number(self) -> int:
+        return int(self.version.removeprefix("v"))
+
+
+def check_kind(kind: str) -> ModelKindName:
+    if kind not in KINDS:
+        raise InvalidInput(f"unknown model kind {kind!r}: expected one of {', '.join(KINDS)}")
+    return kind
+
+
+class ModelStore:
+    def __init__(self, root: Path | str | None = None) -> None:
+        self.root = Path(root) if root is not None else default_root()
+
+    def _kind_dir(self, kind: ModelKindName) -> Path:
+        return self.root / "models" / kind
+
+    def round_dir(self, round_number: int) -> Path:
+        path = self.root / "rounds" / f"{round_number:04d}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # --- reading -------------------------------------------------------------------------------------
+
+    def _load(self, kind: ModelKindName, directory: Path) -> ModelVersion | None:
+        try:
+            manifest: dict[str, Any] = json.loads((directory / MANIFEST).read_text())
+        except (OSError, ValueError):
+            return None  # not a published version (no manifest yet, or being pruned)
+        return ModelVersion(
+            kind=kind,
+            version=directory.name,
+            path=directory,
+            created_at=float(manifest.get("created_at", 0.0)),
+            lineage=Lineage(**manifest.get("lineage", {})),
+        )
+
+    def versions(self, kind: str) -> list[ModelVersion]:
+        checked = check_kind(kind)
+        directory = self._kind_dir(checked)
+        if not directory.is_dir():
+            return []
+        versions = [
+            loaded
+            for child in directory.iterdir()
+            if child.is_dir() and child.name.startswith("v") and child.name[1:].isdigit()
+            if (loaded := self._load(checked, child)) is not None
+        ]
+        return sorted(versions, key=lambda v: v.number)
+
+    def get(self, kind: str, version: str) -> ModelVersion:
+        checked = check_kind(kind)
+        if not version.startswith("v") or not version[1:].isdigit():
+            raise InvalidInput(f"malformed version {version!r}: expected e.g. 'v3'")
+        loaded = self._load(checked, self._kind_dir(checked) / version)
+        if loaded is None:
+            raise NotFound(f"no {kind} version {version} in {self.root}")
+        return loaded
+
+    def current(self, kind: str) -> ModelVersion | None:
+        checked = check_kind(kind)
+        try:
+            name = (self._kind_dir(checked) / CURRENT).read_text().strip()
+        except OSError:
+            return None
+        return self._load(checked, self._kind_dir(checked) / name)
+
+    def current_name(self, kind: str) -> str | None:
+        """Cheap check for hot reload: the pointer's content, without reading the manifest."""
+        try:
+            return (self._kind_dir(check_kind(kind)) / CURRENT).read_text().strip() or None
+        except OSError:
+            return None
+
+    # --- writing -------------------------------------------------------------------------------------
+
+    def publish(
+        self,
+        kind: str,
+        write: Callable[[Path], None],
+        lineage: Lineage,
+        *,
+        make_current: bool = True,
+    ) -> ModelVersion:
+        """`write(directory)` puts the model's files there; the version appears only once complete."""
+        checked = check_kind(kind)
+        kind_dir = self._kind_dir(checked)
+        kind_dir.mkdir(parents=True, exist_ok=True)
+        staging = kind_dir / f".staging-{uuid.uuid4().hex}"
+        staging.mkdir()
+        try:
+            write(staging)
+            manifest = {"created_at": time.time(), "lineage": asdict(lineage)}
+            (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+            published = self._rename_to_next_version(checked, staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        if make_current:
+            self.promote(checked, published.version)
+        return published
+
+    def _rename_to_next_version(self, kind: ModelKindName, staging: Path) -> ModelVersion:
+        kind_dir = self._kind_dir(kind)
+        number = max((v.number for v in self.versions(kind)), default=0) + 1
+        while True:
+            target = kind_dir / f"v{number}"
+            try:
+                # rename onto a missing or empty directory is atomic; a concurrent publisher that took this
+                # number first makes it fail (the target is non-empty), and we try the next one.
+                os.rename(staging, target)
+            except OSError:
+                if target.exists():
+                    number += 1
+                    continue
+                raise
+            loaded = self._load(kind, target)
+            assert loaded is not None
+            return loaded
+
+    def import_directory(self, kind: str, source: Path, lineage: Lineage, *, make_current: bool = True) -> ModelVersion:
+        """Copy an existing Hugging Face model directory into the store as a new version."""
+        if not (source / "config.json").is_file():
+            raise InvalidInput(f"{source} is not a Hugging Face model directory (no config.json)")
+
+        def copy(directory: Path) -> None:
+            shutil.copytree(source, directory, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MANIFEST))
+
+        return self.publish(kind, copy, lineage, make_current=make_current)
+
+    def promote(self, kind: str, version: str) -> ModelVersion:
+        target = self.get(kind, version)
+        pointer = self._kind_dir(target.kind) / CURRENT
+        temporary = pointer.with_name(f".{CURRENT}.{uuid.uuid4().hex}")
+        temporary.write_text(version + "\n")
+        os.replace(temporary, pointer)
+        return target
+
+    def prune(self, kind: str, keep: int) -> list[str]:
+        """Remove all but the newest `keep` versions; the current version always stays."""
+        if keep < 1:
+            raise InvalidInput("keep at least one version")
+        current = self.current_name(kind)
+        versions = self.versions(kind)
+        removed = []
+        for version in versions[: max(0, len(versions) - keep)]:
+            if version.version == current:
+                continue
+            # Rename first so that readers stop seeing it as a version, then delete at leisure.
+            doomed = version.path.with_name(f".pruned-{version.version}-{uuid.uuid4().hex}")
+            os.rename(version.path, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+            removed.append(version.version)
+        return removed
