@@ -19,6 +19,7 @@ from services import __version__
 COMMAND_MODULES = (
     "services.sandbox.cli",
     "services.common.math_cli",
+    "services.common.models_cli",
     "services.policy.cli",
     "services.search.cli",
     "services.trainer.cli",

@@ -1,0 +1,139 @@
+"""`thinkmesh models …`: what the model store holds, importing models into it, promoting and pruning versions."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+
+def _store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from services.common.store import ModelStore
+
+    return ModelStore(args.store)
+
+
+def _list(args: argparse.Namespace) -> int:
+    store = _store(args)
+    rows = []
+    for kind in (args.kind,) if args.kind else ("policy", "ppm"):
+        current = store.current_name(kind)
+        for version in store.versions(kind):
+            lineage = version.lineage
+            rows.append(
+                {
+                    "kind": kind,
+                    "version": version.version,
+                    "current": version.version == current,
+                    "created": datetime.datetime.fromtimestamp(version.created_at).isoformat(timespec="seconds"),
+                    "round": lineage.round,
+                    "source": lineage.source,
+                    "base_model": lineage.base_model,
+                    "data": lineage.data,
+                }
+            )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no models in {store.root} (run `thinkmesh bootstrap` or `thinkmesh models import`)")
+        return 0
+    print(f"{'kind':<7}{'version':<9}{'cur':<5}{'round':<7}{'created':<21}{'source':<12}base / data")
+    for row in rows:
+        mark = "*" if row["current"] else ""
+        print(
+            f"{row['kind']:<7}{row['version']:<9}{mark:<5}{row['round']:<7}{row['created']:<21}"
+            f"{row['source']:<12}{row['base_model']} / {row['data']}"
+        )
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from services.common.errors import InvalidInput
+    from services.common.store import Lineage
+
+    store = _store(args)
+    source = Path(args.source)
+    with tempfile.TemporaryDirectory(prefix="thinkmesh-import-") as scratch:
+        if not source.exists():
+            if args.source.count("/") != 1:
+                print(f"thinkmesh: {args.source} is neither a directory nor a hub id (owner/name)", file=sys.stderr)
+                return 2
+            from huggingface_hub import snapshot_download
+
+            source = Path(snapshot_download(args.source, local_dir=Path(scratch) / "hub"))
+        if args.kind == "ppm" and not _has_value_head(source):
+            # A causal LM given as a PPM: initialise the PPM from it (backbone kept, fresh value head).
+            from transformers import AutoTokenizer
+
+            from services.ppm.model import ProcessRewardModel
+
+            converted = Path(scratch) / "ppm"
+            ProcessRewardModel.from_pretrained(source).save_pretrained(converted)
+            AutoTokenizer.from_pretrained(source).save_pretrained(converted)
+            source = converted
+        try:
+            version = store.import_directory(
+                args.kind,
+                source,
+                Lineage(base_model=args.source, source="import", data=args.note),
+                make_current=not args.no_promote,
+            )
+        except InvalidInput as exc:
+            print(f"thinkmesh: {exc}", file=sys.stderr)
+            return 2
+    print(f"imported {args.source} as {args.kind} {version.version}" + ("" if args.no_promote else " (current)"))
+    return 0
+
+
+def _has_value_head(directory: Path) -> bool:
+    return (directory / "ppm.json").is_file()
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from services.common.errors import ThinkmeshError
+
+    try:
+        version = _store(args).promote(args.kind, args.version)
+    except ThinkmeshError as exc:
+        print(f"thinkmesh: {exc}", file=sys.stderr)
+        return 2
+    print(f"{version.kind} {version.version} is now current")
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    removed = _store(args).prune(args.kind, args.keep)
+    print(f"removed {', '.join(removed) if removed else 'nothing'}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    models = sub.add_parser("models", help="list, import, promote and prune model versions in the store")
+    models.add_argument("--store", default=None, help="store root (default: $THINKMESH_STORE or ./.thinkmesh/store)")
+    actions = models.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    listing = actions.add_parser("list", help="versions, which is current, and where each came from")
+    listing.add_argument("--kind", choices=("policy", "ppm"))
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=_list)
+
+    importing = actions.add_parser("import", help="put a Hugging Face model (directory or hub id) into the store")
+    importing.add_argument("source", help="a local model directory, or a hub id such as Qwen/Qwen2.5-Math-7B")
+    importing.add_argument("--kind", choices=("policy", "ppm"), required=True)
+    importing.add_argument("--note", default="", help="free text kept in the version's lineage")
+    importing.add_argument("--no-promote", action="store_true", help="import without making it current")
+    importing.set_defaults(func=_import)
+
+    promote = actions.add_parser("promote", help="make a version current (services pick it up by themselves)")
+    promote.add_argument("kind", choices=("policy", "ppm"))
+    promote.add_argument("version")
+    promote.set_defaults(func=_promote)
+
+    prune = actions.add_parser("prune", help="remove old versions (never the current one)")
+    prune.add_argument("kind", choices=("policy", "ppm"))
+    prune.add_argument("--keep", type=int, default=3)
+    prune.set_defaults(func=_prune)

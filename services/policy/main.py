@@ -1,0 +1,88 @@
+"""The PolicyService wiring: settings → engine loader → core → servicer → server."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from services.common.hot_reload import ModelSource
+from services.common.logs import configure_logging
+from services.common.server import Service, serve, service_name
+from services.common.settings import load_settings
+from services.common.store import ModelStore
+from services.policy.core import Limits, PolicyCore
+from services.policy.engine import GenerationEngine
+from services.policy.servicer import PolicyServicer
+from services.policy.settings import PolicySettings
+from thinkmesh.v1 import policy_pb2, policy_pb2_grpc
+
+
+def engine_loader(settings: PolicySettings, store: ModelStore):  # type: ignore[no-untyped-def]
+    """`async load(version_or_path) -> GenerationEngine` for the configured backend."""
+
+    def build(name: str) -> GenerationEngine:
+        if settings.backend == "openai":
+            from services.policy.openai_engine import OpenAIEngine
+
+            return OpenAIEngine(settings.openai_base_url, name, settings.openai_api_key_file)
+        path = Path(name) if "/" in name else store.get("policy", name).path
+        version = name if "/" not in name else path.name
+        if settings.backend == "vllm":
+            from services.policy.vllm_engine import VLLMEngine
+
+            return VLLMEngine(
+                path,
+                version,
+                gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
+                max_model_len=settings.vllm_max_model_len,
+            )
+        from services.policy.hf_engine import HFEngine
+
+        return HFEngine(
+            path,
+            version,
+            device=settings.device,
+            batch_window_ms=settings.batch_window_ms,
+            max_batch_sequences=settings.max_batch_sequences,
+        )
+
+    async def load(name: str) -> GenerationEngine:
+        return await asyncio.to_thread(build, name)
+
+    return load
+
+
+async def run(**overrides: Any) -> None:
+    settings = load_settings(PolicySettings, **overrides)
+    configure_logging(settings.log_format, settings.log_level)
+    store = ModelStore()
+    core = PolicyCore(
+        Limits(
+            default_n=settings.default_n,
+            max_n=settings.max_n,
+            max_prompts=settings.max_prompts,
+            default_max_new_tokens=settings.default_max_new_tokens,
+            max_new_tokens=settings.max_new_tokens,
+        )
+    )
+    source = ModelSource(
+        core.slot,
+        "policy",
+        lambda: store.current_name("policy"),
+        engine_loader(settings, store),
+        pinned=settings.model or (settings.openai_model if settings.backend == "openai" else ""),
+        interval_s=settings.reload_interval_s,
+    )
+    servicer = PolicyServicer(core)
+    await serve(
+        settings,
+        [
+            Service(
+                service_name(policy_pb2, "PolicyService"),
+                lambda server: policy_pb2_grpc.add_PolicyServiceServicer_to_server(servicer, server),
+            )
+        ],
+        ready=source.start,
+        on_stop=source.stop,
+    )

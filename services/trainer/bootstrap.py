@@ -1,0 +1,158 @@
+"""`thinkmesh bootstrap`: the embedded default's round-0 models, built into the store.
+
+No pretrained weights can be downloaded where thinkmesh is built, so it grows its own (this plays the role of
+the paper's bootstrap model):
+1. a byte-level BPE tokenizer trained on curriculum text (markers as single tokens, one token per digit);
+2. a tiny Qwen2-architecture policy fine-tuned on teacher solutions of the curriculum's easy levels;
+3. a PPM initialised from that policy, given a first cheap training: Bradley–Terry on teacher steps against
+   corrupted versions of the same steps (a wrong number, operation or variable) that share the prefix.
+The trainer's rounds later replace the PPM with ones trained on search trees, as in the paper.
+Idempotent: with a current policy and PPM in the store it does nothing (unless forced).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from transformers import Qwen2ForCausalLM
+
+from services.common import stepfmt
+from services.common.store import Lineage, ModelStore
+from services.policy.tiny import PRESETS, tiny_config, train_tokenizer
+from services.ppm.model import ProcessRewardModel
+from services.trainer.corrupt import corrupt_step
+from services.trainer.curriculum import generate
+from services.trainer.ppm_train import PPMConfig, StepPair, pairwise_accuracy, train_ppm
+from services.trainer.sft import SFTConfig, Trajectory, train_sft
+
+log = logging.getLogger(__name__)
+
+BASE_MODEL = "thinkmesh-tiny-qwen2"
+
+
+@dataclass(frozen=True)
+class BootstrapConfig:
+    preset: str = "small"
+    levels: tuple[int, ...] = (1, 2)
+    # Distinct teacher problems for SFT; the step budget (sft.max_steps × batch) sees each ≈ twice.
+    sft_problems: int = 12_000
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    ppm_problems: int = 2_000
+    ppm: PPMConfig = field(default_factory=PPMConfig)
+    heldout_pairs: int = 300
+    tokenizer_problems_per_level: int = 400
+    seed: int = 0
+
+
+PRESET_CONFIGS = {
+    "small": BootstrapConfig(),
+    # Seconds, for tests of the machinery: the models learn nothing useful.
+    "micro": BootstrapConfig(
+        preset="micro",
+        sft_problems=64,
+        sft=SFTConfig(max_steps=8, batch_size=4, warmup_steps=1),
+        ppm_problems=32,
+        ppm=PPMConfig(max_steps=4, batch_size=4, warmup_steps=1),
+        heldout_pairs=16,
+        tokenizer_problems_per_level=20,
+    ),
+}
+
+
+def step_pairs(problems: list, rng: random.Random) -> list[StepPair]:  # type: ignore[type-arg]
+    pairs = []
+    for problem in problems:
+        steps = list(problem.solution)
+        for index, step in enumerate(steps):
+            wrong = corrupt_step(step, steps[:index], rng)
+            if wrong is not None:
+                pairs.append(StepPair(problem.question, tuple(steps[:index]), step, wrong))
+    return pairs
+
+
+def bootstrap(store: ModelStore, config: BootstrapConfig, *, force: bool = False, progress: bool = True) -> dict:  # type: ignore[type-arg]
+    """Builds and publishes the round-0 policy and PPM; returns a report (timings, losses, PPM accuracy)."""
+    if not force and store.current_name("policy") and store.current_name("ppm"):
+        return {"skipped": True, "policy": store.current_name("policy"), "ppm": store.current_name("ppm")}
+    started = time.monotonic()
+    torch.manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    preset = PRESETS[config.preset]
+
+    # 1. Tokenizer over every level's text, so harder levels' words are not split into bytes later.
+    corpus = [
+        stepfmt.render_prompt(p.question, p.solution)
+        for level in range(1, 6)
+        for p in generate(level, config.tokenizer_problems_per_level, seed=config.seed + 7919 * level)
+    ]
+    tokenizer = train_tokenizer(corpus, preset.vocab_size)
+
+    # 2. The policy: SFT on teacher solutions of the easy levels.
+    per_level = config.sft_problems // len(config.levels)
+    teacher = [p for level in config.levels for p in generate(level, per_level, seed=config.seed + level)]
+    model = Qwen2ForCausalLM(tiny_config(tokenizer, preset))
+    parameters = sum(p.numel() for p in model.parameters())
+    log.info("bootstrap policy: %.2fM parameters, %d teacher solutions", parameters / 1e6, len(teacher))
+    sft_metrics = train_sft(
+        model, tokenizer, [Trajectory(p.question, tuple(p.solution)) for p in teacher], config.sft, progress=progress
+    )
+
+    def write_policy(directory: Path) -> None:
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+
+    lineage_data = f"curriculum levels {','.join(map(str, config.levels))}, {len(teacher)} teacher solutions"
+    policy = store.publish(
+        "policy",
+        write_policy,
+        Lineage(base_model=BASE_MODEL, round=0, source="bootstrap", data=lineage_data, metrics=sft_metrics),
+    )
+
+    # 3. The PPM: initialised from the policy, trained on teacher-vs-corrupted step pairs.
+    ppm_problems = [
+        p for level in (*config.levels, max(config.levels) + 1)
+        for p in generate(level, config.ppm_problems // (len(config.levels) + 1), seed=config.seed + 101 * level)
+    ]
+    pairs = step_pairs(ppm_problems, rng)
+    rng.shuffle(pairs)
+    heldout, train_pairs = pairs[: config.heldout_pairs], pairs[config.heldout_pairs :]
+    ppm = ProcessRewardModel.from_pretrained(policy.path)
+    before = pairwise_accuracy(ppm, tokenizer, heldout)
+    ppm_metrics = train_ppm(ppm, tokenizer, train_pairs, config.ppm, progress=progress)
+    after = pairwise_accuracy(ppm, tokenizer, heldout)
+    ppm_metrics.update({"heldout_pair_accuracy_before": before, "heldout_pair_accuracy": after})
+
+    def write_ppm(directory: Path) -> None:
+        ppm.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+
+    ppm_version = store.publish(
+        "ppm",
+        write_ppm,
+        Lineage(
+            base_model=f"policy {policy.version}", round=0, source="bootstrap",
+            data=f"{len(train_pairs)} teacher-vs-corrupted step pairs", metrics=ppm_metrics,
+        ),
+    )
+    return {
+        "skipped": False,
+        "policy": policy.version,
+        "ppm": ppm_version.version,
+        "parameters": parameters,
+        "sft": sft_metrics,
+        "ppm_training": ppm_metrics,
+        "seconds": round(time.monotonic() - started, 1),
+        "config": asdict(config),
+    }
+
+
+def config_for(preset: str, seed: int, sft_steps: int | None = None) -> BootstrapConfig:
+    config = replace(PRESET_CONFIGS[preset], seed=seed)
+    if sft_steps is not None:
+        config = replace(config, sft=replace(config.sft, max_steps=sft_steps))
+    return config

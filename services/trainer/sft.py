@@ -1,0 +1,135 @@
+"""Supervised fine-tuning of a policy on step-format trajectories, with transformers' Trainer.
+
+An example is the prompt followed by the trajectory's steps, tokenised piece by piece exactly as the policy will
+see them at generation time. The loss covers only what the model writes: the prompt and the `<output>` blocks
+(appended by the search from the program's stdout, never generated) are masked out.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
+
+from services.common import stepfmt
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    # Optimizer steps, not tokens, decide how fast a tiny model learns to copy numbers (measured): hence a
+    # fixed step budget and a small batch.
+    max_steps: int = 1500
+    batch_size: int = 16
+    learning_rate: float = 2e-3
+    warmup_steps: int = 60
+    weight_decay: float = 0.01
+    max_length: int = 768
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    question: str
+    steps: tuple[str, ...]
+
+
+def encode_trajectory(tokenizer: PreTrainedTokenizerBase, trajectory: Trajectory, max_length: int) -> dict[str, Any]:
+    ids: list[int] = tokenizer.encode(stepfmt.render_prompt(trajectory.question, []), add_special_tokens=False)
+    labels = [IGNORE] * len(ids)
+    for step in trajectory.steps:
+        piece = tokenizer.encode(step + "\n", add_special_tokens=False)
+        written_by_model = not step.startswith(stepfmt.OUTPUT_START)
+        ids.extend(piece)
+        labels.extend(piece if written_by_model else [IGNORE] * len(piece))
+    return {"input_ids": ids[:max_length], "labels": labels[:max_length]}
+
+
+class PadToLongest:
+    """Right-pads a batch; padded positions are masked and ignored by the loss."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(len(f["input_ids"]) for f in features)
+        ids = torch.full((len(features), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(features), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(features), width), dtype=torch.long)
+        for row, feature in enumerate(features):
+            n = len(feature["input_ids"])
+            ids[row, :n] = torch.tensor(feature["input_ids"])
+            labels[row, :n] = torch.tensor(feature["labels"])
+            mask[row, :n] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def training_arguments(output_dir: str, config: Any, *, progress: bool, batch_size: int) -> TrainingArguments:
+    """Arguments shared by the SFT and PPM trainers: CPU or GPU, bf16 where the hardware has it, no checkpoints."""
+    from services.policy.hf_engine import cpu_supports_bf16
+
+    on_gpu = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=output_dir,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        logging_steps=max(1, config.max_steps // 20),
+        save_strategy="no",
+        report_to=[],
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=on_gpu or cpu_supports_bf16(),
+        use_cpu=not on_gpu,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        disable_tqdm=not progress,
+    )
+
+
+def quiet(trainer: Trainer, progress: bool) -> None:
+    """Without progress bars, Trainer prints every log line instead; keep it silent then."""
+    if not progress:
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+
+
+def train_sft(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    trajectories: Sequence[Trajectory],
+    config: SFTConfig,
+    *,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Fine-tunes `model` in place; returns the training metrics (final loss, steps, seconds)."""
+    if not trajectories:
+        raise ValueError("no trajectories to train on")
+    dataset = [encode_trajectory(tokenizer, t, config.max_length) for t in trajectories]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    with tempfile.TemporaryDirectory(prefix="thinkmesh-sft-") as scratch:
+        trainer = Trainer(
+            model=model,
+            args=training_arguments(scratch, config, progress=progress, batch_size=config.batch_size),
+            train_dataset=dataset,
+            data_collator=PadToLongest(int(pad_id)),
+        )
+        quiet(trainer, progress)
+        result = trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return {
+        "train_loss": float(result.training_loss),
+        "final_loss": float(losses[-1]) if losses else math.nan,
+        "steps": float(result.global_step),
+        "seconds": float(result.metrics.get("train_runtime", 0.0)),
+    }
