@@ -119,16 +119,28 @@ class ModelSource(Generic[E]):
         self._follower: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Load the first model (the service's `ready`); then follow the store unless pinned."""
+        """Load the first model (the service's `ready`); then follow the store unless pinned.
+
+        An empty store is not an error: the service stays NOT_SERVING (calls get UNAVAILABLE) until a version
+        is published, so pods may start before `thinkmesh bootstrap` or `models import` has run.
+        """
         if self._pinned:
             await self._slot.install(await self._load(self._pinned))
             return
         name = self._current_name()
         if name is None:
-            raise NotReady(
-                f"the store has no current {self._kind}: run `thinkmesh bootstrap` or "
-                f"`thinkmesh models import PATH --kind {self._kind}`"
+            log.warning(
+                "the store has no current %s yet: waiting (run `thinkmesh bootstrap` or "
+                "`thinkmesh models import PATH --kind %s`)",
+                self._kind,
+                self._kind,
             )
+        while name is None and not self._stop.is_set():
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self._interval_s)
+            name = self._current_name()
+        if name is None:
+            return
         await self._slot.install(await self._load(name))
         self._follower = asyncio.create_task(
             follow_store(self._slot, self._current_name, self._load, self._interval_s, self._stop)

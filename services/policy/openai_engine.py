@@ -69,7 +69,7 @@ class OpenAIEngine:
         text = choice.get("text", "")
         if choice.get("finish_reason") == "stop" and not text.endswith(stepfmt.STOP_STRINGS):
             marker = choice.get("stop_reason")
-            text += marker if isinstance(marker, str) and marker in stepfmt.STOP_STRINGS else stepfmt.END_OF_STEP
+            text = stepfmt.close_step(text, marker if marker in stepfmt.STOP_STRINGS else stepfmt.END_OF_STEP)
         text, by_marker = cut_at_stop(text)
         logprobs = choice.get("logprobs") or {}
         token_logprobs = [lp for lp in logprobs.get("token_logprobs") or [] if lp is not None]
