@@ -1,0 +1,123 @@
+"""The start-up probe: a program run exactly as any other, which reports what its process can and cannot do.
+
+The isolation report is built from these observations, so it states what programs actually get here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.sandbox.child import ChildPlan
+from services.sandbox.layers import IsolationReport, Layer
+from services.sandbox.protocol import ZygoteConfig
+
+PROGRAM = """
+import json, os, resource
+facts = {"uid": os.getuid(), "env": sorted(os.environ), "cwd": os.getcwd()}
+with open("/proc/self/status") as status:
+    facts["seccomp"] = [line.split()[1] for line in status if line.startswith("Seccomp:")][0]
+try:
+    import socket
+    socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()
+    facts["socket"] = "allowed"
+except OSError as exc:
+    facts["socket"] = exc.errno
+with open("/proc/net/dev") as dev:
+    facts["interfaces"] = [line.split(":")[0].strip() for line in dev.readlines()[2:]]
+facts["nproc"] = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+facts["writable"] = [p for p in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock") if os.access(p, os.W_OK)]
+with open("/proc/self/mountinfo") as mounts:
+    facts["cwd_tmpfs"] = any(line.split()[4] == os.getcwd() and " - tmpfs " in line for line in mounts)
+print(json.dumps(facts))
+"""
+
+EXPECTED_ENV = ["HOME", "LANG", "PATH", "TMPDIR"]
+_MARKER = "sandbox: isolation layer "
+
+
+@dataclass
+class ZygoteSetup:
+    """What the zygote's own set-up achieved, and why a layer could not be had."""
+
+    network: bool = False
+    namespace_error: str = ""
+    covered: list[str] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+def failed_layer(stderr: str) -> str | None:
+    """The layer named by a process that could not isolate itself (see child.run)."""
+    if _MARKER not in stderr:
+        return None
+    return stderr.split(_MARKER, 1)[1].split(":", 1)[0]
+
+
+def build_report(
+    facts: dict[str, Any], setup: ZygoteSetup, plan: ChildPlan, config: ZygoteConfig, threads: int
+) -> IsolationReport:
+    return IsolationReport(
+        (
+            Layer(
+                "process",
+                threads == 1,
+                f"a process per program, forked from a warm zygote ({threads} thread); own session, killed as a group",
+            ),
+            _filesystem(facts, setup, plan, config),
+            _network(facts, setup),
+            Layer(
+                "rlimits",
+                facts["nproc"] == config.max_processes,
+                f"address space, CPU time, file size ({config.max_file_mb} MiB), open files "
+                f"({config.max_open_files}), processes ({config.max_processes}), no core dumps",
+            ),
+            _uid(facts, setup, plan, config),
+            Layer("environment", facts["env"] == EXPECTED_ENV, f"only {', '.join(EXPECTED_ENV)}; none of the server's"),
+            _seccomp(facts, setup, plan),
+        )
+    )
+
+
+def _filesystem(facts: dict[str, Any], setup: ZygoteSetup, plan: ChildPlan, config: ZygoteConfig) -> Layer:
+    shared = [path for path in facts["writable"] if path != facts["cwd"]]
+    if plan.private_tmp and facts["cwd_tmpfs"] and not shared:
+        covered = f"; covered read-only: {', '.join(setup.covered)}" if setup.covered else ""
+        return Layer(
+            "filesystem",
+            True,
+            f"a private {config.workdir_mb} MiB tmpfs as /tmp and working directory, gone with the process{covered}",
+        )
+    why = setup.failures.get("filesystem") or setup.namespace_error or f"still writable: {', '.join(shared)}"
+    return Layer(
+        "filesystem",
+        False,
+        f"{why}; programs work in a plain directory under {config.work_root} and disk use is limited per file "
+        f"only ({config.max_file_mb} MiB)",
+    )
+
+
+def _network(facts: dict[str, Any], setup: ZygoteSetup) -> Layer:
+    if setup.network and all(name == "lo" for name in facts["interfaces"]):
+        return Layer("network", True, "an own network namespace with no interface up: no network at all")
+    why = setup.namespace_error or f"interfaces present: {', '.join(facts['interfaces'])}"
+    return Layer("network", False, f"no network namespace ({why}); sockets are refused only if seccomp is active")
+
+
+def _uid(facts: dict[str, Any], setup: ZygoteSetup, plan: ChildPlan, config: ZygoteConfig) -> Layer:
+    if plan.drop_uid and facts["uid"] != 0:
+        last = config.run_as_uid + config.slots - 1
+        return Layer("uid", True, f"uid/gid {config.run_as_uid}..{last}, one per worker slot, no groups")
+    why = setup.failures.get("uid") or f"the server is not root, so programs keep its uid {facts['uid']}"
+    return Layer("uid", False, f"{why}; RLIMIT_NPROC still applies to that uid")
+
+
+def _seccomp(facts: dict[str, Any], setup: ZygoteSetup, plan: ChildPlan) -> Layer:
+    if plan.seccomp is not None and facts["seccomp"] == "2" and facts["socket"] != "allowed":
+        skipped = f" (not on this architecture: {', '.join(plan.seccomp.skipped)})" if plan.seccomp.skipped else ""
+        return Layer(
+            "seccomp",
+            True,
+            "denied: sockets, ptrace, mount, namespaces, signals to other processes, leaving the process group, "
+            f"SysV/POSIX IPC{skipped}",
+        )
+    return Layer("seccomp", False, setup.failures.get("seccomp") or "the filter is not in force")
