@@ -70,7 +70,7 @@ def make_celery(settings: CelerySettings | None = None) -> Celery:
 
 
 def register_tasks(app: Celery) -> None:
-    @app.task(name="thinkmesh.ping")
+    @app.task(name="thinkmesh.ping")  # type: ignore[untyped-decorator]
     def ping() -> str:
         """Liveness probe for workers: answers without touching any model or service."""
         return "pong"

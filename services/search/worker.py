@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from services.common.settings import load_settings
 from services.search.celery_app import CelerySettings, make_celery
 
 
 def run_worker(concurrency: int | None = None, queues: str | None = None) -> int:
-    overrides = {
+    overrides: dict[str, Any] = {
         "worker_concurrency": concurrency,
         "queues": tuple(q.strip() for q in queues.split(",") if q.strip()) if queues else None,
     }
