@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from prometheus_client import Counter, Gauge
 
 from services.common.errors import ConfigError, DeadlineExceeded, InvalidInput, NotReady, Overloaded, ThinkmeshError
-from services.sandbox.layers import IsolationReport
+from services.sandbox.layers import IsolationReport, require_layers
 from services.sandbox.model import Program, Result, Status
 from services.sandbox.protocol import Job, ZygoteConfig
 from services.sandbox.settings import SandboxSettings
@@ -57,11 +57,11 @@ class SandboxExecutor:
         """Start the zygote and check its isolation; ConfigError when a required layer is missing."""
         zygote = await self._spawn()
         report = zygote.report
-        missing = [layer for layer in report.inactive if layer.name in self.settings.required_layers]
-        if missing:
+        try:
+            require_layers(report, self.settings.required_layers)
+        except ConfigError:
             await zygote.stop()
-            names = ", ".join(f"{layer.name} ({layer.detail})" for layer in missing)
-            raise ConfigError(f"THINKMESH_SANDBOX_REQUIRED_LAYERS: not available here: {names}")
+            raise
         for layer in report.layers:
             level = logging.INFO if layer.active else logging.WARNING
             state = "active" if layer.active else "INACTIVE"

@@ -253,6 +253,10 @@ def set_limits(
     resource.setrlimit(resource.RLIMIT_MSGQUEUE, (0, 0))
     # Counted per real uid, and never enforced for root: it only binds after drop_privileges.
     resource.setrlimit(resource.RLIMIT_NPROC, (max_processes, max_processes))
+    # RLIMIT_AS binds each process, so a program's processes together may hold up to max_processes times its
+    # memory; should that exhaust the machine, the kernel's OOM killer takes programs before anything else.
+    with open("/proc/self/oom_score_adj", "w") as oom:
+        oom.write("1000")
     return inherited
 
 

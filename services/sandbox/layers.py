@@ -7,7 +7,10 @@ report describes what programs actually get, not what was configured.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+from services.common.errors import ConfigError
 
 # In the order they are applied to a program's process.
 LAYER_NAMES = ("process", "filesystem", "network", "rlimits", "uid", "environment", "seccomp")
@@ -46,3 +49,11 @@ class IsolationReport:
     @classmethod
     def from_json(cls, text: str) -> IsolationReport:
         return cls(tuple(Layer(**item) for item in json.loads(text)))
+
+
+def require_layers(report: IsolationReport, required: Iterable[str]) -> None:
+    """Refuse to serve with less isolation than the operator asked for (THINKMESH_SANDBOX_REQUIRED_LAYERS)."""
+    missing = [layer for layer in report.inactive if layer.name in set(required)]
+    if missing:
+        names = "; ".join(f"{layer.name} ({layer.detail})" for layer in missing)
+        raise ConfigError(f"THINKMESH_SANDBOX_REQUIRED_LAYERS: not available here: {names}")

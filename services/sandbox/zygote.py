@@ -308,7 +308,7 @@ class Zygote:
         assert running.exit_status is not None and running.ended is not None
         status: Status | None = running.verdict
         if status is None:
-            status, note = _classify(running.exit_status, running.cpu_seconds, running.job.timeout_ms)
+            status, note = classify(running.exit_status, running.cpu_seconds, running.job.timeout_ms)
             if note:
                 stderr = (stderr + b"\n" if stderr and not stderr.endswith(b"\n") else stderr) + note.encode()
         duration_ms = max(0, round((running.ended - running.started) * 1000))
@@ -420,7 +420,7 @@ class Zygote:
         return probe.build_report(facts, setup, self.plan, self.config, threads)
 
 
-def _classify(exit_status: int, cpu_seconds: float, timeout_ms: int) -> tuple[Status | None, str]:
+def classify(exit_status: int, cpu_seconds: float, timeout_ms: int) -> tuple[Status | None, str]:
     """(status, a note for stderr) from how the main process ended; None: the sandbox itself failed."""
     if os.WIFEXITED(exit_status):
         code = os.WEXITSTATUS(exit_status)
