@@ -1,0 +1,82 @@
+{{/*
+The settings of a component as THINKMESH_* variables: the chart's wiring first, then the component's `config`
+(which wins). Rendered into the component's ConfigMap; its hash goes into the pod annotations.
+
+Params: (dict "root" $ "name" "search" "store" "rw|ro|" "calls" (list "sandbox" ...) "auth" true)
+*/}}
+{{- define "thinkmesh.settings" -}}
+{{- $root := .root }}
+{{- $c := index $root.Values .name }}
+{{- $p := include "thinkmesh.envPrefix" . }}
+{{- $env := dict }}
+{{- $_ := set $env (printf "%sLOG_FORMAT" $p) $root.Values.logging.format }}
+{{- $_ := set $env (printf "%sLOG_LEVEL" $p) $root.Values.logging.level }}
+{{- if $root.Values.metrics.enabled }}
+{{- $_ := set $env (printf "%sMETRICS_PORT" $p) (toString $root.Values.metrics.port) }}
+{{- end }}
+{{- /* The server drains within DRAIN_SECONDS; preStop sleep + drain must end before the kubelet's SIGKILL. */}}
+{{- $grace := int $c.terminationGracePeriodSeconds }}
+{{- $drain := max 0 (sub $grace 15) | int }}
+{{- if hasKey $c.config "drain_seconds" }}
+{{- $drain = int (index $c.config "drain_seconds") }}
+{{- end }}
+{{- if ge (add $drain (int $root.Values.preStopSleepSeconds)) $grace }}
+{{- fail (printf "%s: preStopSleepSeconds (%d) + drain_seconds (%d) must be below terminationGracePeriodSeconds (%d)" .name (int $root.Values.preStopSleepSeconds) $drain $grace) }}
+{{- end }}
+{{- $_ := set $env (printf "%sDRAIN_SECONDS" $p) (toString $drain) }}
+{{- if $root.Values.tls.enabled }}
+{{- $dir := $root.Values.tls.mountPath }}
+{{- $_ := set $env (printf "%sTLS_CERT" $p) (printf "%s/tls.crt" $dir) }}
+{{- $_ := set $env (printf "%sTLS_KEY" $p) (printf "%s/tls.key" $dir) }}
+{{- $_ := set $env (printf "%sTLS_CA" $p) (printf "%s/ca.crt" $dir) }}
+{{- else }}
+{{- /* Plaintext off loopback is refused unless asked for explicitly: tls.enabled=false is that ask. */}}
+{{- $_ := set $env (printf "%sINSECURE" $p) "true" }}
+{{- end }}
+{{- if and .auth $root.Values.auth.enabled }}
+{{- $_ := set $env (printf "%sAUTH_TOKENS_FILE" $p) (printf "/etc/thinkmesh/auth/%s" $root.Values.auth.tokensKey) }}
+{{- end }}
+{{- if .store }}
+{{- $_ := set $env "THINKMESH_STORE" $root.Values.store.mountPath }}
+{{- end }}
+{{- range .calls }}
+{{- if (index $root.Values .).enabled }}
+{{- $_ := set $env (printf "%s%s_TARGET" $p (upper .)) (include "thinkmesh.grpcTarget" (dict "root" $root "name" .)) }}
+{{- end }}
+{{- end }}
+{{- if eq .name "sandbox" }}
+{{- /* One program per CPU: the pod's cpuset is usually the whole node, so the sandbox would count every core
+of the node as its own. The CPU limit is the right count. */}}
+{{- $cpu := dig "limits" "cpu" "" $c.resources | toString }}
+{{- if $cpu }}
+{{- $cores := 0.0 }}
+{{- if hasSuffix "m" $cpu }}
+{{- $cores = divf (trimSuffix "m" $cpu | float64) 1000 }}
+{{- else }}
+{{- $cores = float64 $cpu }}
+{{- end }}
+{{- $_ := set $env "THINKMESH_SANDBOX_MAX_WORKERS" (max 1 (ceil $cores | int) | toString) }}
+{{- end }}
+{{- end }}
+{{- range $key, $value := $c.config }}
+{{- if and (ne $key "drain_seconds") (ne (toString $value) "") }}
+{{- $_ := set $env (printf "%s%s" $p (upper $key)) (toString $value) }}
+{{- end }}
+{{- end }}
+{{- toYaml $env }}
+{{- end }}
+
+{{/* The component's ConfigMap. Same params as thinkmesh.settings. */}}
+{{- define "thinkmesh.configMap" -}}
+{{- if (index .root.Values .name).enabled }}
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ include "thinkmesh.componentName" . }}
+  namespace: {{ .root.Release.Namespace }}
+  labels:
+    {{- include "thinkmesh.labels" . | nindent 4 }}
+data:
+  {{- include "thinkmesh.settings" . | trim | nindent 2 }}
+{{- end }}
+{{- end }}

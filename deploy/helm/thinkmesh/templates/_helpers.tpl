@@ -1,0 +1,124 @@
+{{/*
+Names, labels and the small facts every template shares.
+
+Component helpers take a dict: (dict "root" $ "name" "sandbox"), where "name" is one of the values blocks
+(policy, ppm, sandbox, search, worker, trainer, redis).
+*/}}
+
+{{- define "thinkmesh.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* "<release>-thinkmesh", or the release name alone when it already contains the chart name. */}}
+{{- define "thinkmesh.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "thinkmesh.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Object name of a component: "<fullname>-<component>" (kept short enough for "-headless" to fit). */}}
+{{- define "thinkmesh.componentName" -}}
+{{- printf "%s-%s" (include "thinkmesh.fullname" .root) .name | trunc 54 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "thinkmesh.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "thinkmesh.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+{{- if .name }}
+app.kubernetes.io/component: {{ .name }}
+{{- end }}
+{{- end }}
+
+{{/* The app.kubernetes.io/* labels; (dict "root" $ "name" "") for chart-wide objects. */}}
+{{- define "thinkmesh.labels" -}}
+helm.sh/chart: {{ include "thinkmesh.chart" .root }}
+{{ include "thinkmesh.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: thinkmesh
+{{- end }}
+
+{{- define "thinkmesh.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "thinkmesh.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "thinkmesh.image" -}}
+{{- $image := (index .root.Values .name).image }}
+{{- if $image.digest }}
+{{- printf "%s@%s" $image.repository $image.digest }}
+{{- else }}
+{{- printf "%s:%s" $image.repository (default .root.Chart.AppVersion $image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* The settings prefix: THINKMESH_<SVC>_. Celery workers read the search settings. */}}
+{{- define "thinkmesh.envPrefix" -}}
+{{- $svc := ternary "search" .name (eq .name "worker") }}
+{{- printf "THINKMESH_%s_" (upper $svc) }}
+{{- end }}
+
+{{/* DNS name of a component's Service: <name>[-headless].<namespace>.svc.<clusterDomain>. */}}
+{{- define "thinkmesh.serviceHost" -}}
+{{- $c := index .root.Values .name }}
+{{- $suffix := ternary "-headless" "" (and (hasKey . "headless") .headless) }}
+{{- printf "%s%s.%s.svc.%s" (include "thinkmesh.componentName" .) $suffix .root.Release.Namespace .root.Values.clusterDomain }}
+{{- end }}
+
+{{/* gRPC target of a component: dns:/// over the headless Service when it has one, so clients round-robin
+over every pod; over the ClusterIP otherwise. */}}
+{{- define "thinkmesh.grpcTarget" -}}
+{{- $c := index .root.Values .name }}
+{{- printf "dns:///%s:%d" (include "thinkmesh.serviceHost" (dict "root" .root "name" .name "headless" $c.service.headless)) (int $c.service.port) }}
+{{- end }}
+
+{{- define "thinkmesh.tlsSecretName" -}}
+{{- if .root.Values.tls.certManager.enabled }}
+{{- printf "%s-tls" (include "thinkmesh.componentName" .) }}
+{{- else }}
+{{- required "tls.existingSecret (or tls.certManager.enabled) is required when tls.enabled is true" .root.Values.tls.existingSecret }}
+{{- end }}
+{{- end }}
+
+{{- define "thinkmesh.authSecretName" -}}
+{{- default (printf "%s-auth" (include "thinkmesh.fullname" .)) .Values.auth.existingSecret }}
+{{- end }}
+
+{{/* The Secret with the keys broker-url and result-backend. */}}
+{{- define "thinkmesh.brokerSecretName" -}}
+{{- if and (not .Values.redis.enabled) .Values.redis.external.existingSecret }}
+{{- .Values.redis.external.existingSecret }}
+{{- else }}
+{{- printf "%s-redis" (include "thinkmesh.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/* What decides the broker (not the password), hashed into the pods that use it so that a change rolls them. */}}
+{{- define "thinkmesh.brokerChecksum" -}}
+{{- $r := .Values.redis }}
+{{- list $r.enabled $r.service.port $r.external.url $r.external.resultBackend $r.external.existingSecret (include "thinkmesh.fullname" .) | toJson | sha256sum }}
+{{- end }}
+
+{{/* A value that is random at install and the same on every upgrade: read back from the live Secret. */}}
+{{- define "thinkmesh.keptRandom" -}}
+{{- $secret := lookup "v1" "Secret" .root.Release.Namespace .secret }}
+{{- if and $secret $secret.data (hasKey $secret.data .key) }}
+{{- index $secret.data .key | b64dec }}
+{{- else }}
+{{- randAlphaNum 40 }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,131 @@
+{{/*
+NetworkPolicies. A default deny selects every pod of the release; each component's policy then admits its
+callers (from the wiring table) on its gRPC port, scrapers on the metrics port, and lets it reach exactly the
+services it calls, DNS, and the broker. The sandbox's policy has no egress rule at all.
+*/}}
+
+{{- define "thinkmesh.peer" -}}
+- podSelector:
+    matchLabels:
+      {{- include "thinkmesh.selectorLabels" . | nindent 6 }}
+{{- end }}
+
+{{- define "thinkmesh.networkPolicy" -}}
+{{- $root := .root }}
+{{- $c := index $root.Values .name }}
+{{- if and $root.Values.networkPolicy.enabled $c.enabled }}
+{{- $np := $root.Values.networkPolicy }}
+{{- $callers := list }}
+{{- range .callers }}
+{{- if (index $root.Values .).enabled }}
+{{- $callers = append $callers . }}
+{{- end }}
+{{- end }}
+{{- $openToAll := and .clients (empty $np.clients) }}
+{{- $needsDns := or .calls .broker (index $np.extraEgress .name) }}
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: {{ include "thinkmesh.componentName" . }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "thinkmesh.labels" . | nindent 4 }}
+spec:
+  podSelector:
+    matchLabels:
+      {{- include "thinkmesh.selectorLabels" . | nindent 6 }}
+  policyTypes: [Ingress, Egress]
+  {{- $ingress := include "thinkmesh.networkPolicyIngress" (merge (dict "callerList" $callers "openToAll" $openToAll) .) | trim }}
+  {{- $egress := include "thinkmesh.networkPolicyEgress" (merge (dict "needsDns" $needsDns) .) | trim }}
+  {{- if $ingress }}
+  ingress:
+    {{- $ingress | nindent 4 }}
+  {{- else }}
+  ingress: []
+  {{- end }}
+  {{- if $egress }}
+  egress:
+    {{- $egress | nindent 4 }}
+  {{- else }}
+  # No egress at all.
+  egress: []
+  {{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "thinkmesh.networkPolicyIngress" -}}
+{{- $root := .root }}
+{{- $np := $root.Values.networkPolicy }}
+{{- if and .grpc (or .callerList .clients) }}
+# gRPC from {{ if .openToAll }}any source (networkPolicy.clients is empty){{ else }}{{ join ", " .callerList }}{{ if .clients }}{{ if .callerList }}, {{ end }}networkPolicy.clients{{ end }}{{ end }}
+- ports:
+    - port: grpc
+      protocol: TCP
+  {{- if not .openToAll }}
+  from:
+    {{- range .callerList }}
+    {{- include "thinkmesh.peer" (dict "root" $root "name" .) | nindent 4 }}
+    {{- end }}
+    {{- if .clients }}
+    {{- toYaml $np.clients | nindent 4 }}
+    {{- end }}
+  {{- end }}
+{{- end }}
+{{- if $root.Values.metrics.enabled }}
+# Prometheus
+- ports:
+    - port: metrics
+      protocol: TCP
+  {{- with $np.metricsScrapers }}
+  from:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "thinkmesh.networkPolicyEgress" -}}
+{{- $root := .root }}
+{{- $np := $root.Values.networkPolicy }}
+{{- if .needsDns }}
+# DNS
+- to:
+    {{- toYaml $np.dns | nindent 4 }}
+  ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+{{- end }}
+{{- range .calls }}
+{{- $callee := index $root.Values . }}
+{{- if $callee.enabled }}
+# gRPC to {{ . }}
+- to:
+    {{- include "thinkmesh.peer" (dict "root" $root "name" .) | nindent 4 }}
+  ports:
+    - port: {{ $callee.service.port }}
+      protocol: TCP
+{{- end }}
+{{- end }}
+{{- if .broker }}
+# The Celery broker
+{{- if $root.Values.redis.enabled }}
+- to:
+    {{- include "thinkmesh.peer" (dict "root" $root "name" "redis") | nindent 4 }}
+  ports:
+    - port: {{ $root.Values.redis.service.port }}
+      protocol: TCP
+{{- else }}
+- ports:
+    - port: {{ $root.Values.redis.external.port }}
+      protocol: TCP
+  {{- with $root.Values.redis.external.to }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+{{- end }}
+{{- with index $np.extraEgress .name }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
