@@ -1,0 +1,1 @@
+"""End-to-end checks of what ships: the rendered Helm chart and the images."""

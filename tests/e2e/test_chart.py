@@ -1,0 +1,658 @@
+"""The rendered Helm chart: what operators rely on, asserted on the objects `helm template` produces.
+
+Every values set CI ships (defaults, CPU-only trial, production GPU, external Redis) is rendered with the pinned
+Helm 4 and checked against the Kubernetes 1.35 schemas; the rest asserts the chart's promises one by one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from e2e.helmchart import (
+    CHART,
+    COMPONENTS,
+    CPU_COMPONENTS,
+    GPU_COMPONENTS,
+    GRPC_SERVICES,
+    HELM,
+    HELM3,
+    KUBE_VERSION,
+    NAMESPACE,
+    RELEASE,
+    VALUE_SETS,
+    Rendered,
+    RenderError,
+    name,
+    render,
+    render_sets,
+    values_args,
+)
+
+# Kinds whose schemas are not part of Kubernetes' API; test_cert_manager_issues_one_certificate_per_service
+# asserts their content instead.
+CRD_KINDS = {("cert-manager.io/v1", "Certificate")}
+LABELS = [
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/managed-by",
+    "app.kubernetes.io/part-of",
+    "app.kubernetes.io/version",
+    "helm.sh/chart",
+]
+TLS = ["--set", "tls.enabled=true", "--set", "tls.existingSecret=thinkmesh-tls"]
+MONITORING = {"kubernetes.io/metadata.name": "monitoring"}
+PORTS = {"sandbox": 50051, "policy": 50052, "ppm": 50053, "search": 50054, "trainer": 50055, "redis": 6379}
+PREFIX = {
+    "sandbox": "SANDBOX",
+    "policy": "POLICY",
+    "ppm": "PPM",
+    "search": "SEARCH",
+    "worker": "SEARCH",
+    "trainer": "TRAINER",
+}
+
+
+def _enabled(r: Rendered) -> list[str]:
+    return [c for c in COMPONENTS if r.find("StatefulSet" if c == "redis" else "Deployment", name(c))]
+
+
+def _peers(peers: list[dict[str, Any]] | None) -> set[str]:
+    """The components a NetworkPolicy peer list selects; other kinds of peers as 'other'."""
+    found = set()
+    for peer in peers or []:
+        labels = peer.get("podSelector", {}).get("matchLabels", {})
+        if "app.kubernetes.io/component" in labels and set(peer) == {"podSelector"}:
+            assert labels["app.kubernetes.io/instance"] == RELEASE
+            found.add(labels["app.kubernetes.io/component"])
+        else:
+            found.add("other")
+    return found
+
+
+def _rule_on_port(rules: list[dict[str, Any]], port: int | str) -> dict[str, Any] | None:
+    matching = [r for r in rules if any(p.get("port") == port for p in r.get("ports", []))]
+    assert len(matching) <= 1
+    return matching[0] if matching else None
+
+
+def _volume_mounts(r: Rendered, component: str) -> dict[str, dict[str, Any]]:
+    return {m["name"]: m for m in r.container(component).get("volumeMounts", [])}
+
+
+def _volumes(r: Rendered, component: str) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in r.pod(component)["spec"].get("volumes", [])}
+
+
+def _env(r: Rendered, component: str) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in r.container(component).get("env", [])}
+
+
+# --- rendering and schemas -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_every_object_validates_against_the_kubernetes_schemas(value_set: str) -> None:
+    r = render(*values_args(value_set))
+    assert r.objects, "nothing rendered"
+    for obj in r.objects:
+        if (obj["apiVersion"], obj["kind"]) in CRD_KINDS:
+            continue
+        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_helm3_renders_the_same_objects_as_helm4(value_set: str) -> None:
+    def inventory(r: Rendered) -> list[tuple[str, str]]:
+        return sorted((o["kind"], o["metadata"]["name"]) for o in r.objects)
+
+    args = values_args(value_set)
+    assert inventory(render(*args, helm=HELM3)) == inventory(render(*args))
+
+
+def test_every_object_carries_the_standard_labels(defaults: Rendered) -> None:
+    for obj in defaults.objects:
+        labels = obj["metadata"].get("labels", {})
+        assert all(key in labels for key in LABELS), (obj["kind"], obj["metadata"]["name"], labels)
+        assert labels["app.kubernetes.io/instance"] == RELEASE
+        assert obj["metadata"]["namespace"] == NAMESPACE
+    for component in COMPONENTS:
+        assert defaults.workload(component)["metadata"]["labels"]["app.kubernetes.io/component"] == component
+
+
+# --- values and schema ----------------------------------------------------------------------------------------
+
+
+def test_every_component_has_the_same_keys_in_values() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    shared = list(values["policy"])
+    assert shared[:13] == [
+        "enabled",
+        "image",
+        "replicas",
+        "resources",
+        "nodeSelector",
+        "tolerations",
+        "affinity",
+        "podSecurityContext",
+        "securityContext",
+        "autoscaling",
+        "pdb",
+        "service",
+        "extraEnv",
+    ]
+    for component in COMPONENTS:
+        assert list(values[component])[: len(shared)] == shared, component
+    assert set(values["redis"]) - set(shared) == {"auth", "persistence", "external"}
+
+
+def test_every_value_is_commented() -> None:
+    """Each value up to three levels deep has a comment above it, or sits in a commented block."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    key = re.compile(r"^(\s*)([A-Za-z0-9_.\-/]+):")
+    commented_parents: dict[int, bool] = {}
+    missing = []
+    for index, line in enumerate(lines):
+        match = key.match(line)
+        if not match or line.lstrip().startswith("#"):
+            continue
+        depth = len(match.group(1)) // 2
+        commented = index > 0 and lines[index - 1].lstrip().startswith("#")
+        commented_parents[depth] = commented
+        in_commented_block = any(commented_parents.get(d) for d in range(1, depth))
+        if depth <= 3 and not commented and not in_commented_block:
+            # A block whose every child is commented counts as documented by them.
+            is_block = line.rstrip().endswith(":")
+            if not is_block:
+                missing.append(f"{index + 1}: {line.strip()}")
+    assert not missing, "values without a comment:\n" + "\n".join(missing)
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("sandbox.replicas=-1", "minimum"),
+        ("sandbox.autoscaling.enabled=maybe", "boolean"),
+        ("search.service.port=70000", "maximum"),
+        ("sandbox.replica=3", "replica"),
+        ("trainer.autoscaling.enabled=true", "trainer"),
+        ("redis.replicas=3", "redis"),
+        ("logging.format=xml", "format"),
+        ("policy.image.digest=latest", "digest"),
+        ("store.accessModes={ReadWriteSometimes}", "accessModes"),
+    ],
+)
+def test_the_values_schema_rejects_bad_values(setting: str, message: str) -> None:
+    with pytest.raises(RenderError) as caught:
+        render("--set", setting)
+    assert "schema" in str(caught.value)
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (["tls.enabled=true"], "tls.existingSecret (or tls.certManager.enabled) is required"),
+        (["tls.enabled=true", "tls.certManager.enabled=true"], "tls.certManager.issuerRef.name is required"),
+        (["redis.enabled=false"], "redis.external.url (or redis.external.existingSecret) is required"),
+        (["sandbox.config.drain_seconds=40"], "must be below terminationGracePeriodSeconds"),
+        (["sandbox.autoscaling.targetCPUUtilizationPercentage=0"], "sandbox.autoscaling needs"),
+        (["serviceAccount.create=false"], "serviceAccount.name is required"),
+    ],
+)
+def test_values_that_must_be_set_are_required(settings: list[str], message: str) -> None:
+    args = [arg for setting in settings for arg in ("--set", setting)]
+    with pytest.raises(RenderError) as caught:
+        render(*args)
+    assert message in str(caught.value)
+
+
+# --- pods ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value_set", "r"), list(render_sets()))
+def test_every_pod_is_hardened(value_set: str, r: Rendered) -> None:
+    for workload in r.workloads():
+        where = f"{value_set}: {workload['metadata']['name']}"
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, where
+        assert pod["securityContext"]["runAsUser"] > 0, where
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, where
+        assert pod["automountServiceAccountToken"] is False, where
+        # Service links would inject THINKMESH_<SVC>_PORT=tcp://… and clash with the settings' names.
+        assert pod["enableServiceLinks"] is False, where
+        assert not any("hostPath" in v for v in pod.get("volumes", [])), where
+        assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC"), where
+        for container in pod["containers"] + pod.get("initContainers", []):
+            sc = container["securityContext"]
+            assert sc["runAsNonRoot"] is True, where
+            assert sc["readOnlyRootFilesystem"] is True, where
+            assert sc["allowPrivilegeEscalation"] is False, where
+            assert sc.get("privileged", False) is False, where
+            assert sc["capabilities"] == {"drop": ["ALL"]}, where
+            assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, where
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            # A read-only root needs a writable /tmp: the sandbox's working directories, caches elsewhere.
+            assert "/tmp" in mounts, where
+            tmp = {v["name"]: v for v in pod["volumes"]}[mounts["/tmp"]]
+            assert "sizeLimit" in tmp["emptyDir"], where
+
+
+@pytest.mark.parametrize("value_set", ["defaults", "gpu-production"])
+def test_gpu_components_request_gpus_on_the_gpu_pool(value_set: str) -> None:
+    r = render(*values_args(value_set))
+    for component in GPU_COMPONENTS:
+        resources = r.container(component)["resources"]
+        assert int(resources["limits"]["nvidia.com/gpu"]) >= 1, component
+        pod = r.pod(component)["spec"]
+        assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}, component
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+        assert "/dev/shm" in {m["mountPath"] for m in r.container(component)["volumeMounts"]}
+
+
+@pytest.mark.parametrize("value_set", ["defaults", "gpu-production"])
+def test_cpu_components_stay_off_the_gpu_pool(value_set: str) -> None:
+    r = render(*values_args(value_set))
+    for component in CPU_COMPONENTS:
+        pod = r.pod(component)["spec"]
+        assert "nvidia.com/gpu" not in r.container(component)["resources"].get("limits", {}), component
+        assert not any(t.get("key") == "nvidia.com/gpu" for t in pod.get("tolerations", [])), component
+        terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        assert terms == [{"matchExpressions": [{"key": "nvidia.com/gpu.present", "operator": "DoesNotExist"}]}]
+
+
+def test_the_cpu_trial_asks_for_no_gpu_and_no_node_pool() -> None:
+    r = render(*values_args("cpu-trial"))
+    for workload in r.workloads():
+        pod = workload["spec"]["template"]["spec"]
+        assert "nodeSelector" not in pod, workload["metadata"]["name"]
+        for container in pod["containers"]:
+            assert "nvidia.com/gpu" not in str(container["resources"])
+    assert r.settings("policy")["THINKMESH_POLICY_BACKEND"] == "hf"
+
+
+def test_gpu_production_serves_qwen_math_7b_on_vllm() -> None:
+    settings = render(*values_args("gpu-production")).settings("policy")
+    assert settings["THINKMESH_POLICY_BACKEND"] == "vllm"
+    assert settings["THINKMESH_POLICY_MODEL"].endswith("Qwen2.5-Math-7B")
+
+
+def test_services_run_the_thinkmesh_command_on_their_port(defaults: Rendered) -> None:
+    for component in GRPC_SERVICES:
+        container = defaults.container(component)
+        port = PORTS[component]
+        assert container["command"] == ["thinkmesh"]
+        assert container["args"] == ["serve", component, "--host", "0.0.0.0", "--port", str(port)]
+        assert {"name": "grpc", "containerPort": port, "protocol": "TCP"} in container["ports"]
+    worker = defaults.container("worker")
+    assert worker["args"] == ["worker"]
+    assert defaults.settings("worker")["THINKMESH_SEARCH_WORKER_CONCURRENCY"] == "2"
+
+
+def test_grpc_services_have_grpc_probes_and_model_pods_a_long_startup(defaults: Rendered) -> None:
+    for component in GRPC_SERVICES:
+        container = defaults.container(component)
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[probe]["grpc"] == {"port": PORTS[component]}, (component, probe)
+        startup = container["startupProbe"]
+        budget = startup["periodSeconds"] * startup["failureThreshold"]
+        if component in ("policy", "ppm"):
+            assert budget >= 20 * 60, f"{component}: {budget}s is too short to load a 7B model"
+        else:
+            assert budget <= 5 * 60, f"{component}: a {budget}s startup hides a crash loop"
+    # Celery has no gRPC health; workers get no probe unless values give a full handler.
+    worker = defaults.container("worker")
+    assert not {"startupProbe", "readinessProbe", "livenessProbe"} & set(worker)
+    assert defaults.container("redis")["readinessProbe"]["exec"]["command"][0] == "sh"
+
+
+def test_a_worker_probe_from_values_is_used_as_given() -> None:
+    probe = {"exec": {"command": ["true"]}, "periodSeconds": 30}
+    r = render("--set-json", f"worker.probes.liveness={json.dumps(probe)}")
+    assert r.container("worker")["livenessProbe"] == probe
+
+
+def test_drain_ends_before_the_kubelet_kills(defaults: Rendered) -> None:
+    for component in ["policy", "ppm", "sandbox", "search", "worker", "trainer"]:
+        pod = defaults.pod(component)["spec"]
+        drain = int(defaults.settings(component)[f"THINKMESH_{PREFIX[component]}_DRAIN_SECONDS"])
+        pre_stop = defaults.container(component)["lifecycle"]["preStop"]["sleep"]["seconds"]
+        assert drain > 0 and pre_stop + drain < pod["terminationGracePeriodSeconds"], component
+
+
+def test_pods_carry_config_checksums_that_follow_their_config() -> None:
+    base = render()
+    changed = render("--set", "sandbox.config.max_queue=5")
+    for component in COMPONENTS:
+        checksum = base.pod(component)["metadata"]["annotations"]["checksum/config"]
+        assert re.fullmatch(r"[0-9a-f]{64}", checksum), component
+        after = changed.pod(component)["metadata"]["annotations"]["checksum/config"]
+        assert (after != checksum) == (component == "sandbox"), component
+    moved = render(*values_args("external-redis"))
+    for component in ["search", "worker", "trainer"]:
+        assert (
+            moved.pod(component)["metadata"]["annotations"]["checksum/broker"]
+            != base.pod(component)["metadata"]["annotations"]["checksum/broker"]
+        )
+
+
+def test_metrics_are_served_exposed_and_annotated(defaults: Rendered) -> None:
+    for component in ["policy", "ppm", "sandbox", "search", "worker", "trainer"]:
+        annotations = defaults.pod(component)["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/port"] == "9090"
+        assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in defaults.container(component)["ports"]
+        assert defaults.settings(component)[f"THINKMESH_{PREFIX[component]}_METRICS_PORT"] == "9090"
+        service = defaults.get("Service", name(component))
+        assert any(p["name"] == "metrics" and p["port"] == 9090 for p in service["spec"]["ports"])
+
+
+def test_sandbox_workers_follow_the_cpu_limit() -> None:
+    assert render().settings("sandbox")["THINKMESH_SANDBOX_MAX_WORKERS"] == "2"
+    assert (
+        render("--set", "sandbox.resources.limits.cpu=3500m").settings("sandbox")["THINKMESH_SANDBOX_MAX_WORKERS"]
+        == "4"
+    )
+    assert render("--set", "sandbox.config.max_workers=9").settings("sandbox")["THINKMESH_SANDBOX_MAX_WORKERS"] == "9"
+
+
+def test_runtime_class_is_rendered_only_when_set(defaults: Rendered) -> None:
+    assert "runtimeClassName" not in defaults.pod("sandbox")["spec"]
+    assert render("--set", "sandbox.runtimeClassName=gvisor").pod("sandbox")["spec"]["runtimeClassName"] == "gvisor"
+    assert render(*values_args("gpu-production")).pod("sandbox")["spec"]["runtimeClassName"] == "gvisor"
+
+
+# --- scaling ------------------------------------------------------------------------------------------------
+
+
+def test_the_sandbox_autoscales_and_clients_balance_over_every_pod(defaults: Rendered) -> None:
+    deployment = defaults.workload("sandbox")
+    # The HPA owns the count: a replicas field would reset it on every upgrade.
+    assert "replicas" not in deployment["spec"]
+    hpa = defaults.get("HorizontalPodAutoscaler", name("sandbox"))
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name("sandbox")}
+    assert 1 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+    assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+
+    pdb = defaults.get("PodDisruptionBudget", name("sandbox"))
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+
+    headless = defaults.get("Service", name("sandbox") + "-headless")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert [p["port"] for p in headless["spec"]["ports"]] == [50051]
+    target = f"dns:///{name('sandbox')}-headless.{NAMESPACE}.svc.cluster.local:50051"
+    for caller in ["search", "worker", "trainer"]:
+        assert defaults.settings(caller)[f"THINKMESH_{PREFIX[caller]}_SANDBOX_TARGET"] == target
+
+
+def test_replicas_are_set_where_no_hpa_owns_them(defaults: Rendered) -> None:
+    hpas = {h["spec"]["scaleTargetRef"]["name"] for h in defaults.of_kind("HorizontalPodAutoscaler")}
+    for workload in defaults.workloads():
+        assert ("replicas" in workload["spec"]) != (workload["metadata"]["name"] in hpas), workload["metadata"]["name"]
+    off = render("--set", "sandbox.autoscaling.enabled=false")
+    assert off.workload("sandbox")["spec"]["replicas"] == 2
+    assert off.find("HorizontalPodAutoscaler", name("sandbox")) is None
+    workers = render(*values_args("gpu-production"))
+    assert "replicas" not in workers.workload("worker")["spec"]
+
+
+def test_the_trainer_is_replaced_not_rolled(defaults: Rendered) -> None:
+    assert defaults.workload("trainer")["spec"]["strategy"] == {"type": "Recreate"}
+    assert defaults.workload("trainer")["spec"]["replicas"] == 1
+
+
+# --- network ------------------------------------------------------------------------------------------------
+
+
+def test_a_default_deny_policy_covers_every_pod(defaults: Rendered) -> None:
+    deny = defaults.get("NetworkPolicy", f"{RELEASE}-default-deny")
+    assert deny["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert "ingress" not in deny["spec"] and "egress" not in deny["spec"]
+    selector = deny["spec"]["podSelector"]["matchLabels"]
+    for workload in defaults.workloads():
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        assert selector.items() <= labels.items(), workload["metadata"]["name"]
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_each_component_admits_only_its_callers(value_set: str) -> None:
+    r = render(*values_args(value_set))
+    clients_restricted = value_set == "gpu-production"
+    expected = {
+        "sandbox": {"search", "worker", "trainer"},
+        "policy": {"search", "worker", "trainer"},
+        "ppm": {"search", "worker", "trainer"},
+        # Users of the API: any source by default (tokens / TLS guard it), or networkPolicy.clients.
+        "search": {"other"} if clients_restricted else None,
+        "trainer": {"other"} if clients_restricted else None,
+    }
+    for component in _enabled(r):
+        policy = r.get("NetworkPolicy", name(component))
+        spec = policy["spec"]
+        assert spec["policyTypes"] == ["Ingress", "Egress"]
+        assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == component
+        if component == "redis":
+            assert _peers(_rule_on_port(spec["ingress"], "redis")["from"]) == {"search", "worker", "trainer"}
+            continue
+        grpc = _rule_on_port(spec["ingress"], "grpc")
+        if component == "worker":
+            assert grpc is None
+        elif expected[component] is None:
+            assert "from" not in grpc, component
+        else:
+            assert _peers(grpc["from"]) == expected[component], component
+        metrics = _rule_on_port(spec["ingress"], "metrics")
+        assert metrics["from"] == [{"namespaceSelector": {"matchLabels": MONITORING}}]
+        assert len(spec["ingress"]) == (1 if component == "worker" else 2)
+
+
+def test_callers_reach_exactly_what_they_call(defaults: Rendered) -> None:
+    for component in ["search", "worker", "trainer"]:
+        egress = defaults.get("NetworkPolicy", name(component))["spec"]["egress"]
+        reached = {}
+        for rule in egress:
+            for peer in _peers(rule.get("to")):
+                reached.setdefault(peer, set()).update(p["port"] for p in rule["ports"])
+        assert reached == {
+            "other": {53},  # cluster DNS
+            "sandbox": {50051},
+            "policy": {50052},
+            "ppm": {50053},
+            "redis": {6379},
+        }, component
+    for component in ["policy", "ppm"]:
+        assert defaults.get("NetworkPolicy", name(component))["spec"]["egress"] == []
+
+
+def test_the_sandbox_and_redis_have_no_egress_at_all(defaults: Rendered) -> None:
+    for component in ["sandbox", "redis"]:
+        spec = defaults.get("NetworkPolicy", name(component))["spec"]
+        assert "Egress" in spec["policyTypes"] and spec["egress"] == [], component
+    # Not even when other components get extra egress.
+    r = render("--set-json", 'networkPolicy.extraEgress.policy=[{"ports":[{"port":443}]}]')
+    assert r.get("NetworkPolicy", name("sandbox"))["spec"]["egress"] == []
+    assert {"ports": [{"port": 443}]} in r.get("NetworkPolicy", name("policy"))["spec"]["egress"]
+
+
+def test_network_policies_select_the_pods_they_name(defaults: Rendered) -> None:
+    """Every podSelector in every policy matches the pod labels of the component it names."""
+    pod_labels = {c: defaults.pod(c)["metadata"]["labels"] for c in COMPONENTS}
+    for policy in defaults.of_kind("NetworkPolicy"):
+        spec = policy["spec"]
+        peers = [p for rule in spec.get("ingress", []) for p in rule.get("from", [])]
+        peers += [p for rule in spec.get("egress", []) for p in rule.get("to", [])]
+        for selector in [spec["podSelector"], *(p["podSelector"] for p in peers if set(p) == {"podSelector"})]:
+            labels = selector["matchLabels"]
+            component = labels.get("app.kubernetes.io/component")
+            targets = [component] if component else COMPONENTS
+            for target in targets:
+                assert labels.items() <= pod_labels[target].items(), (policy["metadata"]["name"], target)
+
+
+# --- secrets, TLS and the store -------------------------------------------------------------------------------
+
+
+def test_api_tokens_are_mounted_read_only_into_search(defaults: Rendered) -> None:
+    mount = _volume_mounts(defaults, "search")["auth"]
+    assert mount["readOnly"] is True
+    volume = _volumes(defaults, "search")["auth"]["secret"]
+    assert volume["secretName"] == f"{RELEASE}-auth" and volume["defaultMode"] == 0o440
+    assert defaults.settings("search")["THINKMESH_SEARCH_AUTH_TOKENS_FILE"] == f"{mount['mountPath']}/tokens"
+    secret = defaults.get("Secret", f"{RELEASE}-auth")
+    (token,) = secret["stringData"]["tokens"].split()
+    assert len(token) >= 32
+    for component in ["policy", "ppm", "sandbox", "worker", "trainer"]:
+        assert "auth" not in _volume_mounts(defaults, component)
+    existing = render("--set", "auth.existingSecret=my-tokens")
+    assert existing.find("Secret", f"{RELEASE}-auth") is None
+    assert _volumes(existing, "search")["auth"]["secret"]["secretName"] == "my-tokens"
+
+
+def test_without_tls_every_service_is_explicitly_insecure(defaults: Rendered) -> None:
+    for component in ["policy", "ppm", "sandbox", "search", "worker", "trainer"]:
+        settings = defaults.settings(component)
+        assert settings[f"THINKMESH_{PREFIX[component]}_INSECURE"] == "true"
+        assert not any(key.endswith(("_TLS_CERT", "_TLS_KEY", "_TLS_CA")) for key in settings)
+
+
+def test_with_tls_certificates_are_mounted_read_only_and_probes_speak_tls() -> None:
+    r = render(*TLS)
+    for component in ["policy", "ppm", "sandbox", "search", "worker", "trainer"]:
+        prefix = f"THINKMESH_{PREFIX[component]}_"
+        settings = r.settings(component)
+        assert f"{prefix}INSECURE" not in settings
+        assert settings[f"{prefix}TLS_CERT"] == "/etc/thinkmesh/tls/tls.crt"
+        assert settings[f"{prefix}TLS_KEY"] == "/etc/thinkmesh/tls/tls.key"
+        # A CA turns on mutual TLS: servers demand client certificates, clients verify servers.
+        assert settings[f"{prefix}TLS_CA"] == "/etc/thinkmesh/tls/ca.crt"
+        assert _volume_mounts(r, component)["tls"] == {
+            "name": "tls",
+            "mountPath": "/etc/thinkmesh/tls",
+            "readOnly": True,
+        }
+        assert _volumes(r, component)["tls"]["secret"]["secretName"] == "thinkmesh-tls"
+    for component in GRPC_SERVICES:
+        probe = r.container(component)["readinessProbe"]
+        assert "grpc" not in probe, "the kubelet's gRPC probe cannot speak TLS"
+        command = probe["exec"]["command"]
+        assert command[:2] == ["python3", "-c"]
+        assert command[3:6] == [
+            "/etc/thinkmesh/tls",
+            f"127.0.0.1:{PORTS[component]}",
+            f"{name(component)}.{NAMESPACE}.svc.cluster.local",
+        ]
+
+
+def test_cert_manager_issues_one_certificate_per_service() -> None:
+    r = render(*values_args("gpu-production"))
+    certificates = {c["metadata"]["name"]: c for c in r.of_kind("Certificate")}
+    assert set(certificates) == {name(c) for c in ["policy", "ppm", "sandbox", "search", "worker", "trainer"]}
+    for component in ["policy", "ppm", "sandbox", "search", "worker", "trainer"]:
+        spec = certificates[name(component)]["spec"]
+        assert spec["issuerRef"] == {"name": "thinkmesh-ca", "kind": "Issuer", "group": "cert-manager.io"}
+        assert {"server auth", "client auth"} <= set(spec["usages"])
+        assert f"{name(component)}.{NAMESPACE}.svc.cluster.local" in spec["dnsNames"]
+        assert _volumes(r, component)["tls"]["secret"]["secretName"] == spec["secretName"]
+    # Callers reach sandbox, policy and ppm through the headless names: those must be in the certificates.
+    for component in ["sandbox", "policy", "ppm"]:
+        target = r.settings("search")[f"THINKMESH_SEARCH_{component.upper()}_TARGET"]
+        host = target.removeprefix("dns:///").rsplit(":", 1)[0]
+        assert host in certificates[name(component)]["spec"]["dnsNames"]
+
+
+def test_the_store_is_a_shared_claim_mounted_where_models_live(defaults: Rendered) -> None:
+    claim = defaults.get("PersistentVolumeClaim", f"{RELEASE}-store")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    expected = {"policy": True, "ppm": True, "worker": False, "trainer": False}
+    for component in ["policy", "ppm", "sandbox", "search", "worker", "trainer"]:
+        mounts = _volume_mounts(defaults, component)
+        if component not in expected:
+            assert "store" not in mounts, component
+            continue
+        assert mounts["store"]["mountPath"] == "/var/lib/thinkmesh/store"
+        assert mounts["store"]["readOnly"] is expected[component], component
+        assert _volumes(defaults, component)["store"]["persistentVolumeClaim"]["claimName"] == f"{RELEASE}-store"
+        assert defaults.settings(component)["THINKMESH_STORE"] == "/var/lib/thinkmesh/store"
+    existing = render("--set", "store.existingClaim=models")
+    assert existing.find("PersistentVolumeClaim", f"{RELEASE}-store") is None
+    assert _volumes(existing, "trainer")["store"]["persistentVolumeClaim"]["claimName"] == "models"
+
+
+# --- the broker -----------------------------------------------------------------------------------------------
+
+
+def _broker_env(r: Rendered, component: str) -> tuple[str, str]:
+    env = _env(r, component)
+    prefix = f"THINKMESH_{PREFIX[component]}_"
+    refs = [env[f"{prefix}{key}"]["valueFrom"]["secretKeyRef"] for key in ("BROKER_URL", "RESULT_BACKEND")]
+    assert [ref["key"] for ref in refs] == ["broker-url", "result-backend"]
+    assert refs[0]["name"] == refs[1]["name"]
+    return refs[0]["name"], prefix
+
+
+def test_the_chart_runs_a_small_password_protected_redis(defaults: Rendered) -> None:
+    redis = defaults.workload("redis")
+    assert redis["spec"]["replicas"] == 1
+    assert redis["spec"]["serviceName"] == f"{RELEASE}-redis-headless"
+    assert defaults.get("Service", f"{RELEASE}-redis-headless")["spec"]["clusterIP"] == "None"
+    args = defaults.container("redis")["args"]
+    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    secret = defaults.get("Secret", f"{RELEASE}-redis")["stringData"]
+    host = f"{RELEASE}-redis.{NAMESPACE}.svc.cluster.local:6379"
+    assert secret["broker-url"] == f"redis://:{secret['password']}@{host}/0"
+    assert secret["result-backend"] == f"redis://:{secret['password']}@{host}/1"
+    for component in ["search", "worker", "trainer"]:
+        assert _broker_env(defaults, component)[0] == f"{RELEASE}-redis"
+    for component in ["policy", "ppm", "sandbox"]:
+        assert not any(key.endswith("BROKER_URL") for key in _env(defaults, component))
+
+
+def test_external_redis_replaces_the_statefulset() -> None:
+    r = render(*values_args("external-redis"))
+    assert not r.of_kind("StatefulSet")
+    assert f"{RELEASE}-redis" not in r.names("Service")
+    assert r.find("NetworkPolicy", name("redis")) is None
+    external = yaml.safe_load((CHART.parent / "values" / "external-redis.yaml").read_text())["redis"]["external"]
+    secret = r.get("Secret", f"{RELEASE}-redis")["stringData"]
+    assert secret == {"broker-url": external["url"], "result-backend": external["resultBackend"]}
+    for component in ["search", "worker", "trainer"]:
+        assert _broker_env(r, component)[0] == f"{RELEASE}-redis"
+        egress = r.get("NetworkPolicy", name(component))["spec"]["egress"]
+        assert {"ports": [{"port": 6380, "protocol": "TCP"}], "to": external["to"]} in egress
+    by_secret = render("--set", "redis.enabled=false", "--set", "redis.external.existingSecret=broker")
+    assert by_secret.find("Secret", f"{RELEASE}-redis") is None
+    assert _broker_env(by_secret, "worker")[0] == "broker"
+
+
+# --- what users read ------------------------------------------------------------------------------------------
+
+
+def test_notes_show_how_to_call_solve() -> None:
+    proc = subprocess.run(
+        [str(HELM), "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    assert f"port-forward svc/{name('search')} 50054:50054" in notes
+    assert "thinkmesh.v1.SearchService/Solve" in notes
+    assert "authorization: Bearer $TOKEN" in notes
+    assert "gvisor" in notes
+
+
+def test_the_chart_readme_shows_a_gpu_and_a_cpu_install() -> None:
+    readme = (CHART / "README.md").read_text()
+    assert "Qwen2.5-Math-7B" in readme and "values/gpu-production.yaml" in readme
+    assert "values/cpu-trial.yaml" in readme
+    assert "helm install" in readme
