@@ -170,26 +170,34 @@ class Tree:
         if self.stats.rollouts >= self.config.rollouts:
             self.need = None
             return
+        self._cursor = self._select_leaf()
+        self._advance()
+
+    def _select_leaf(self) -> int:
         node = self.nodes[0]
         while node.expanded and not node.terminal and node.children:
             node = self.nodes[self._select(node)]
-        self._cursor = node.id
-        self._advance()
+        return node.id
 
     def _advance(self) -> None:
-        """From the cursor: finish the rollout at a terminal node, or ask for its expansion."""
-        node = self.nodes[self._cursor]
-        if not node.terminal and node.depth >= self.config.max_depth:
-            self._make_terminal(node, -1.0, "depth limit")
-        if node.terminal:
+        """From the cursor: finish rollouts at terminal nodes until a node needs expanding (or grading)."""
+        while True:
+            node = self.nodes[self._cursor]
+            if not node.terminal and node.depth >= self.config.max_depth:
+                self._make_terminal(node, -1.0, "depth limit")
+            if not node.terminal:
+                self.need = Expand(node.id, self.steps_of(node.id))
+                return
             if node.reward is None:  # an answer waiting for its grade
                 self.need = Grade((node.id,), (node.answer or "",))
                 return
             self._backpropagate(node)
             self.stats.rollouts += 1
-            self._start_rollout()
-            return
-        self.need = Expand(node.id, self.steps_of(node.id))
+            if self.stats.rollouts >= self.config.rollouts:
+                self.need = None
+                return
+            # A rollout that ends on a known terminal costs no service call: start the next one here.
+            self._cursor = self._select_leaf()
 
     def _select(self, parent: Node) -> int:
         """UCT: Q + c·sqrt(ln N_parent / N_child); unvisited children first in terminal mode."""

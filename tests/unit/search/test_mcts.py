@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 from collections.abc import Callable
@@ -12,35 +10,10 @@ import pytest
 
 from services.common import stepfmt
 from services.search.answers import choose
-from services.search.mcts import Candidate, Execute, Execution, Expand, Grade, Node, Score, SearchConfig, Tree
+from services.search.mcts import Candidate, Execute, Expand, Grade, Node, Score, SearchConfig, Tree
+from support.scripted import BAD, GOOD, run_program, scripted
 
-GOOD = stepfmt.render_step("apples after buying", "x = 3 + 5")
-BAD = stepfmt.render_step("apples after buying", "x = 3 - 5")
 BROKEN = stepfmt.render_step("oops", "x = 1 / 0")
-PRINT = stepfmt.render_step("print it", "print(x)", last=True)
-
-
-def answer_for(steps: tuple[str, ...]) -> str:
-    return stepfmt.render_answer((stepfmt.parse_step(steps[-1]).output or "?").strip())
-
-
-def scripted(steps: tuple[str, ...]) -> list[Candidate]:
-    """Two first moves (right and wrong), then print, then the answer the output shows."""
-    if not steps:
-        return [Candidate(GOOD, True), Candidate(BAD, True), Candidate(GOOD, True)]
-    if steps[-1].startswith(stepfmt.OUTPUT_START):
-        return [Candidate(answer_for(steps), True)]
-    return [Candidate(PRINT, True)]
-
-
-def run_program(program: str) -> Execution:
-    out = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out):
-            exec(compile(program, "<step>", "exec"), {"__name__": "__main__"})
-    except Exception as exc:
-        return Execution(False, out.getvalue(), f"{type(exc).__name__}: {exc}")
-    return Execution(True, out.getvalue())
 
 
 def drive(

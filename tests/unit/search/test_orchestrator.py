@@ -1,0 +1,79 @@
+"""The orchestrator batches the needs of many trees into one call per service per tick."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from services.common import stepfmt
+from services.search.backends import Backends, Sampled
+from services.search.mcts import SearchConfig
+from services.search.orchestrator import Orchestrator, SolveTask, solve_many
+from support.scripted import ScriptedBackends
+
+
+def _backends(scripted: ScriptedBackends) -> Backends:
+    return Backends(generator=scripted, runner=scripted, scorer=scripted, grader=scripted)
+
+
+QUESTION = "Tom has 3 apples and buys 5 more. How many?"
+
+
+async def test_batched_ticks_make_one_call_per_service_across_trees() -> None:
+    scripted = ScriptedBackends()
+    tasks = [SolveTask(QUESTION, "8", searches=2) for _ in range(5)]
+    solved, stats = await solve_many(Orchestrator(_backends(scripted)), tasks, SearchConfig(rollouts=4))
+    assert all(s.choice is not None and s.choice.answer == "8" for s in solved)
+    # Ten trees in lock-step: each policy call carries one prompt per tree that needed an expansion.
+    assert max(scripted.calls["policy"]) == 10
+    assert stats.policy.calls == len(scripted.calls["policy"]) <= stats.ticks
+    assert stats.policy.items == sum(scripted.calls["policy"])
+    assert (stats.policy_version, stats.ppm_version) == ("scripted-v1", "rules-v1")
+    assert all(t.stats.rollouts == 4 for s in solved for t in s.trees)
+
+
+async def test_unbatched_mode_makes_one_call_per_node_with_the_same_trees() -> None:
+    batched, single = ScriptedBackends(), ScriptedBackends()
+    tasks = [SolveTask(QUESTION, "8") for _ in range(3)]
+    config = SearchConfig(rollouts=3, seed=5)
+    first, _ = await solve_many(Orchestrator(_backends(batched)), tasks, config)
+    second, _ = await solve_many(Orchestrator(_backends(single), batched=False), tasks, config)
+    assert set(single.calls["policy"]) == {1} and set(single.calls["sandbox"]) == {1}
+    assert len(single.calls["policy"]) == sum(batched.calls["policy"])
+    # The engine is deterministic: the same trees whichever way the calls were made.
+    assert [t.to_json() for s in first for t in s.trees] == [t.to_json() for s in second for t in s.trees]
+
+
+async def test_deadline_stops_the_search_with_the_best_so_far() -> None:
+    class EndlessThinker(ScriptedBackends):
+        """Every call writes new steps, so the tree never runs out of work."""
+
+        count = 0
+
+        async def generate(self, prompts, n, temperature, max_new_tokens, seed):  # type: ignore[no-untyped-def]
+            await asyncio.sleep(0.02)
+            rows = []
+            for _ in prompts:
+                row = []
+                for _ in range(n):
+                    self.count += 1
+                    row.append(Sampled(stepfmt.render_step("more", f"x{self.count} = {self.count}"), True, 3))
+                rows.append(row)
+            return rows, "endless"
+
+    orchestrator = Orchestrator(_backends(EndlessThinker()))
+    solved, stats = await solve_many(
+        orchestrator, [SolveTask(QUESTION, None)], SearchConfig(rollouts=1000), deadline=time.monotonic() + 0.5
+    )
+    assert stats.stopped_early
+    assert 0 < solved[0].trees[0].stats.rollouts < 1000
+    assert stats.wall_seconds < 1.5
+
+
+async def test_cancellation_stops_the_search() -> None:
+    cancelled = asyncio.Event()
+    cancelled.set()
+    _, stats = await solve_many(
+        Orchestrator(_backends(ScriptedBackends())), [SolveTask(QUESTION)], SearchConfig(), cancelled=cancelled
+    )
+    assert stats.stopped_early and stats.ticks == 0
