@@ -112,16 +112,20 @@ class Orchestrator:
                 stats.stopped_early = True
                 break
             stats.ticks += 1
-            await asyncio.gather(
-                self._expand(_waiting(active, Expand), stats, seed + stats.ticks),
-                self._execute(_waiting(active, Execute), stats),
-                self._score(_waiting(active, Score), stats),
-                self._grade(_waiting(active, Grade), stats),
-            )
+            await self.tick(active, stats, seed + stats.ticks)
             if progress is not None:
                 progress(trees, stats)
         stats.wall_seconds = time.monotonic() - started
         return stats
+
+    async def tick(self, active: Sequence[Tree], stats: RunStats, seed: int) -> None:
+        """One step of every active tree: the four kinds of need, each in one call (or one per node)."""
+        await asyncio.gather(
+            self._expand(_waiting(active, Expand), stats, seed),
+            self._execute(_waiting(active, Execute), stats),
+            self._score(_waiting(active, Score), stats),
+            self._grade(_waiting(active, Grade), stats),
+        )
 
     async def _calls(self, groups: list[list[Any]], call: Callable[[list[Any]], Any]) -> list[Any]:
         """One call with everything (batched), or one call per item."""
@@ -265,3 +269,105 @@ async def solve_many(
         seed=config.seed,
     )
     return [Solved(task, trees, choose(trees, method)) for task, trees in zip(tasks, forest, strict=True)], stats
+
+
+@dataclass
+class _Submission:
+    trees: Sequence[Tree]
+    deadline: float | None
+    cancelled: asyncio.Event | None
+    progress: Progress | None
+    done: asyncio.Future[RunStats]
+    stats: RunStats = field(default_factory=RunStats)
+    started: float = field(default_factory=time.monotonic)
+
+    def expired(self) -> bool:
+        late = self.deadline is not None and time.monotonic() >= self.deadline
+        return late or (self.cancelled is not None and self.cancelled.is_set())
+
+
+class SearchLoop:
+    """A long-running orchestrator: searches submitted at any time join the next tick, so concurrent requests
+    (Celery tasks on one worker, Solve calls) share every batch. Each submission returns when its own trees are
+    done, its deadline passes or it is cancelled."""
+
+    _STAGES: tuple[tuple[str, type], ...] = (
+        ("policy", Expand),
+        ("sandbox", Execute),
+        ("ppm", Score),
+        ("grade", Grade),
+    )
+
+    def __init__(self, orchestrator: Orchestrator, seed: int = 0) -> None:
+        self.orchestrator = orchestrator
+        self.seed = seed
+        self.stats = RunStats()
+        self._submissions: list[_Submission] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(
+        self,
+        trees: Sequence[Tree],
+        *,
+        deadline: float | None = None,
+        cancelled: asyncio.Event | None = None,
+        progress: Progress | None = None,
+    ) -> RunStats:
+        done: asyncio.Future[RunStats] = asyncio.get_running_loop().create_future()
+        self._submissions.append(_Submission(trees, deadline, cancelled, progress, done))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
+        self._wake.set()
+        return await done
+
+    def _retire_finished(self) -> None:
+        for submission in list(self._submissions):
+            finished = all(t.done for t in submission.trees)
+            if finished or submission.expired():
+                submission.stats.stopped_early = not finished
+                submission.stats.wall_seconds = time.monotonic() - submission.started
+                submission.stats.policy_version = self.stats.policy_version
+                submission.stats.ppm_version = self.stats.ppm_version
+                self._submissions.remove(submission)
+                if not submission.done.done():
+                    submission.done.set_result(submission.stats)
+
+    async def _run(self) -> None:
+        while True:
+            self._retire_finished()
+            if not self._submissions:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            active = [(s, t) for s in self._submissions for t in s.trees if not t.done]
+            self._count(active)
+            self.stats.ticks += 1
+            try:
+                await self.orchestrator.tick([t for _, t in active], self.stats, self.seed + self.stats.ticks)
+            except Exception as exc:  # a failed backend call fails the searches of this tick, not the loop
+                for submission in {id(s): s for s, _ in active}.values():
+                    self._submissions.remove(submission)
+                    if not submission.done.done():
+                        submission.done.set_exception(exc)
+                continue
+            for submission in {id(s): s for s, _ in active}.values():
+                if submission.progress is not None:
+                    submission.progress(submission.trees, submission.stats)
+
+    def _count(self, active: list[tuple[_Submission, Tree]]) -> None:
+        """Per submission: the calls it took part in and its items in them."""
+        for submission in {id(s): s for s, _ in active}.values():
+            submission.stats.ticks += 1
+            mine = [t for s, t in active if s is submission]
+            for name, kind in self._STAGES:
+                needs = [t.need for t in mine if isinstance(t.need, kind)]
+                if needs:
+                    stage: StageStats = getattr(submission.stats, name)
+                    stage.calls += 1
+                    stage.items += sum(_items(need) for need in needs)
+
+
+def _items(need: object) -> int:
+    """Items a need puts into its backend call: one prompt, or one per node."""
+    return 1 if isinstance(need, Expand) else len(getattr(need, "nodes", ()))

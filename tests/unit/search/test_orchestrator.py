@@ -77,3 +77,23 @@ async def test_cancellation_stops_the_search() -> None:
         Orchestrator(_backends(ScriptedBackends())), [SolveTask(QUESTION)], SearchConfig(), cancelled=cancelled
     )
     assert stats.stopped_early and stats.ticks == 0
+
+
+async def test_search_loop_lets_concurrent_submissions_share_batches() -> None:
+    from services.search.mcts import Tree
+    from services.search.orchestrator import SearchLoop
+
+    scripted = ScriptedBackends()
+    loop = SearchLoop(Orchestrator(_backends(scripted)))
+    first = [Tree(QUESTION, SearchConfig(rollouts=3, seed=1), "8")]
+    second = [Tree(QUESTION, SearchConfig(rollouts=3, seed=2), "8") for _ in range(2)]
+    stats_a, stats_b = await asyncio.gather(loop.submit(first), loop.submit(second))
+    assert all(t.done for t in first + second)
+    assert max(scripted.calls["policy"]) == 3  # one call carried prompts of both submissions
+    assert stats_a.policy.items == sum(t.stats.expansions for t in first)
+    assert stats_b.policy.items == sum(t.stats.expansions for t in second)
+    assert stats_a.policy_version == "scripted-v1" and not stats_a.stopped_early
+    # The loop idles, then serves a later submission.
+    later = [Tree(QUESTION, SearchConfig(rollouts=2), "8")]
+    await loop.submit(later)
+    assert later[0].done
