@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from services.common.settings import load_settings
-from services.search.celery_app import CelerySettings, make_celery
+from services.search.celery_app import make_celery
+from services.search.settings import SearchSettings
 
 
 def run_worker(concurrency: int | None = None, queues: str | None = None) -> int:
@@ -13,11 +14,13 @@ def run_worker(concurrency: int | None = None, queues: str | None = None) -> int
         "worker_concurrency": concurrency,
         "queues": tuple(q.strip() for q in queues.split(",") if q.strip()) if queues else None,
     }
-    settings = load_settings(CelerySettings, **overrides)
+    settings = load_settings(SearchSettings, **overrides)
     app = make_celery(settings)
     argv = [
         "worker",
         "--loglevel=INFO",
+        # Threads: every task of this process hands its search to one shared loop, so their trees batch together.
+        "--pool=threads",
         f"--concurrency={settings.worker_concurrency}",
         f"--queues={','.join(settings.queues)}",
         "--without-gossip",

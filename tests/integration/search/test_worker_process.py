@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from services.search.celery_app import CelerySettings, make_celery
+from services.search.celery_app import make_celery
+from services.search.settings import SearchSettings
 
 THINKMESH = str(Path(sys.executable).with_name("thinkmesh"))
 
@@ -22,7 +23,7 @@ def test_worker_answers_a_ping_over_sqlite_and_stops_on_sigterm(tmp_path: Path) 
     worker = subprocess.Popen([THINKMESH, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               text=True)
     try:
-        app = make_celery(CelerySettings(broker_url=env["THINKMESH_SEARCH_BROKER_URL"],
+        app = make_celery(SearchSettings(broker_url=env["THINKMESH_SEARCH_BROKER_URL"],
                                          result_backend=env["THINKMESH_SEARCH_RESULT_BACKEND"]))
         assert app.send_task("thinkmesh.ping").get(timeout=60) == "pong"
     finally:

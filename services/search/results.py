@@ -1,0 +1,62 @@
+"""Where finished searches are kept, keyed by job and problem, so a retried task never duplicates a result.
+
+`<store>/jobs/<job>/<problem>.json`, written atomically (a temporary file renamed into place); the first
+finished copy wins and a retry that finds it returns it instead of searching again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+from services.common.errors import InvalidInput
+
+_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def _checked(name: str, what: str) -> str:
+    if not _SAFE.match(name):
+        raise InvalidInput(f"{what} {name!r} must be 1-128 letters, digits, '.', '_' or '-'")
+    return name
+
+
+class ResultStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path(self, job: str, problem: str) -> Path:
+        return self.root / "jobs" / _checked(job, "job") / f"{_checked(problem, 'problem id')}.json"
+
+    def get(self, job: str, problem: str) -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = json.loads(self.path(job, problem).read_text())
+            return result
+        except FileNotFoundError:
+            return None
+
+    def put(self, job: str, problem: str, result: dict[str, Any]) -> dict[str, Any]:
+        """Store `result` unless a copy is there already; returns the stored copy."""
+        target = self.path(job, problem)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
+        temporary.write_text(json.dumps(result))
+        try:
+            # link() fails if the target exists: the first finished copy wins, atomically.
+            os.link(temporary, target)
+        except FileExistsError:
+            pass
+        finally:
+            temporary.unlink()
+        stored = self.get(job, problem)
+        assert stored is not None
+        return stored
+
+    def job(self, job: str) -> dict[str, dict[str, Any]]:
+        directory = self.root / "jobs" / _checked(job, "job")
+        if not directory.is_dir():
+            return {}
+        return {p.stem: json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))}
