@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
+import kubernetes_validate.utils
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,6 +76,20 @@ class Rendered:
 
 def name(component: str) -> str:
     return f"{RELEASE}-{component}"
+
+
+# Kinds whose schemas are not part of Kubernetes' API; the tests assert their content instead.
+CRD_KINDS = {("cert-manager.io/v1", "Certificate")}
+
+# kubernetes-validate parses its (large) schema files again for every object; parse each once per session.
+kubernetes_validate.utils.schema_contents = functools.cache(kubernetes_validate.utils.schema_contents)
+
+
+def validate(objects: list[dict[str, Any]]) -> None:
+    """Every object against the Kubernetes schemas, strictly (unknown fields fail); CRDs are skipped."""
+    for obj in objects:
+        if (obj["apiVersion"], obj["kind"]) not in CRD_KINDS:
+            kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
 
 
 def values_args(value_set: str) -> list[str]:

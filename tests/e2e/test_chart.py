@@ -11,7 +11,6 @@ import re
 import subprocess
 from typing import Any
 
-import kubernetes_validate
 import pytest
 import yaml
 
@@ -23,7 +22,6 @@ from e2e.helmchart import (
     GRPC_SERVICES,
     HELM,
     HELM3,
-    KUBE_VERSION,
     NAMESPACE,
     RELEASE,
     VALUE_SETS,
@@ -32,12 +30,11 @@ from e2e.helmchart import (
     name,
     render,
     render_sets,
+    render_text,
+    validate,
     values_args,
 )
 
-# Kinds whose schemas are not part of Kubernetes' API; test_cert_manager_issues_one_certificate_per_service
-# asserts their content instead.
-CRD_KINDS = {("cert-manager.io/v1", "Certificate")}
 LABELS = [
     "app.kubernetes.io/name",
     "app.kubernetes.io/instance",
@@ -101,10 +98,30 @@ def _env(r: Rendered, component: str) -> dict[str, dict[str, Any]]:
 def test_every_object_validates_against_the_kubernetes_schemas(value_set: str) -> None:
     r = render(*values_args(value_set))
     assert r.objects, "nothing rendered"
-    for obj in r.objects:
-        if (obj["apiVersion"], obj["kind"]) in CRD_KINDS:
-            continue
-        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+    validate(r.objects)
+
+
+VARIANTS = {
+    "metrics off": ["metrics.enabled=false"],
+    "network policies off": ["networkPolicy.enabled=false"],
+    "auth off": ["auth.enabled=false"],
+    "fixed tokens": ["auth.tokens={aaaaaaaaaaaaaaaaaaaa,bbbbbbbbbbbbbbbbbbbb}"],
+    "tls from a secret": ["tls.enabled=true", "tls.existingSecret=thinkmesh-tls"],
+    "tls from cert-manager": ["tls.enabled=true", "tls.certManager.enabled=true", "tls.certManager.issuerRef.name=ca"],
+    "existing store": ["store.existingClaim=models"],
+    "redis without persistence": ["redis.persistence.enabled=false"],
+    "existing service account": ["serviceAccount.create=false", "serviceAccount.name=thinkmesh-runner"],
+    "every hpa": [f"{c}.autoscaling.enabled=true" for c in ["policy", "ppm", "search", "worker"]],
+    "image digests": ["sandbox.image.digest=sha256:" + "0" * 64],
+    "pull secrets": ["imagePullSecrets[0].name=regcred"],
+    "search load balancer": ["search.service.type=LoadBalancer"],
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_variants_render_valid_objects(variant: str) -> None:
+    r = render(*[arg for setting in VARIANTS[variant] for arg in ("--set", setting)])
+    validate(r.objects)
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
@@ -114,6 +131,27 @@ def test_helm3_renders_the_same_objects_as_helm4(value_set: str) -> None:
 
     args = values_args(value_set)
     assert inventory(render(*args, helm=HELM3)) == inventory(render(*args))
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_each_component_can_be_turned_off(component: str) -> None:
+    settings = ["--set", f"{component}.enabled=false"]
+    if component == "redis":
+        settings += ["--set", "redis.external.url=redis://redis.example:6379/0"]
+    r = render(*settings)
+    left = [
+        (o["kind"], o["metadata"]["name"])
+        for o in r.objects
+        if o["metadata"]["labels"].get("app.kubernetes.io/component") == component
+        and not (component == "redis" and o["kind"] == "Secret")  # the external broker's URLs
+    ]
+    assert not left
+    validate(r.objects)
+    # Nobody calls it, admits it or is told where it is.
+    text = render_text(*settings)
+    assert f"{name(component)}." not in text and f"{name(component)}-headless" not in text
+    if component != "redis":
+        assert f"app.kubernetes.io/component: {component}\n" not in text
 
 
 def test_every_object_carries_the_standard_labels(defaults: Rendered) -> None:
