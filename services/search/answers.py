@@ -4,6 +4,7 @@
 - "vote": a score-weighted vote over all terminal answers: each answer collects (1 + score)/2 from every
   terminal that reached it, so many agreeing trajectories beat one lucky high score.
 - "q": the answer of the terminal with the highest mean Q along its path.
+- "majority": the most frequent terminal answer, every trajectory one vote (self-consistency).
 Across several searches of one problem the terminals of all trees are pooled (the paper's 64 trajectories).
 Answers are compared after a light normalisation; the grader decides equality against references, not here.
 """
@@ -17,8 +18,8 @@ from typing import Literal
 from services.common import stepfmt
 from services.search.mcts import Node, Tree
 
-Method = Literal["ppm", "vote", "q"]
-METHODS: tuple[Method, ...] = ("ppm", "vote", "q")
+Method = Literal["ppm", "vote", "q", "majority"]
+METHODS: tuple[Method, ...] = ("ppm", "vote", "q", "majority")
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def choose(trees: Sequence[Tree], method: Method = "vote") -> Choice | None:
     best_of: dict[str, tuple[int, Tree, Node]] = {}
     for index, tree, node in pool:
         key = _key(node.answer or "")
-        totals[key] = totals.get(key, 0.0) + (1.0 + node.ppm_score) / 2.0
+        totals[key] = totals.get(key, 0.0) + (1.0 if method == "majority" else (1.0 + node.ppm_score) / 2.0)
         if key not in best_of or node.ppm_score > best_of[key][2].ppm_score:
             best_of[key] = (index, tree, node)
     winner = max(totals, key=lambda k: (totals[k], best_of[k][2].ppm_score))

@@ -1,0 +1,254 @@
+"""`thinkmesh up`, `thinkmesh solve` and `thinkmesh eval`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+# --------------------------------------------------------------------------------------------------- up
+
+
+def _up(args: argparse.Namespace) -> int:
+    from services.common.store import ModelStore
+    from services.search.stack import LocalStack
+
+    state = Path(args.state_dir).resolve()
+    store = ModelStore(state / "store")
+    if not (store.current_name("policy") and store.current_name("ppm")):
+        print("the store is empty: bootstrapping the embedded models first", file=sys.stderr)
+        from services.trainer.bootstrap import bootstrap, config_for
+
+        bootstrap(store, config_for(args.preset, seed=0))
+
+    stopping = False
+
+    def stop(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    stack = LocalStack(state, announce=lambda line: print(line, file=sys.stderr, flush=True))
+    try:
+        address = stack.start()
+        print(f"search listening on {address}", flush=True)
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("stopping every service", file=sys.stderr, flush=True)
+        stack.stop()
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ solve
+
+
+def _channel(args: argparse.Namespace) -> Any:
+    from services.common.channels import open_channel
+    from services.common.security import TlsFiles
+
+    tls = TlsFiles(ca=Path(args.tls_ca)) if args.tls_ca else None
+    token = Path(args.token_file).read_text().strip() if args.token_file else None
+    return open_channel(args.target, tls=tls, token=token)
+
+
+def _solve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from grpc import aio
+
+    from thinkmesh.v1 import search_pb2, search_pb2_grpc
+
+    async def call() -> Any:
+        async with _channel(args) as channel:
+            stub = search_pb2_grpc.SearchServiceStub(channel)
+            request = search_pb2.SolveRequest(
+                problem=args.problem,
+                rollouts=args.rollouts,
+                candidates=args.candidates,
+                searches=args.searches,
+                reference_answer=args.reference or "",
+            )
+            return await stub.Solve(request, timeout=args.timeout)
+
+    try:
+        reply = asyncio.run(call())
+    except aio.AioRpcError as exc:
+        print(f"thinkmesh: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    stats = {f: getattr(reply.stats, f) for f in search_pb2.SearchStats.DESCRIPTOR.fields_by_name}
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "answer": reply.answer,
+                    "solution": reply.solution,
+                    "score": reply.score,
+                    "stats": stats,
+                    "policy_version": reply.policy_version,
+                    "ppm_version": reply.ppm_version,
+                }
+            )
+        )
+    else:
+        print(
+            f"answer: {reply.answer}   (score {reply.score:.3f}, {stats['rollouts']} rollouts, {stats['wall_ms']} ms)"
+        )
+        print(reply.solution)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------- eval
+
+
+def load_problems(args: argparse.Namespace) -> list[Any]:
+    from services.search.evaluate import EvalProblem
+
+    if args.dataset == "curriculum":
+        from services.trainer.curriculum import generate
+
+        return [EvalProblem(p.id, p.question, p.answer) for p in generate(args.level, args.n, seed=args.seed)]
+    path = Path(args.dataset)
+    if path.is_file():
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        problems = [
+            EvalProblem(str(r.get("id", i)), r.get("question") or r["problem"], str(r["answer"]))
+            for i, r in enumerate(rows)
+        ]
+    else:
+        from services.common.datasets import load_dataset
+
+        problems = [EvalProblem(p.id, p.question, p.answer) for p in load_dataset(args.dataset)]
+    return problems[: args.n] if args.n else problems
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from tqdm import tqdm
+
+    from services.common.store import ModelStore
+    from services.search.evaluate import EvalSettings, evaluate
+    from services.search.local import local_backends
+
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    problems = load_problems(args)
+    if args.target:
+        print("thinkmesh: --target evaluation goes through SearchService.Solve", file=sys.stderr)
+        return _eval_remote(args, problems)
+    sweep = [int(x) for x in args.sweep.split(",")] if args.sweep else [args.rollouts]
+    points = []
+    for rollouts in sweep:
+        settings = EvalSettings(method=args.method, rollouts=rollouts, candidates=args.candidates, seed=args.seed)
+
+        async def run(settings: EvalSettings = settings) -> Any:
+            async with local_backends(ModelStore(args.store)) as backends:
+                with tqdm(total=len(problems), desc=f"{args.method} r={settings.rollouts}", disable=args.json) as bar:
+                    return await evaluate(problems, backends, settings, progress=bar.update)
+
+        results, summary = asyncio.run(run())
+        points.append(summary)
+        if not args.json:
+            print(
+                f"{summary['method']:<7} rollouts={summary['rollouts']:<4} accuracy={summary['accuracy']:.3f} "
+                f"n={summary['n']}  tokens/problem={summary['tokens_per_problem']:.0f}  "
+                f"s/problem={summary['seconds_per_problem']:.2f}"
+            )
+        if args.show:
+            for r in results:
+                print(f"  {'✓' if r.correct else '✗'} {r.id}: {r.answer!r} (reference {r.reference!r})")
+    if args.plot:
+        _plot(points, Path(args.plot), args)
+    if args.json:
+        print(json.dumps(points[-1] if len(points) == 1 else {**points[-1], "sweep": points}))
+    return 0
+
+
+def _eval_remote(args: argparse.Namespace, problems: list[Any]) -> int:
+    import asyncio
+
+    from services.common.grading import Grader
+    from thinkmesh.v1 import search_pb2, search_pb2_grpc
+
+    async def run() -> list[Any]:
+        async with _channel(args) as channel:
+            stub = search_pb2_grpc.SearchServiceStub(channel)
+            requests = [search_pb2.SolveRequest(problem=p.question, rollouts=args.rollouts) for p in problems]
+            return list(await asyncio.gather(*(stub.Solve(r, timeout=args.timeout) for r in requests)))
+
+    replies = asyncio.run(run())
+    with Grader() as grader:
+        verdicts = grader.grade_many([(p.answer, r.answer) for p, r in zip(problems, replies, strict=True)])
+    summary = {
+        "method": "mcts",
+        "n": len(problems),
+        "rollouts": args.rollouts,
+        "accuracy": sum(v.equal for v in verdicts) / max(1, len(problems)),
+    }
+    print(json.dumps(summary) if args.json else f"accuracy={summary['accuracy']:.3f} n={summary['n']}")
+    return 0
+
+
+def _plot(points: list[dict[str, Any]], path: Path, args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5, 3.5))
+    axis.plot([p["rollouts"] for p in points], [p["accuracy"] for p in points], marker="o")
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("rollouts")
+    axis.set_ylabel("accuracy")
+    axis.set_title(
+        f"{args.method} on {args.dataset}" + (f" level {args.level}" if args.dataset == "curriculum" else "")
+    )
+    axis.grid(True, alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    print(f"plot written to {path}", file=sys.stderr)
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    up = sub.add_parser("up", help="run the whole system on this machine (embedded defaults) until Ctrl-C")
+    up.add_argument("--state-dir", default=".thinkmesh", help="store, broker and logs (default ./.thinkmesh)")
+    up.add_argument("--preset", default="small", choices=("small", "micro"), help="models to bootstrap if none")
+    up.set_defaults(func=_up)
+
+    def client_options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--target", default="127.0.0.1:50054", help="SearchService address")
+        parser.add_argument("--token-file", default=None, help="a file holding the bearer token")
+        parser.add_argument("--tls-ca", default=None, help="CA certificate to verify the server (enables TLS)")
+        parser.add_argument("--timeout", type=float, default=600.0, help="deadline in seconds")
+
+    solve = sub.add_parser("solve", help="ask SearchService for a solution")
+    solve.add_argument("problem")
+    client_options(solve)
+    solve.add_argument("--rollouts", type=int, default=0)
+    solve.add_argument("--candidates", type=int, default=0)
+    solve.add_argument("--searches", type=int, default=0)
+    solve.add_argument("--reference", default=None, help="reference answer (training mode)")
+    solve.add_argument("--json", action="store_true")
+    solve.set_defaults(func=_solve)
+
+    evaluation = sub.add_parser("eval", help="accuracy of a decoding method on a dataset")
+    evaluation.add_argument("--dataset", required=True, help="curriculum, a dataset of ../shared/data, or a JSONL file")
+    evaluation.add_argument("--level", type=int, default=1)
+    evaluation.add_argument("--n", type=int, default=100)
+    evaluation.add_argument("--seed", type=int, default=12345, help="curriculum seed (held out from training seeds)")
+    evaluation.add_argument("--method", choices=("greedy", "bon", "maj", "mcts"), default="greedy")
+    evaluation.add_argument("--rollouts", type=int, default=16)
+    evaluation.add_argument("--candidates", type=int, default=4)
+    evaluation.add_argument("--sweep", default=None, help="comma-separated rollout counts, e.g. 1,2,4,8,16")
+    evaluation.add_argument("--plot", default=None, help="write accuracy against rollouts to this PNG")
+    evaluation.add_argument("--store", default=None)
+    evaluation.add_argument("--show", action="store_true", help="print every problem's answer")
+    evaluation.add_argument("--json", action="store_true")
+    client_options(evaluation)
+    evaluation.set_defaults(target=None, func=_eval)

@@ -1,0 +1,124 @@
+"""The evaluation harness behind `thinkmesh eval`: accuracy of a decoding method on a problem set.
+
+Methods, all through the same search code:
+- greedy: one trajectory, temperature 0 (one candidate per step, one rollout);
+- maj:    N sampled trajectories, majority vote over their answers (self-consistency);
+- bon:    N sampled trajectories, the answer of the one the PPM scores highest (best-of-N);
+- mcts:   one MCTS per problem with R rollouts and the PPM (the answer by the configured rule).
+No reference answer is given to the search (inference mode); answers are graded afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from services.search.answers import Method, choose
+from services.search.backends import Backends
+from services.search.mcts import SearchConfig, Tree
+from services.search.orchestrator import Orchestrator, Sampling
+
+EvalMethod = Literal["greedy", "maj", "bon", "mcts"]
+EVAL_METHODS: tuple[EvalMethod, ...] = ("greedy", "maj", "bon", "mcts")
+
+
+@dataclass(frozen=True)
+class EvalProblem:
+    id: str
+    question: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    method: EvalMethod = "greedy"
+    rollouts: int = 16  # N for maj/bon, R for mcts
+    candidates: int = 4
+    max_depth: int = 16
+    temperature: float = 0.8
+    max_new_tokens: int = 256
+    answer_method: Method = "vote"
+    q_mode: Literal["terminal", "ppm"] = "ppm"
+    seed: int = 0
+    batch: int = 64  # problems searched together
+
+
+@dataclass
+class ProblemResult:
+    id: str
+    question: str
+    reference: str
+    answer: str
+    correct: bool
+    tokens: int
+    rollouts: int
+    seconds: float
+
+
+def _trees(problem: EvalProblem, s: EvalSettings) -> list[Tree]:
+    single = SearchConfig(rollouts=1, candidates=1, max_depth=s.max_depth, q_mode=s.q_mode, seed=s.seed)
+    if s.method == "greedy":
+        return [Tree(problem.question, single)]
+    if s.method in ("maj", "bon"):
+        return [Tree(problem.question, replace(single, seed=s.seed + i)) for i in range(s.rollouts)]
+    config = SearchConfig(
+        rollouts=s.rollouts, candidates=s.candidates, max_depth=s.max_depth, q_mode=s.q_mode, seed=s.seed
+    )
+    return [Tree(problem.question, config)]
+
+
+def _answer_rule(s: EvalSettings) -> Method:
+    return {"greedy": "ppm", "maj": "majority", "bon": "ppm"}.get(s.method, s.answer_method)  # type: ignore[return-value]
+
+
+async def evaluate(
+    problems: Sequence[EvalProblem],
+    backends: Backends,
+    settings: EvalSettings,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[list[ProblemResult], dict[str, Any]]:
+    temperature = 0.0 if settings.method == "greedy" else settings.temperature
+    orchestrator = Orchestrator(backends, Sampling(temperature=temperature, max_new_tokens=settings.max_new_tokens))
+    results: list[ProblemResult] = []
+    tokens_total = 0
+    started = time.monotonic()
+    for start in range(0, len(problems), settings.batch):
+        chunk = problems[start : start + settings.batch]
+        forest = [_trees(p, settings) for p in chunk]
+        chunk_started = time.monotonic()
+        stats = await orchestrator.run([t for trees in forest for t in trees], seed=settings.seed)
+        seconds = (time.monotonic() - chunk_started) / len(chunk)
+        tokens_total += stats.tokens
+        chosen = [choose(trees, _answer_rule(settings)) for trees in forest]
+        verdicts = await backends.grader.grade(
+            [(p.answer, c.answer if c else "") for p, c in zip(chunk, chosen, strict=True)]
+        )
+        for problem, trees, choice, ok in zip(chunk, forest, chosen, verdicts, strict=True):
+            results.append(
+                ProblemResult(
+                    problem.id,
+                    problem.question,
+                    problem.answer,
+                    choice.answer if choice else "",
+                    bool(ok),
+                    tokens=stats.tokens // len(chunk),
+                    rollouts=sum(t.stats.rollouts for t in trees),
+                    seconds=seconds,
+                )
+            )
+        if progress is not None:
+            progress(len(chunk))
+    wall = time.monotonic() - started
+    summary = {
+        "method": settings.method,
+        "n": len(results),
+        "accuracy": sum(r.correct for r in results) / len(results) if results else 0.0,
+        "rollouts": settings.rollouts if settings.method != "greedy" else 1,
+        "tokens_per_problem": tokens_total / len(results) if results else 0.0,
+        "seconds_per_problem": wall / len(results) if results else 0.0,
+        "wall_seconds": round(wall, 2),
+    }
+    return results, summary
