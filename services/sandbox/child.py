@@ -111,9 +111,7 @@ def run(
     _execute(code)
 
 
-def _isolate(
-    plan: ChildPlan, uid: int, workdir: str | None, stdout_fd: int, stderr_fd: int, wake_fd: int
-) -> int:
+def _isolate(plan: ChildPlan, uid: int, workdir: str | None, stdout_fd: int, stderr_fd: int, wake_fd: int) -> int:
     zygote = os.getppid()
     # A session of its own: the zygote kills the whole process group, and seccomp keeps it from leaving.
     os.setsid()

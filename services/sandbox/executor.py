@@ -65,10 +65,23 @@ class SandboxExecutor:
         for layer in report.layers:
             level = logging.INFO if layer.active else logging.WARNING
             state = "active" if layer.active else "INACTIVE"
-            log.log(level, "isolation layer %s %s: %s", layer.name, state, layer.detail,
-                    extra={"layer": layer.name, "active": layer.active})
-        log.info("sandbox ready", extra={"layers_active": report.active, "zygote_pid": zygote.pid,
-                                         "warmup_ms": zygote.warmup_ms, "workers": self.settings.max_workers})
+            log.log(
+                level,
+                "isolation layer %s %s: %s",
+                layer.name,
+                state,
+                layer.detail,
+                extra={"layer": layer.name, "active": layer.active},
+            )
+        log.info(
+            "sandbox ready",
+            extra={
+                "layers_active": report.active,
+                "zygote_pid": zygote.pid,
+                "warmup_ms": zygote.warmup_ms,
+                "workers": self.settings.max_workers,
+            },
+        )
         self.report = report
         self._zygote = zygote
         self._started.set()
@@ -103,9 +116,7 @@ class SandboxExecutor:
         where = "" if index is None else f"requests[{index}]: "
         code = program.code.encode("utf-8", errors="surrogatepass")
         if len(code) > settings.max_code_bytes:
-            raise InvalidInput(
-                f"{where}code is {len(code)} bytes, over the limit of {settings.max_code_bytes} bytes"
-            )
+            raise InvalidInput(f"{where}code is {len(code)} bytes, over the limit of {settings.max_code_bytes} bytes")
         timeout_ms = program.timeout_ms or settings.default_timeout_ms
         if not 0 < timeout_ms <= settings.max_timeout_ms:
             raise InvalidInput(

@@ -31,7 +31,14 @@ CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 CLONE_NEWTIME = 0x00000080
 NAMESPACE_FLAGS = (
-    CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWTIME,
+    CLONE_NEWNS,
+    CLONE_NEWCGROUP,
+    CLONE_NEWUTS,
+    CLONE_NEWIPC,
+    CLONE_NEWUSER,
+    CLONE_NEWPID,
+    CLONE_NEWNET,
+    CLONE_NEWTIME,
 )
 
 MS_RDONLY = 0x1
@@ -74,7 +81,10 @@ def unshare(flags: int) -> None:
 def mount(source: str, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
     _check(
         _libc.mount(
-            source.encode(), target.encode(), fstype.encode() if fstype else None, flags,
+            source.encode(),
+            target.encode(),
+            fstype.encode() if fstype else None,
+            flags,
             data.encode() if data else None,
         ),
         f"mount {target}",
@@ -82,6 +92,7 @@ def mount(source: str, target: str, fstype: str | None, flags: int, data: str | 
 
 
 # --- the zygote, once ---------------------------------------------------------------------------------------
+
 
 def enter_zygote_namespaces() -> tuple[bool, bool, str]:
     """Give the zygote (and so every program) its own network and mount namespaces.
@@ -157,24 +168,83 @@ def network_is_empty() -> bool:
 # Each denied call fails with EPERM, so a program sees a Python exception it can report, not a sudden death.
 DENIED_SYSCALLS = (
     # network: no sockets at all (the namespace has no interfaces either; this also closes unix sockets)
-    "socket", "socketpair",
+    "socket",
+    "socketpair",
     # other processes' memory and state
-    "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_open", "pidfd_getfd",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "kcmp",
+    "pidfd_open",
+    "pidfd_getfd",
     # signals: only kill(0, sig) — its own process group — stays allowed (rule below)
-    "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_send_signal",
+    "tkill",
+    "tgkill",
+    "rt_sigqueueinfo",
+    "rt_tgsigqueueinfo",
+    "pidfd_send_signal",
     # leaving the process group the zygote kills as a whole
-    "setsid", "setpgid",
+    "setsid",
+    "setpgid",
     # file systems and namespaces
-    "mount", "umount2", "pivot_root", "chroot", "move_mount", "open_tree", "fsopen", "fsconfig", "fsmount",
-    "fspick", "mount_setattr", "unshare", "setns", "open_by_handle_at", "name_to_handle_at", "mknod", "mknodat",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "move_mount",
+    "open_tree",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "mount_setattr",
+    "unshare",
+    "setns",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "mknod",
+    "mknodat",
     # System V and POSIX IPC outlive a process: a program could leave memory behind after it is gone
-    "shmget", "msgget", "semget", "mq_open",
+    "shmget",
+    "msgget",
+    "semget",
+    "mq_open",
     # kernel attack surface a step of arithmetic never needs
-    "bpf", "perf_event_open", "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register",
-    "keyctl", "add_key", "request_key", "kexec_load", "kexec_file_load", "init_module", "finit_module",
-    "delete_module", "reboot", "swapon", "swapoff", "acct", "quotactl", "syslog", "personality", "iopl",
-    "ioperm", "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "sethostname", "setdomainname",
-    "fanotify_init", "lookup_dcookie", "vhangup", "uselib", "ustat", "sysfs",
+    "bpf",
+    "perf_event_open",
+    "userfaultfd",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "reboot",
+    "swapon",
+    "swapoff",
+    "acct",
+    "quotactl",
+    "syslog",
+    "personality",
+    "iopl",
+    "ioperm",
+    "settimeofday",
+    "clock_settime",
+    "clock_adjtime",
+    "adjtimex",
+    "sethostname",
+    "setdomainname",
+    "fanotify_init",
+    "lookup_dcookie",
+    "vhangup",
+    "uselib",
+    "ustat",
+    "sysfs",
 )
 
 
@@ -229,6 +299,7 @@ def compile_seccomp() -> SeccompProgram:
 
 # --- each program's process -----------------------------------------------------------------------------------
 
+
 def private_tmp(uid: int, size_mb: int) -> str:
     """A mount namespace of the process's own, with a fresh tmpfs as /tmp; returns the directory to work in."""
     unshare(CLONE_NEWNS)
@@ -236,9 +307,7 @@ def private_tmp(uid: int, size_mb: int) -> str:
     return "/tmp"
 
 
-def set_limits(
-    *, memory_mb: int, timeout_ms: int, max_processes: int, max_open_files: int, max_file_mb: int
-) -> int:
+def set_limits(*, memory_mb: int, timeout_ms: int, max_processes: int, max_open_files: int, max_file_mb: int) -> int:
     """rlimits at the server's maximums, set while still privileged; returns the inherited address space.
 
     A process is prepared before its program is known, so memory and CPU time start at the ceiling and

@@ -25,9 +25,7 @@ STATUS_FROM_PROTO = {number: status for status, number in _STATUS.items()}
 class Executor(Protocol):
     async def execute(self, program: Program, *, deadline: float | None = None) -> Result: ...
 
-    async def execute_batch(
-        self, programs: Sequence[Program], *, deadline: float | None = None
-    ) -> list[Result]: ...
+    async def execute_batch(self, programs: Sequence[Program], *, deadline: float | None = None) -> list[Result]: ...
 
 
 def program_from_proto(request: sandbox_pb2.ExecuteRequest) -> Program:

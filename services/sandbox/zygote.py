@@ -312,9 +312,7 @@ class Zygote:
             if note:
                 stderr = (stderr + b"\n" if stderr and not stderr.endswith(b"\n") else stderr) + note.encode()
         duration_ms = max(0, round((running.ended - running.started) * 1000))
-        return JobResult(
-            running.job.job_id, status, running.truncated, duration_ms, bytes(running.stdout), stderr
-        )
+        return JobResult(running.job.job_id, status, running.truncated, duration_ms, bytes(running.stdout), stderr)
 
     # --- the loop ---------------------------------------------------------------------------------------------
 

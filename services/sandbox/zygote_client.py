@@ -76,8 +76,12 @@ class ZygoteProcess:
             # A new session: a terminal's Ctrl-C reaches the server, which then drains; the zygote must not die
             # first. (Spawning is fork+exec, which is safe with gRPC's threads running.)
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "services.sandbox.zygote",
-                str(theirs.fileno()), config.to_json(), str(os.getpid()),
+                sys.executable,
+                "-m",
+                "services.sandbox.zygote",
+                str(theirs.fileno()),
+                config.to_json(),
+                str(os.getpid()),
                 pass_fds=(theirs.fileno(),),
                 env=_ZYGOTE_ENV,
                 stdin=subprocess.DEVNULL,
@@ -179,4 +183,3 @@ class ZygoteProcess:
         self._reading.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reading
-

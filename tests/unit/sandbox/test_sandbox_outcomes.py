@@ -50,5 +50,9 @@ def test_results_cross_the_wire_unchanged(status: Status) -> None:
 def test_result_dict_has_the_cli_json_keys() -> None:
     result = Result(Status.TIMEOUT, "", "", 1000, False)
     assert result.to_dict() == {
-        "status": "timeout", "stdout": "", "stderr": "", "duration_ms": 1000, "truncated": False
+        "status": "timeout",
+        "stdout": "",
+        "stderr": "",
+        "duration_ms": 1000,
+        "truncated": False,
     }

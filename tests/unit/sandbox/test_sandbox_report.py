@@ -17,8 +17,15 @@ CONFIG = ZygoteConfig(2, 60000, "/tmp/thinkmesh-sandbox", 64, 16, 64, 16, 4096, 
 
 def _plan(**changes: Any) -> ChildPlan:
     values: dict[str, Any] = dict(
-        private_tmp=True, drop_uid=True, seccomp=None, max_processes=16, max_open_files=64, max_file_mb=16,
-        workdir_mb=64, max_memory_mb=4096, max_timeout_ms=60000,
+        private_tmp=True,
+        drop_uid=True,
+        seccomp=None,
+        max_processes=16,
+        max_open_files=64,
+        max_file_mb=16,
+        workdir_mb=64,
+        max_memory_mb=4096,
+        max_timeout_ms=60000,
     )
     values.update(changes)
     return ChildPlan(**values)
@@ -26,8 +33,15 @@ def _plan(**changes: Any) -> ChildPlan:
 
 def _facts(**changes: Any) -> dict[str, Any]:
     facts: dict[str, Any] = {
-        "uid": 60000, "env": EXPECTED_ENV, "cwd": "/tmp", "seccomp": "0", "socket": "allowed",
-        "interfaces": ["lo"], "nproc": 16, "writable": ["/tmp"], "cwd_tmpfs": True,
+        "uid": 60000,
+        "env": EXPECTED_ENV,
+        "cwd": "/tmp",
+        "seccomp": "0",
+        "socket": "allowed",
+        "interfaces": ["lo"],
+        "nproc": 16,
+        "writable": ["/tmp"],
+        "cwd_tmpfs": True,
     }
     facts.update(changes)
     return facts
@@ -46,8 +60,9 @@ def test_a_non_root_server_reports_the_uid_layer_inactive_and_says_why() -> None
 
 
 def test_seccomp_counts_only_when_the_probe_saw_it_in_force() -> None:
-    report = build_report(_facts(), ZygoteSetup(network=True, failures={"seccomp": "pyseccomp missing"}),
-                          _plan(), CONFIG, threads=1)
+    report = build_report(
+        _facts(), ZygoteSetup(network=True, failures={"seccomp": "pyseccomp missing"}), _plan(), CONFIG, threads=1
+    )
     assert not report.is_active("seccomp")
     assert "pyseccomp missing" in report.summary()
 
