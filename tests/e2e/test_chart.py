@@ -330,7 +330,7 @@ def test_services_run_the_thinkmesh_command_on_their_port(defaults: Rendered) ->
         assert {"name": "grpc", "containerPort": port, "protocol": "TCP"} in container["ports"]
     worker = defaults.container("worker")
     assert worker["args"] == ["worker"]
-    assert defaults.settings("worker")["THINKMESH_SEARCH_WORKER_CONCURRENCY"] == "2"
+    assert defaults.settings("worker")["THINKMESH_SEARCH_WORKER_CONCURRENCY"] == "16"
 
 
 def test_grpc_services_have_grpc_probes_and_model_pods_a_long_startup(defaults: Rendered) -> None:
@@ -562,14 +562,17 @@ def test_without_tls_every_service_is_explicitly_insecure(defaults: Rendered) ->
 
 def test_with_tls_certificates_are_mounted_read_only_and_probes_speak_tls() -> None:
     r = render(*TLS)
+    called = {"policy", "ppm", "sandbox"}  # servers other components call: mutual TLS
+    callers = {"search", "worker", "trainer"}  # verify the services they call against the CA
     for component in ["policy", "ppm", "sandbox", "search", "worker", "trainer"]:
         prefix = f"THINKMESH_{PREFIX[component]}_"
         settings = r.settings(component)
         assert f"{prefix}INSECURE" not in settings
         assert settings[f"{prefix}TLS_CERT"] == "/etc/thinkmesh/tls/tls.crt"
         assert settings[f"{prefix}TLS_KEY"] == "/etc/thinkmesh/tls/tls.key"
-        # A CA turns on mutual TLS: servers demand client certificates, clients verify servers.
-        assert settings[f"{prefix}TLS_CA"] == "/etc/thinkmesh/tls/ca.crt"
+        # A CA on a server turns on mutual TLS: it demands client certificates.
+        assert settings.get(f"{prefix}TLS_CA") == ("/etc/thinkmesh/tls/ca.crt" if component in called else None)
+        assert settings.get(f"{prefix}CLIENT_TLS_CA") == ("/etc/thinkmesh/tls/ca.crt" if component in callers else None)
         assert _volume_mounts(r, component)["tls"] == {
             "name": "tls",
             "mountPath": "/etc/thinkmesh/tls",
@@ -586,6 +589,19 @@ def test_with_tls_certificates_are_mounted_read_only_and_probes_speak_tls() -> N
             f"127.0.0.1:{PORTS[component]}",
             f"{name(component)}.{NAMESPACE}.svc.cluster.local",
         ]
+
+
+def test_api_users_present_certificates_only_when_asked() -> None:
+    r = render(*TLS, "--set", "tls.apiClientCertificates=true")
+    assert r.settings("search")["THINKMESH_SEARCH_TLS_CA"] == "/etc/thinkmesh/tls/ca.crt"
+    assert r.settings("trainer")["THINKMESH_TRAINER_TLS_CA"] == "/etc/thinkmesh/tls/ca.crt"
+    assert "THINKMESH_SEARCH_TLS_CA" not in r.settings("worker")
+
+
+def test_the_worker_binds_its_metrics_on_every_interface(defaults: Rendered) -> None:
+    assert defaults.settings("worker")["THINKMESH_SEARCH_HOST"] == "0.0.0.0"
+    # gRPC servers get their address on the command line instead.
+    assert "THINKMESH_SEARCH_HOST" not in defaults.settings("search")
 
 
 def test_cert_manager_issues_one_certificate_per_service() -> None:

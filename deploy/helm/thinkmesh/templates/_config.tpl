@@ -26,12 +26,25 @@ Params: (dict "root" $ "name" "search" "store" "rw|ro|" "calls" (list "sandbox" 
 {{- $_ := set $env (printf "%sDRAIN_SECONDS" $p) (toString $drain) }}
 {{- if $root.Values.tls.enabled }}
 {{- $dir := $root.Values.tls.mountPath }}
+{{- /* The pod's certificate: its server certificate, and its client certificate towards what it calls. */}}
 {{- $_ := set $env (printf "%sTLS_CERT" $p) (printf "%s/tls.crt" $dir) }}
 {{- $_ := set $env (printf "%sTLS_KEY" $p) (printf "%s/tls.key" $dir) }}
+{{- /* Servers called by other components demand their client certificates (mutual TLS); the API servers
+demand them from users only when tls.apiClientCertificates says so. */}}
+{{- if or .callers (and .clients $root.Values.tls.apiClientCertificates) }}
 {{- $_ := set $env (printf "%sTLS_CA" $p) (printf "%s/ca.crt" $dir) }}
+{{- end }}
+{{- /* Callers verify the services they call against the CA (and present their own certificate). */}}
+{{- if .calls }}
+{{- $_ := set $env (printf "%sCLIENT_TLS_CA" $p) (printf "%s/ca.crt" $dir) }}
+{{- end }}
 {{- else }}
 {{- /* Plaintext off loopback is refused unless asked for explicitly: tls.enabled=false is that ask. */}}
 {{- $_ := set $env (printf "%sINSECURE" $p) "true" }}
+{{- end }}
+{{- if not .grpc }}
+{{- /* No gRPC server here (the worker): HOST only binds the metrics endpoint, which Prometheus must reach. */}}
+{{- $_ := set $env (printf "%sHOST" $p) "0.0.0.0" }}
 {{- end }}
 {{- if and .auth $root.Values.auth.enabled }}
 {{- $_ := set $env (printf "%sAUTH_TOKENS_FILE" $p) (printf "/etc/thinkmesh/auth/%s" $root.Values.auth.tokensKey) }}
