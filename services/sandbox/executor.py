@@ -138,8 +138,8 @@ class SandboxExecutor:
         capacity = self.settings.max_workers + self.settings.max_queue
         if self._admitted + count > capacity:
             raise Overloaded(
-                f"the sandbox is full ({self._admitted} programs running or queued, room for {capacity}); "
-                "retry with backoff or add replicas"
+                f"the sandbox is full ({self._admitted} programs running or queued, room for {capacity}, "
+                f"{count} more asked); retry with backoff or add replicas"
             )
         self._admitted += count
         ADMITTED.inc(count)

@@ -65,7 +65,13 @@ class SandboxSettings(ServerSettings):
         super().validate()
         require(self.max_workers >= 1, self, "max_workers", "must be at least 1")
         require(self.max_queue >= 0, self, "max_queue", "must not be negative")
-        require(self.max_batch >= 1, self, "max_batch", "must be at least 1")
+        require(
+            1 <= self.max_batch <= self.max_workers + self.max_queue,
+            self,
+            "max_batch",
+            f"must be between 1 and max_workers + max_queue ({self.max_workers + self.max_queue}), or a full "
+            "batch could never be admitted",
+        )
         require(self.max_timeout_ms >= 1, self, "max_timeout_ms", "must be positive")
         require(
             1 <= self.default_timeout_ms <= self.max_timeout_ms,

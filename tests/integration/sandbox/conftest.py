@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from support.processes import REPO, THINKMESH, read_first_line
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def executor() -> AsyncIterator[SandboxExecutor]:
     """One warm executor per test module (starting a zygote takes about a second)."""
-    settings = load_settings(SandboxSettings, environ={}, max_workers=2, max_queue=2)
+    settings = load_settings(SandboxSettings, environ={}, max_workers=2, max_queue=2, max_batch=4)
     sandbox = SandboxExecutor(settings)
     await sandbox.start()
     yield sandbox
@@ -36,6 +37,14 @@ class ServerProcess:
     process: subprocess.Popen[str]
     address: str
     log_path: Path
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Until the zygote is warm and health says SERVING (the first line comes before that)."""
+        deadline = time.monotonic() + timeout
+        while not any(entry["msg"] == "serving" for entry in self.logs()):
+            assert self.process.poll() is None, self.log_path.read_text()
+            assert time.monotonic() < deadline, "the server never became ready"
+            time.sleep(0.05)
 
     def logs(self) -> list[dict[str, Any]]:
         lines = self.log_path.read_text().splitlines()
