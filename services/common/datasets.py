@@ -1,0 +1,176 @@
+"""The real math data in ``../shared/data`` (MATH500, MATH, GSM8K, AIME 2024, AMC 2023, rStar-Math eval sets).
+
+Every file becomes a list of ``Problem`` records. The data is read where it lies (``<repo>/../shared/data``
+or ``$THINKMESH_DATA_DIR``); the project never copies it. Source quirks are smoothed here, once:
+GSM8K's answer is the text after ``####``; AMC's float answers (``27.0``) become ``"27"``; MATH's
+``"Level 3"`` becomes ``3``; rStar's four list answers (either of two points) keep every alternative.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.common.errors import InvalidInput, NotFound
+
+DATA_DIR_ENV = "THINKMESH_DATA_DIR"
+_DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str
+    question: str
+    answer: str
+    source: str  # the dataset name it was loaded as
+    level: int | None = None
+    subject: str | None = None
+    alternatives: tuple[str, ...] = field(default=(), compare=False)  # further accepted answers
+
+    @property
+    def answers(self) -> tuple[str, ...]:
+        """Every accepted answer, the main one first."""
+        return (self.answer, *self.alternatives)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    path: str  # a file, or a glob for datasets spread over several files
+    rows: int
+
+
+def data_dir() -> Path:
+    """Where the data lives: $THINKMESH_DATA_DIR, else ../shared/data beside the repository."""
+    configured = os.environ.get(DATA_DIR_ENV)
+    return Path(configured).expanduser() if configured else _DEFAULT_DATA_DIR
+
+
+def _require_dir() -> Path:
+    root = data_dir()
+    if not root.is_dir():
+        raise NotFound(f"math data directory {root} does not exist (set {DATA_DIR_ENV} to where it is)")
+    return root
+
+
+# ------------------------------------------------------------------------------------------------ readers
+
+Row = dict[str, Any]
+Reader = Callable[[Path, str], Iterator[Problem]]
+
+
+def _jsonl(path: Path) -> Iterator[Row]:
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                yield json.loads(line)
+
+
+def _answer_text(value: object) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def _math_level(value: object) -> int | None:
+    if isinstance(value, int):
+        return value
+    digits = str(value).removeprefix("Level").strip()
+    return int(digits) if digits.isdigit() else None  # a few MATH problems say "Level ?"
+
+
+def _read_math500(path: Path, source: str) -> Iterator[Problem]:
+    for row in _jsonl(path):
+        yield Problem(row["unique_id"], row["problem"], _answer_text(row["answer"]), source,
+                      _math_level(row["level"]), row["subject"])
+
+
+def _read_math_full(path: Path, source: str) -> Iterator[Problem]:
+    for row in _jsonl(path):
+        yield Problem(row["unique_id"], row["problem"], _answer_text(row["answer"]), source,
+                      _math_level(row["level"]), row["type"])
+
+
+def _read_gsm8k(path: Path, source: str) -> Iterator[Problem]:
+    for index, row in enumerate(_jsonl(path)):
+        final = str(row["answer"]).rsplit("####", 1)[-1].strip()
+        yield Problem(f"{source}/{index}", row["question"], final, source)
+
+
+def _read_qwen_eval(path: Path, source: str) -> Iterator[Problem]:
+    # AIME answers are zero-padded strings ("025"), AMC answers floats (27.0): both kept as the file says,
+    # with floats that are integers written as integers. The grader treats "025" and "25" as equal.
+    for row in _jsonl(path):
+        yield Problem(f"{source}/{row['id']}", row["problem"], _answer_text(row["answer"]), source)
+
+
+def _read_rstar(path: Path, source: str) -> Iterator[Problem]:
+    with path.open(encoding="utf-8") as handle:
+        rows: list[Row] = json.load(handle)
+    for row in rows:
+        answer = row["answer"]
+        answers = [_answer_text(a) for a in answer] if isinstance(answer, list) else [_answer_text(answer)]
+        yield Problem(f"{source}/{row['index']}", row["question"], answers[0], source,
+                      alternatives=tuple(answers[1:]))
+
+
+@dataclass(frozen=True)
+class _Spec:
+    pattern: str  # relative to the data directory; may be a glob
+    reader: Reader
+
+
+_MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
+                  "prealgebra", "precalculus")
+_RSTAR_FILES = ("math500_test", "aime2024_test", "amc23_test", "GSM8K_test", "MATH_test", "collegemath_test",
+                "gaokao2023en_test", "olympiadbench_test", "omni_test")
+
+_SPECS: dict[str, _Spec] = {
+    "math500": _Spec("math500/test.jsonl", _read_math500),
+    "gsm8k_test": _Spec("gsm8k/test.jsonl", _read_gsm8k),
+    "gsm8k_train": _Spec("gsm8k/train.jsonl", _read_gsm8k),
+    "aime24": _Spec("aime24/test.jsonl", _read_qwen_eval),
+    "amc23": _Spec("amc23/test.jsonl", _read_qwen_eval),
+    "math_train": _Spec("math_full/train_*.jsonl", _read_math_full),
+    "math_test": _Spec("math_full/test_*.jsonl", _read_math_full),
+    **{f"math_{split}/{subject}": _Spec(f"math_full/{split}_{subject}.jsonl", _read_math_full)
+       for split in ("train", "test") for subject in _MATH_SUBJECTS},
+    **{f"rstar/{stem}": _Spec(f"rstar_eval/{stem}.json", _read_rstar) for stem in _RSTAR_FILES},
+}
+
+
+def dataset_names() -> list[str]:
+    return list(_SPECS)
+
+
+def _files(spec: _Spec, root: Path) -> list[Path]:
+    return sorted(root.glob(spec.pattern))
+
+
+def load_dataset(name: str) -> list[Problem]:
+    """Every problem of one dataset, in file order. Raises InvalidInput for an unknown name and NotFound
+    when the data directory or the dataset's files are missing."""
+    spec = _SPECS.get(name)
+    if spec is None:
+        raise InvalidInput(f"unknown dataset {name!r}; known: {', '.join(_SPECS)}")
+    root = _require_dir()
+    files = _files(spec, root)
+    if not files:
+        raise NotFound(f"dataset {name!r}: no file matches {root / spec.pattern}")
+    return [problem for path in files for problem in spec.reader(path, name)]
+
+
+def list_datasets() -> list[DatasetInfo]:
+    """Name, location and row count of every dataset whose files are present."""
+    root = _require_dir()
+    infos = []
+    for name, spec in _SPECS.items():
+        files = _files(spec, root)
+        if files:
+            rows = sum(1 for path in files for _ in spec.reader(path, name))
+            infos.append(DatasetInfo(name, str(root / spec.pattern), rows))
+    return infos
