@@ -36,6 +36,10 @@ _HERE = __file__
 # In the slot's shared memory: timeout ms, memory MB, code length, then the code.
 _JOB = struct.Struct("!III")
 _WAKE_FD = 3
+# The process writes its exit code here just before it exits: tearing down an address space forked from the
+# zygote takes about a millisecond, and the result need not wait for it. (A program could write here too, but
+# it would only misreport itself, and is killed at once all the same.)
+_STATUS_FD = 4
 
 
 @dataclass(frozen=True)
@@ -90,9 +94,10 @@ def run(
     stdout_fd: int,
     stderr_fd: int,
     wake_fd: int,
+    status_fd: int,
 ) -> NoReturn:
     try:
-        inherited = _isolate(plan, uid, workdir, stdout_fd, stderr_fd, wake_fd)
+        inherited = _isolate(plan, uid, workdir, stdout_fd, stderr_fd, wake_fd, status_fd)
     except BaseException as exc:
         message = f"sandbox: isolation layer {exc}; the program was not run\n"
         os.write(2, message.encode(errors="replace"))
@@ -111,7 +116,9 @@ def run(
     _execute(code)
 
 
-def _isolate(plan: ChildPlan, uid: int, workdir: str | None, stdout_fd: int, stderr_fd: int, wake_fd: int) -> int:
+def _isolate(
+    plan: ChildPlan, uid: int, workdir: str | None, stdout_fd: int, stderr_fd: int, wake_fd: int, status_fd: int
+) -> int:
     zygote = os.getppid()
     # A session of its own: the zygote kills the whole process group, and seccomp keeps it from leaving.
     os.setsid()
@@ -122,7 +129,8 @@ def _isolate(plan: ChildPlan, uid: int, workdir: str | None, stdout_fd: int, std
     os.dup2(stdout_fd, 1)
     os.dup2(stderr_fd, 2)
     os.dup2(wake_fd, _WAKE_FD)
-    os.closerange(_WAKE_FD + 1, 1 << 20)
+    os.dup2(status_fd, _STATUS_FD, inheritable=False)
+    os.closerange(_STATUS_FD + 1, 1 << 20)
     try:
         if plan.private_tmp:
             workdir = isolation.private_tmp(uid, plan.workdir_mb)
@@ -178,6 +186,7 @@ def _execute(code: bytes) -> NoReturn:
         io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace", line_buffering=True
     )
     sys.argv = [FILENAME]
+    main_pid = os.getpid()
     main = types.ModuleType("__main__")
     main.__dict__["__builtins__"] = builtins
     sys.modules["__main__"] = main
@@ -199,6 +208,12 @@ def _execute(code: bytes) -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(BaseException):  # the program may have closed its own output
             stream.flush()
+    # Only the program's own process reports; a process it forked ends here too, and must not.
+    if os.getpid() == main_pid:
+        with contextlib.suppress(OSError):
+            os.write(_STATUS_FD, bytes([status]))
+            os.close(1)
+            os.close(2)
     os._exit(status)
 
 

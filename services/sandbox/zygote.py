@@ -78,6 +78,7 @@ class Prepared:
     wake: int
     stdout: int
     stderr: int
+    status: int
     workdir: str | None
 
 
@@ -108,6 +109,7 @@ class Running:
     cpu_seconds: float = 0.0
     ended: float | None = None
     eof_deadline: float = float("inf")
+    status_fd: int = -1
 
 
 class Zygote:
@@ -164,6 +166,7 @@ class Zygote:
         out_read, out_write = os.pipe2(os.O_CLOEXEC)
         err_read, err_write = os.pipe2(os.O_CLOEXEC)
         wake_read, wake_write = os.pipe2(os.O_CLOEXEC)
+        status_read, status_write = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
         if pid == 0:  # the program's process: never returns
             try:
@@ -178,12 +181,13 @@ class Zygote:
                     stdout_fd=out_write,
                     stderr_fd=err_write,
                     wake_fd=wake_read,
+                    status_fd=status_write,
                 )
             finally:
                 os._exit(child.EXIT_ISOLATION)
-        for fd in (out_write, err_write, wake_read):
+        for fd in (out_write, err_write, wake_read, status_write):
             os.close(fd)
-        return Prepared(pid, wake_write, out_read, err_read, workdir)
+        return Prepared(pid, wake_write, out_read, err_read, status_read, workdir)
 
     def _dispatch(self, job: Job, slot: Slot) -> None:
         prepared, slot.prepared = slot.prepared, None
@@ -200,10 +204,12 @@ class Zygote:
             os.set_blocking(fd, False)
             running.fds[fd] = buffer
             self.selector.register(fd, selectors.EVENT_READ, lambda fd=fd, r=running: self._read_output(r, fd))
+        running.status_fd = prepared.status
+        self.selector.register(prepared.status, selectors.EVENT_READ, lambda r=running: self._read_status(r))
         self.running[prepared.pid] = running
 
     def _discard(self, prepared: Prepared) -> None:
-        for fd in (prepared.wake, prepared.stdout, prepared.stderr):
+        for fd in (prepared.wake, prepared.stdout, prepared.stderr, prepared.status):
             os.close(fd)
         if prepared.workdir is not None:
             shutil.rmtree(prepared.workdir, ignore_errors=True)
@@ -230,6 +236,31 @@ class Zygote:
             running.verdict = Status.OUTPUT_LIMIT
             self._kill(running)
 
+    def _read_status(self, running: Running) -> None:
+        """The exit code, written just before the process exits: the program is over now."""
+        try:
+            data = os.read(running.status_fd, 1)
+        except OSError:
+            data = b""
+        self._close_status(running)
+        if data and running.exit_status is None:
+            self._ended(running, exit_status=data[0] << 8, cpu_seconds=0.0)
+
+    def _close_status(self, running: Running) -> None:
+        if running.status_fd >= 0:
+            self.selector.unregister(running.status_fd)
+            os.close(running.status_fd)
+            running.status_fd = -1
+
+    def _ended(self, running: Running, exit_status: int, cpu_seconds: float) -> None:
+        running.exit_status = exit_status
+        running.cpu_seconds = cpu_seconds
+        running.ended = time.monotonic()
+        running.eof_deadline = running.ended + EOF_GRACE_S
+        # The program is over when its main process is: whatever it left running goes with it.
+        self._kill_group(running.pid)
+        self._maybe_finish(running)
+
     def _close_fd(self, running: Running, fd: int) -> None:
         if running.fds.pop(fd, None) is not None:
             self.selector.unregister(fd)
@@ -254,13 +285,8 @@ class Zygote:
                         self._discard(slot.prepared)
                         slot.prepared = None
                 continue  # otherwise a program's orphan, reparented to us (a subreaper) and now reaped
-            running.exit_status = status
-            running.cpu_seconds = usage.ru_utime + usage.ru_stime
-            running.ended = time.monotonic()
-            running.eof_deadline = running.ended + EOF_GRACE_S
-            # The program is over when its main process is: whatever it left running goes with it.
-            self._kill_group(pid)
-            self._maybe_finish(running)
+            if running.exit_status is None:  # else it reported its exit code already
+                self._ended(running, status, usage.ru_utime + usage.ru_stime)
 
     def _kill(self, running: Running) -> None:
         running.ended = time.monotonic()
@@ -292,6 +318,7 @@ class Zygote:
             return
         for fd in list(running.fds):
             self._close_fd(running, fd)
+        self._close_status(running)
         del self.running[running.pid]
         if running.workdir is not None:
             shutil.rmtree(running.workdir, ignore_errors=True)

@@ -127,11 +127,19 @@ ATTACKS = [
     attack("close every descriptor", "import os\nos.closerange(0, 4096)\nprint('gone')", OK, ERROR),
     attack(
         "write to inherited descriptors",
-        "import os\nopen_fds = []\nfor fd in range(3, 4096):\n"
+        # fd 4 is the process's own exit-code pipe (see services/sandbox/child.py); anything else, such as the
+        # zygote's control socket or another program's pipes, must not be there at all.
+        "import os\nopen_fds = []\nfor fd in [3, *range(5, 4096)]:\n"
         "    try:\n        os.write(fd, b'junk')\n        open_fds.append(fd)\n    except OSError:\n        pass\n"
         "print('writable', open_fds)",
         OK,
         stdout="writable []",
+    ),
+    attack(
+        "misreport its own exit code",
+        "import os\nos.write(4, bytes([0]))\nos.write(4, b'junk' * 1000)\nimport time\ntime.sleep(600)",
+        OK,
+        ERROR,
     ),
     # --- giant outputs
     attack("giant stdout", "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)", OUTPUT),
