@@ -1,0 +1,48 @@
+"""`generate(level, n, seed)`: the curriculum's problems, deterministic by seed."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from services.trainer.curriculum.draft import Draft
+from services.trainer.curriculum.families import FAMILIES
+from services.trainer.curriculum.family import Family, Template
+from services.trainer.curriculum.levels import level_spec
+from services.trainer.curriculum.problem import CurriculumProblem
+
+
+def generate(level: int, n: int, seed: int = 0, *, families: Sequence[str] | None = None) -> list[CurriculumProblem]:
+    """`n` problems of one level. Problem i depends only on (seed, level, i): a longer list extends a shorter
+    one, and the same arguments always give the same problems."""
+    if n < 0:
+        raise ValueError("n must be >= 0")
+    spec = level_spec(level)
+    chosen = _families(families)
+    problems = []
+    for index in range(n):
+        rng = random.Random(f"thinkmesh-curriculum/{seed}/{level}/{index}")
+        family = rng.choice(chosen)
+        moves = rng.randint(*spec.moves)
+        template, chain = _template(rng, family, moves)
+        draft = Draft(rng, spec)
+        written = draft.finish(template.build(draft, chain))
+        problems.append(CurriculumProblem(
+            id=f"curriculum-L{level}-s{seed}-{index}", question=written.question, answer=written.answer,
+            level=level, family=family.name, template=template.name, solution=written.solution,
+            moves=written.moves))
+    return problems
+
+
+def _families(names: Sequence[str] | None) -> list[Family]:
+    if names is None:
+        return list(FAMILIES.values())
+    unknown = [name for name in names if name not in FAMILIES]
+    if unknown or not names:
+        raise ValueError(f"unknown families {unknown}; known: {', '.join(FAMILIES)}")
+    return [FAMILIES[name] for name in names]
+
+
+def _template(rng: random.Random, family: Family, moves: int) -> tuple[Template, int]:
+    fitting = [(t, chain) for t in family.templates if (chain := t.chain_for(moves)) is not None]
+    return rng.choice(fitting)
