@@ -46,6 +46,10 @@ def make_celery(settings: SearchSettings | None = None) -> Celery:
         result_extended=True,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
+        task_track_started=True,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s}
+        if settings.broker_url.startswith(("redis://", "rediss://"))
+        else {},
     )
     from services.search.tasks import register_tasks
 

@@ -94,7 +94,7 @@ class SearchCore:
                     return
                 if state in ("FAILURE", "REVOKED"):
                     finished = True
-                    raise SearchFailed(f"search failed: {info!r}"[:500])
+                    raise SearchFailed(f"search failed: {type(info).__name__}: {info}"[:500])
                 if state == "PROGRESS" and info != last:
                     last = info
                     yield {"state": "PROGRESS", **info}

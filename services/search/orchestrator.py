@@ -9,6 +9,7 @@ happens across services). The four kinds of call of one tick run concurrently.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from prometheus_client import Histogram
 from services.search.answers import Choice, Method, choose
 from services.search.backends import Backends, Prompt
 from services.search.mcts import Candidate, Execute, Expand, Grade, Score, SearchConfig, Tree
+
+log = logging.getLogger(__name__)
 
 BATCH_SIZE = Histogram(
     "thinkmesh_search_batch_size",
@@ -353,7 +356,10 @@ class SearchLoop:
                 continue
             for submission in {id(s): s for s, _ in active}.values():
                 if submission.progress is not None:
-                    submission.progress(submission.trees, submission.stats)
+                    try:
+                        submission.progress(submission.trees, submission.stats)
+                    except Exception:  # a broken progress report must not stop the searches
+                        log.exception("progress callback failed")
 
     def _count(self, active: list[tuple[_Submission, Tree]]) -> None:
         """Per submission: the calls it took part in and its items in them."""

@@ -23,6 +23,9 @@ class SearchSettings(ServerSettings):
     broker_url: str = "sqla+sqlite:///.thinkmesh/celery-broker.sqlite"
     result_backend: str = "db+sqlite:///.thinkmesh/celery-results.sqlite"
     worker_concurrency: int = 16  # tasks one worker process runs at once; their trees share batches
+    # Redis: a task whose worker died unacknowledged is redelivered after this long. Keep it above the longest
+    # search (default_deadline_s) so a slow task is never run twice.
+    visibility_timeout_s: int = 900
     queues: tuple[str, ...] = (SEARCH_QUEUE,)
     # The services a worker calls; dns:/// targets balance round-robin over every pod.
     policy_target: str = "127.0.0.1:50052"
@@ -53,6 +56,7 @@ class SearchSettings(ServerSettings):
         super().validate()
         require(self.worker_concurrency > 0, self, "worker_concurrency", "must be at least 1")
         require(bool(self.queues), self, "queues", "name at least one queue")
+        require(self.visibility_timeout_s > 0, self, "visibility_timeout_s", "must be positive")
         require(0 < self.rollouts <= self.max_rollouts, self, "rollouts", "must be between 1 and max_rollouts")
         require(0 < self.candidates <= self.max_candidates, self, "candidates", "must be between 1 and max_candidates")
         require(0 < self.searches <= self.max_searches, self, "searches", "must be between 1 and max_searches")

@@ -10,12 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import grpc
 from celery import Celery
 
 from services.common.store import default_root
 from services.search.results import ResultStore
 
 SOLVE = "thinkmesh.solve"
+_TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 PING = "thinkmesh.ping"
 
 
@@ -30,7 +32,9 @@ def register_tasks(app: Celery) -> None:
         """Liveness probe for workers: answers without touching any model or service."""
         return "pong"
 
-    @app.task(name=SOLVE, bind=True, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
+    @app.task(  # type: ignore[untyped-decorator]
+        name=SOLVE, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=8
+    )
     def solve(self: Any, request: dict[str, Any]) -> dict[str, Any]:
         from services.common.settings import load_settings
         from services.search.runtime import WorkerRuntime
@@ -45,13 +49,19 @@ def register_tasks(app: Celery) -> None:
         task_id = self.request.id
 
         def progress(event: dict[str, Any]) -> None:
+            # Called from the runtime's loop thread, where the task's thread-local request is not visible.
             if task_id:
-                self.update_state(state="PROGRESS", meta=event)
+                self.update_state(task_id=task_id, state="PROGRESS", meta=event)
 
         def is_cancelled() -> bool:
             return bool(task_id) and app.backend.get_task_meta(cancel_key(task_id)).get("status") == "REVOKED"
 
-        result = runtime.solve(request, progress=progress, is_cancelled=is_cancelled)
+        try:
+            result = runtime.solve(request, progress=progress, is_cancelled=is_cancelled)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in _TRANSIENT:  # a service starting, draining or overloaded: try again later
+                raise self.retry(exc=exc, countdown=min(60, 2 ** (self.request.retries + 1))) from exc
+            raise
         return _public(results.put(job, problem, {"job": job, "problem_id": problem, **result}))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.common.server import start_metrics
 from services.common.settings import load_settings
 from services.search.celery_app import make_celery
 from services.search.settings import SearchSettings
@@ -15,6 +16,7 @@ def run_worker(concurrency: int | None = None, queues: str | None = None) -> int
         "queues": tuple(q.strip() for q in queues.split(",") if q.strip()) if queues else None,
     }
     settings = load_settings(SearchSettings, **overrides)
+    start_metrics(settings)  # batch sizes and stage times of the searches this worker runs
     app = make_celery(settings)
     argv = [
         "worker",

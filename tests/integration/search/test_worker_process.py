@@ -20,11 +20,15 @@ def test_worker_answers_a_ping_over_sqlite_and_stops_on_sigterm(tmp_path: Path) 
         "THINKMESH_SEARCH_BROKER_URL": f"sqla+sqlite:///{tmp_path}/broker.sqlite",
         "THINKMESH_SEARCH_RESULT_BACKEND": f"db+sqlite:///{tmp_path}/results.sqlite",
     }
-    worker = subprocess.Popen([THINKMESH, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True)
+    worker = subprocess.Popen(
+        [THINKMESH, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:
-        app = make_celery(SearchSettings(broker_url=env["THINKMESH_SEARCH_BROKER_URL"],
-                                         result_backend=env["THINKMESH_SEARCH_RESULT_BACKEND"]))
+        app = make_celery(
+            SearchSettings(
+                broker_url=env["THINKMESH_SEARCH_BROKER_URL"], result_backend=env["THINKMESH_SEARCH_RESULT_BACKEND"]
+            )
+        )
         assert app.send_task("thinkmesh.ping").get(timeout=60) == "pong"
     finally:
         worker.send_signal(signal.SIGTERM)

@@ -1,0 +1,199 @@
+"""The search tier end to end: SearchService → Celery over a real Redis → real workers → real sandbox, PPM and
+policy servers (the policy scripted so searches last and terminate predictably)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc import aio
+
+from services.common.store import ModelStore
+from services.search.celery_app import make_celery
+from services.search.results import ResultStore
+from services.search.settings import SearchSettings
+from services.search.tasks import SOLVE
+from support.processes import REPO, THINKMESH, server_process, wait_serving
+from support.redis_server import redis_server
+from support.tiny_models import publish_micro_models
+from thinkmesh.v1 import search_pb2, search_pb2_grpc
+
+pytestmark = pytest.mark.timeout(600)
+PROBLEM = "Count something for me."
+
+
+class System:
+    def __init__(self, env: dict[str, str], search: str, store: Path) -> None:
+        self.env = env
+        self.search = search
+        self.store = store
+        self.workers: list[subprocess.Popen[str]] = []
+
+    def start_worker(self) -> subprocess.Popen[str]:
+        worker = subprocess.Popen(
+            [THINKMESH, "worker"],
+            env={**os.environ, **self.env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+        self.workers.append(worker)
+        return worker
+
+    def kill(self, worker: subprocess.Popen[str]) -> None:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+
+    def stop_workers(self) -> None:
+        for worker in self.workers:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGTERM)
+                try:
+                    worker.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(worker.pid, signal.SIGKILL)
+                    worker.wait()
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    root = tmp_path_factory.mktemp("system")
+    store = ModelStore(root / "store")
+    publish_micro_models(store)
+    support_path = os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])
+    base = {"THINKMESH_STORE": str(store.root), "HF_HUB_OFFLINE": "1", "PYTHONPATH": support_path}
+    with (
+        redis_server(root) as redis_url,
+        server_process([THINKMESH, "serve", "sandbox", "--port", "0"], base) as (_, sandbox),
+        server_process([THINKMESH, "serve", "ppm", "--port", "0"], {**base, "THINKMESH_PPM_DEVICE": "cpu"}) as (_, ppm),
+        server_process([sys.executable, "-m", "support.scripted_policy"], base) as (_, policy),
+    ):
+        for address in (sandbox, ppm, policy):
+            wait_serving(address)
+        env = {
+            **base,
+            "THINKMESH_SEARCH_BROKER_URL": redis_url,
+            "THINKMESH_SEARCH_RESULT_BACKEND": redis_url,
+            "THINKMESH_SEARCH_POLICY_TARGET": policy,
+            "THINKMESH_SEARCH_PPM_TARGET": ppm,
+            "THINKMESH_SEARCH_SANDBOX_TARGET": sandbox,
+            "THINKMESH_SEARCH_VISIBILITY_TIMEOUT_S": "3",
+            "THINKMESH_SEARCH_MAX_ROLLOUTS": "400",
+        }
+        with server_process([THINKMESH, "serve", "search", "--port", "0"], env) as (_, search):
+            running = System(env, search, store.root)
+            running.start_worker()
+            try:
+                yield running
+            finally:
+                running.stop_workers()
+
+
+def _cli(system: System, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [THINKMESH, "solve", "--target", system.search, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **system.env},
+    )
+
+
+def test_solve_answers_with_a_solution_and_stats(system: System) -> None:
+    done = _cli(system, "--rollouts", "6", "--json", PROBLEM)
+    assert done.returncode == 0, done.stderr
+    reply = json.loads(done.stdout)
+    assert reply["answer"] != "" and reply["answer"] in {str(k) for k in range(7)}
+    assert "\\boxed{" in reply["solution"] and "<output>" in reply["solution"]
+    stats = reply["stats"]
+    assert stats["rollouts"] == 6 and stats["nodes"] > 6
+    assert stats["policy_calls"] > 0 and stats["sandbox_runs"] > 0 and stats["ppm_calls"] > 0
+    assert (reply["policy_version"], reply["ppm_version"]) == ("scripted", "v1")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(("",), "problem is empty"), (("--rollouts", "100000", PROBLEM), "rollouts=100000 is above")],
+)
+def test_bad_requests_exit_non_zero_with_the_status(system: System, args: tuple[str, ...], message: str) -> None:
+    done = _cli(system, *args)
+    assert done.returncode != 0
+    assert "INVALID_ARGUMENT" in done.stderr and message in done.stderr
+
+
+async def test_the_deadline_bounds_the_search_and_the_best_so_far_comes_back(system: System) -> None:
+    async with aio.insecure_channel(system.search) as channel:
+        stub = search_pb2_grpc.SearchServiceStub(channel)
+        started = time.monotonic()
+        reply = await stub.Solve(search_pb2.SolveRequest(problem=PROBLEM, rollouts=400), timeout=4)
+        assert time.monotonic() - started < 4
+        assert 0 < reply.stats.rollouts < 400
+
+
+async def test_solve_stream_reports_progress_then_the_result(system: System) -> None:
+    async with aio.insecure_channel(system.search) as channel:
+        stub = search_pb2_grpc.SearchServiceStub(channel)
+        events = [e async for e in stub.SolveStream(search_pb2.SolveRequest(problem=PROBLEM, rollouts=30), timeout=120)]
+    assert events[-1].done and events[-1].result.stats.rollouts == 30
+    assert all(not e.done for e in events[:-1])
+    assert any(e.rollouts_total == 30 for e in events[:-1]), "no progress event before the result"
+
+
+def test_a_retried_task_returns_the_stored_result_without_searching_again(system: System) -> None:
+    app = make_celery(
+        SearchSettings(
+            broker_url=system.env["THINKMESH_SEARCH_BROKER_URL"],
+            result_backend=system.env["THINKMESH_SEARCH_RESULT_BACKEND"],
+        )
+    )
+    request = {"job": "retry-test", "problem_id": "p1", "question": PROBLEM, "rollouts": 4, "store": str(system.store)}
+    first = app.send_task(SOLVE, args=[request]).get(timeout=120)
+    second = app.send_task(SOLVE, args=[request]).get(timeout=120)
+    assert first == second  # identical to the millisecond: the second one read the stored result
+    assert list(ResultStore(system.store).job("retry-test")) == ["p1"]
+
+
+def test_a_task_whose_worker_dies_finishes_on_another_with_nothing_lost_or_doubled(system: System) -> None:
+    app = make_celery(
+        SearchSettings(
+            broker_url=system.env["THINKMESH_SEARCH_BROKER_URL"],
+            result_backend=system.env["THINKMESH_SEARCH_RESULT_BACKEND"],
+        )
+    )
+    # Only the victim consumes while the task starts.
+    for worker in system.workers:
+        if worker.poll() is None:
+            system.kill(worker)
+    victim = system.start_worker()
+    request = {"job": "kill-test", "problem_id": "p1", "question": PROBLEM, "rollouts": 60, "store": str(system.store)}
+    result = app.send_task(SOLVE, args=[request])
+    deadline = time.monotonic() + 120
+    while result.state not in ("STARTED", "PROGRESS"):
+        assert time.monotonic() < deadline, f"task never started ({result.state})"
+        time.sleep(0.1)
+    time.sleep(1.0)
+    system.kill(victim)
+    assert ResultStore(system.store).get("kill-test", "p1") is None  # killed before it finished
+    system.start_worker()  # takes the unacknowledged task once its visibility timeout passes
+    outcome = result.get(timeout=300)
+    assert outcome["stats"]["rollouts"] == 60
+    stored = ResultStore(system.store).job("kill-test")
+    assert list(stored) == ["p1"] and stored["p1"]["answer"] == outcome["answer"]
+
+
+async def test_unknown_method_is_unimplemented_not_a_crash(system: System) -> None:
+    async with aio.insecure_channel(system.search) as channel:
+        with pytest.raises(aio.AioRpcError) as caught:
+            await channel.unary_unary("/thinkmesh.v1.SearchService/Nope")(b"", timeout=5)
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    await asyncio.sleep(0)
