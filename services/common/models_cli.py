@@ -113,27 +113,31 @@ def _prune(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     models = sub.add_parser("models", help="list, import, promote and prune model versions in the store")
-    models.add_argument("--store", default=None, help="store root (default: $THINKMESH_STORE or ./.thinkmesh/store)")
     actions = models.add_subparsers(dest="action", metavar="ACTION", required=True)
 
-    listing = actions.add_parser("list", help="versions, which is current, and where each came from")
+    def action(name: str, help_text: str) -> argparse.ArgumentParser:
+        parser = actions.add_parser(name, help=help_text)
+        parser.add_argument("--store", default=None, help="store root (default: $THINKMESH_STORE or ./.thinkmesh/store)")
+        return parser
+
+    listing = action("list", "versions, which is current, and where each came from")
     listing.add_argument("--kind", choices=("policy", "ppm"))
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=_list)
 
-    importing = actions.add_parser("import", help="put a Hugging Face model (directory or hub id) into the store")
+    importing = action("import", "put a Hugging Face model (directory or hub id) into the store")
     importing.add_argument("source", help="a local model directory, or a hub id such as Qwen/Qwen2.5-Math-7B")
     importing.add_argument("--kind", choices=("policy", "ppm"), required=True)
     importing.add_argument("--note", default="", help="free text kept in the version's lineage")
     importing.add_argument("--no-promote", action="store_true", help="import without making it current")
     importing.set_defaults(func=_import)
 
-    promote = actions.add_parser("promote", help="make a version current (services pick it up by themselves)")
+    promote = action("promote", "make a version current (services pick it up by themselves)")
     promote.add_argument("kind", choices=("policy", "ppm"))
     promote.add_argument("version")
     promote.set_defaults(func=_promote)
 
-    prune = actions.add_parser("prune", help="remove old versions (never the current one)")
+    prune = action("prune", "remove old versions (never the current one)")
     prune.add_argument("kind", choices=("policy", "ppm"))
     prune.add_argument("--keep", type=int, default=3)
     prune.set_defaults(func=_prune)

@@ -51,12 +51,15 @@ def change_operator(code: str, rng: random.Random) -> str | None:
 
 
 def change_variable(code: str, earlier_names: list[str], rng: random.Random) -> str | None:
+    names = list(dict.fromkeys(earlier_names))  # a variable reassigned in several steps is one name
     assigned = set(_ASSIGNED.findall(code))
-    used = [m for m in _NAME.finditer(code) if m.group(1) in earlier_names and m.group(1) not in assigned]
-    if not used or len(earlier_names) < 2:
+    used = [m for m in _NAME.finditer(code) if m.group(1) in names and m.group(1) not in assigned]
+    if not used:
         return None
     target = rng.choice(used)
-    others = [name for name in earlier_names if name != target.group(1)]
+    others = [name for name in names if name != target.group(1)]
+    if not others:
+        return None
     return code[: target.start()] + rng.choice(others) + code[target.end() :]
 
 

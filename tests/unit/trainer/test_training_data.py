@@ -50,3 +50,11 @@ def test_steps_without_anything_to_change_are_skipped() -> None:
     assert corrupt_step(stepfmt.render_step("show it", "print(x)"), [], random.Random(0)) is None
     assert corrupt_step(stepfmt.render_output("5"), [], random.Random(0)) is None
     assert change_operator("x = -1", random.Random(0)) is None
+
+
+def test_a_reassigned_variable_is_not_swapped_with_itself() -> None:
+    earlier = [stepfmt.render_step("start", "rolls = 8 + 1"), stepfmt.render_step("sell", "rolls = rolls - 2")]
+    step = stepfmt.render_step("sell more", "rolls = rolls - 3")
+    for seed in range(20):
+        wrong = corrupt_step(step, earlier, random.Random(seed))
+        assert wrong is not None and wrong != step  # a number or the operator changed instead
