@@ -50,12 +50,19 @@ class ChildPlan:
     drop_uid: bool
     seccomp: isolation.SeccompProgram | None
     max_processes: int
+    # Without a uid of its own a program shares RLIMIT_NPROC (counted per uid) with the server, the zygote and
+    # every other program: it then gets a budget for all of them together.
+    shared_process_limit: int
     max_open_files: int
     max_file_mb: int
     workdir_mb: int
     # Ceilings until the program's own limits are known.
     max_memory_mb: int
     max_timeout_ms: int
+
+    @property
+    def process_limit(self) -> int:
+        return self.max_processes if self.drop_uid else self.shared_process_limit
 
     def without(self, layer: str) -> ChildPlan:
         if layer == "filesystem":
@@ -133,7 +140,8 @@ def _isolate(
     os.closerange(_STATUS_FD + 1, 1 << 20)
     try:
         if plan.private_tmp:
-            workdir = isolation.private_tmp(uid, plan.workdir_mb)
+            owner = (uid, uid) if plan.drop_uid else (os.getuid(), os.getgid())
+            workdir = isolation.private_tmp(*owner, plan.workdir_mb)
     except OSError as exc:
         raise LayerFailed("filesystem", exc) from exc
     if workdir is None:
@@ -143,7 +151,7 @@ def _isolate(
         inherited = isolation.set_limits(
             memory_mb=plan.max_memory_mb,
             timeout_ms=plan.max_timeout_ms,
-            max_processes=plan.max_processes,
+            max_processes=plan.process_limit,
             max_open_files=plan.max_open_files,
             max_file_mb=plan.max_file_mb,
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,8 @@ async def _local(program: Any) -> Any:
     from services.sandbox.executor import SandboxExecutor
     from services.sandbox.settings import SandboxSettings
 
+    # The CLI speaks for itself below; the server's log lines would repeat it.
+    logging.getLogger("services.sandbox").setLevel(logging.ERROR)
     executor = SandboxExecutor(load_settings(SandboxSettings, max_workers=1))
     report = await executor.start()
     for layer in report.inactive:  # never run with less isolation than usual without saying so
@@ -100,6 +103,8 @@ def _layers(args: argparse.Namespace) -> int:
     from services.common.settings import load_settings
     from services.sandbox.executor import SandboxExecutor
     from services.sandbox.settings import SandboxSettings
+
+    logging.getLogger("services.sandbox").setLevel(logging.ERROR)
 
     async def report() -> str:
         executor = SandboxExecutor(load_settings(SandboxSettings, max_workers=1))

@@ -11,6 +11,7 @@ Python 3.11 has no os.unshare or os.mount, hence libc through ctypes.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import math
@@ -300,10 +301,10 @@ def compile_seccomp() -> SeccompProgram:
 # --- each program's process -----------------------------------------------------------------------------------
 
 
-def private_tmp(uid: int, size_mb: int) -> str:
+def private_tmp(uid: int, gid: int, size_mb: int) -> str:
     """A mount namespace of the process's own, with a fresh tmpfs as /tmp; returns the directory to work in."""
     unshare(CLONE_NEWNS)
-    mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={size_mb}m,mode=0700,uid={uid},gid={uid}")
+    mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={size_mb}m,mode=0700,uid={uid},gid={gid}")
     return "/tmp"
 
 
@@ -324,8 +325,13 @@ def set_limits(*, memory_mb: int, timeout_ms: int, max_processes: int, max_open_
     resource.setrlimit(resource.RLIMIT_NPROC, (max_processes, max_processes))
     # RLIMIT_AS binds each process, so a program's processes together may hold up to max_processes times its
     # memory; should that exhaust the machine, the kernel's OOM killer takes programs before anything else.
-    with open("/proc/self/oom_score_adj", "w") as oom:
-        oom.write("1000")
+    # (Best effort: a non-dumpable process in a user namespace may not write its own /proc files.)
+    with contextlib.suppress(OSError):
+        fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
+        try:
+            os.write(fd, b"1000")
+        finally:
+            os.close(fd)
     return inherited
 
 

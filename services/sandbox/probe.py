@@ -65,16 +65,24 @@ def build_report(
             ),
             _filesystem(facts, setup, plan, config),
             _network(facts, setup),
-            Layer(
-                "rlimits",
-                facts["nproc"] == config.max_processes,
-                f"address space, CPU time, file size ({config.max_file_mb} MiB), open files "
-                f"({config.max_open_files}), processes ({config.max_processes}), no core dumps",
-            ),
+            _rlimits(facts, plan, config),
             _uid(facts, setup, plan, config),
             Layer("environment", facts["env"] == EXPECTED_ENV, f"only {', '.join(EXPECTED_ENV)}; none of the server's"),
             _seccomp(facts, setup, plan),
         )
+    )
+
+
+def _rlimits(facts: dict[str, Any], plan: ChildPlan, config: ZygoteConfig) -> Layer:
+    if plan.drop_uid:
+        processes = f"processes ({plan.process_limit} per program)"
+    else:
+        processes = f"processes ({plan.process_limit} for the server's uid and all programs together)"
+    return Layer(
+        "rlimits",
+        facts["nproc"] == plan.process_limit,
+        f"address space, CPU time, file size ({config.max_file_mb} MiB), open files ({config.max_open_files}), "
+        f"{processes}, no core dumps",
     )
 
 

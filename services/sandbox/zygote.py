@@ -47,6 +47,9 @@ from services.sandbox.protocol import (
     encode_result,
 )
 
+# Room for threads the server may add later (gRPC's pools), on top of the tasks its uid has at start-up.
+SHARED_TASK_MARGIN = 64
+
 # After a program's main process exits, how long its pipes may stay open (a descendant being killed).
 EOF_GRACE_S = 0.5
 
@@ -129,6 +132,7 @@ class Zygote:
             drop_uid=False,
             seccomp=None,
             max_processes=config.max_processes,
+            shared_process_limit=config.max_processes,
             max_open_files=config.max_open_files,
             max_file_mb=config.max_file_mb,
             workdir_mb=config.workdir_mb,
@@ -402,6 +406,9 @@ class Zygote:
         """Apply the zygote's layers, then find by trial which per-program layers work here."""
         setup = probe.ZygoteSetup()
         setup.network, mounts, setup.namespace_error = isolation.enter_zygote_namespaces()
+        # Only now (a user namespace needs its id maps written through /proc/self first): no process of the
+        # same uid may read or write the zygote's memory through /proc or ptrace, nor that of its children.
+        isolation.prctl(isolation.PR_SET_DUMPABLE, 0)
         if mounts:
             try:
                 setup.covered = isolation.cover_world_writable([p for p in isolation.WORLD_WRITABLE if p != "/tmp"])
@@ -419,6 +426,9 @@ class Zygote:
             drop_uid=os.geteuid() == 0,
             seccomp=seccomp,
             max_processes=self.config.max_processes,
+            shared_process_limit=_tasks_of_uid(os.getuid())
+            + SHARED_TASK_MARGIN
+            + self.config.max_processes * len(self.slots),
             max_open_files=self.config.max_open_files,
             max_file_mb=self.config.max_file_mb,
             workdir_mb=self.config.workdir_mb,
@@ -443,6 +453,16 @@ class Zygote:
             slot.prepared = self._prepare(slot)
         threads = len(os.listdir("/proc/self/task"))
         return probe.build_report(facts, setup, self.plan, self.config, threads)
+
+
+def _tasks_of_uid(uid: int) -> int:
+    """Processes and threads that `uid` has now: what RLIMIT_NPROC counts."""
+    count = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            if os.stat(f"/proc/{pid}").st_uid == uid:
+                count += len(os.listdir(f"/proc/{pid}/task"))
+    return count
 
 
 def classify(exit_status: int, cpu_seconds: float, timeout_ms: int) -> tuple[Status | None, str]:
@@ -473,7 +493,6 @@ def _prepare_process(parent: int) -> None:
     isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:
         sys.exit(0)
-    isolation.prctl(isolation.PR_SET_DUMPABLE, 0)
     isolation.prctl(isolation.PR_SET_CHILD_SUBREAPER, 1)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 

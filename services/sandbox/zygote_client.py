@@ -39,8 +39,13 @@ _ZYGOTE_ENV = {
     "MKL_NUM_THREADS": "1",
     "NUMEXPR_NUM_THREADS": "1",
     "PYTHONDONTWRITEBYTECODE": "1",
-    "PYTHONPATH": str(Path(services.__file__).resolve().parents[1]),
 }
+
+
+def _zygote_env() -> dict[str, str]:
+    # The server's own import path, so the zygote finds the same code; nothing else of the server's environment.
+    paths = [str(Path(services.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
+    return {**_ZYGOTE_ENV, "PYTHONPATH": os.pathsep.join(path for path in paths if path)}
 
 
 class ZygoteLost(Exception):
@@ -83,7 +88,7 @@ class ZygoteProcess:
                 config.to_json(),
                 str(os.getpid()),
                 pass_fds=(theirs.fileno(),),
-                env=_ZYGOTE_ENV,
+                env=_zygote_env(),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 start_new_session=True,

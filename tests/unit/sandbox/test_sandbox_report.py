@@ -21,6 +21,7 @@ def _plan(**changes: Any) -> ChildPlan:
         drop_uid=True,
         seccomp=None,
         max_processes=16,
+        shared_process_limit=200,
         max_open_files=64,
         max_file_mb=16,
         workdir_mb=64,
