@@ -105,7 +105,8 @@ def _curriculum_sample(args: argparse.Namespace) -> int:
     for problem in problems:
         record = problem.to_json()
         print(json.dumps({key: record[key] for key in ("id", "question", "answer", "level", "family", "solution")}
-                         | {"template": problem.template, "moves": problem.moves}, ensure_ascii=False))
+                         | {"template": problem.template, "moves": problem.moves, "distractors": problem.distractors},
+                         ensure_ascii=False))
     return 0
 
 

@@ -162,6 +162,7 @@ class Written:
     answer: str
     solution: tuple[str, ...]
     moves: int
+    distractors: int
 
 
 class Draft:
@@ -287,11 +288,12 @@ class Draft:
 
     def finish(self, solved: Solved) -> Written:
         """Add distractors and the question; close the solution with the print step, output and answer."""
-        moves = len(self.steps)
+        moves, distractors = len(self.steps), 0
         for chance in self.spec.distractors:
             if self.rng.random() < chance:
                 self.sentences.insert(self.number(1, len(self.sentences)), self.distractor())
+                distractors += 1
         answer = str(solved.value)  # int -> "42"; Fraction -> "3/4" (or "2" when whole)
         self.steps.append(render_step("print the answer", f"print({solved.var})", last=True))
         solution = (*self.steps, render_output(answer + "\n"), render_answer(answer))
-        return Written(" ".join([*self.sentences, solved.question]), answer, solution, moves)
+        return Written(" ".join([*self.sentences, solved.question]), answer, solution, moves, distractors)

@@ -30,7 +30,7 @@ def generate(level: int, n: int, seed: int = 0, *, families: Sequence[str] | Non
         problems.append(CurriculumProblem(
             id=f"curriculum-L{level}-s{seed}-{index}", question=written.question, answer=written.answer,
             level=level, family=family.name, template=template.name, solution=written.solution,
-            moves=written.moves))
+            moves=written.moves, distractors=written.distractors))
     return problems
 
 

@@ -16,6 +16,7 @@ class CurriculumProblem:
     template: str
     solution: tuple[str, ...]  # code steps, the print step (<end_of_code>), the output block, the answer step
     moves: int  # reasoning steps, not counting the print step
+    distractors: int  # facts in the question that the solution does not use
 
     def to_json(self) -> dict[str, Any]:
         record = asdict(self)

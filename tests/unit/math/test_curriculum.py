@@ -122,16 +122,23 @@ def _numbers(text: str) -> list[str]:
 
 
 def test_distractor_facts_start_rare_and_become_the_rule(problems: dict[int, list[CurriculumProblem]]) -> None:
-    # A distractor is a number in the question that the teacher's program never uses.
-    def unused(problem: CurriculumProblem) -> int:
+    share = {level: sum(p.distractors > 0 for p in batch) / len(batch) for level, batch in problems.items()}
+    assert share[1] == 0
+    assert 0.15 <= share[2] <= 0.35 and 0.4 <= share[3] <= 0.6, share
+    assert share[4] == 1 and share[5] == 1, share
+    assert 0.3 <= sum(p.distractors == 2 for p in problems[5]) / PER_LEVEL <= 0.7
+
+
+def test_the_teacher_uses_every_fact_but_the_distractors(problems: dict[int, list[CurriculumProblem]]) -> None:
+    def unused_numbers(problem: CurriculumProblem) -> int:
         program = set(_numbers(stepfmt.program_of(problem.solution)))
         return sum(1 for n in _numbers(problem.question) if n not in program)
 
-    share = {level: sum(unused(p) > 0 for p in batch) / len(batch) for level, batch in problems.items()}
-    assert share[1] == 0
-    assert 0.15 <= share[2] <= 0.35 and 0.4 <= share[3] <= 0.6, share
-    assert share[4] > 0.95 and share[5] > 0.95, share  # (a distractor may repeat a number the program uses)
-    assert any(unused(p) >= 2 for p in problems[5])
+    batch = [p for level in problems.values() for p in level]
+    assert all(unused_numbers(p) == 0 for p in batch if p.distractors == 0)
+    with_distractors = [p for p in batch if p.distractors]
+    # A distractor's number can happen to equal one the solution uses; mostly it does not.
+    assert sum(unused_numbers(p) > 0 for p in with_distractors) >= 0.9 * len(with_distractors)
 
 
 _FUNCTIONS = {"print", "gcd", "lcm", "comb", "factorial", "Fraction", "symbols", "Eq", "solve", "sol", "x", "y"}

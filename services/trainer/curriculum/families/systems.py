@@ -21,14 +21,19 @@ def _two_unknowns(d: Draft, chain: int, *, who: Person, voice: Voice, noun: str,
     return total
 
 
+def _count(d: Draft) -> int:
+    """How many of one unknown: small at level 1 so that every number in the question has 1-2 digits."""
+    return d.number(1, 4 + 3 * d.spec.level)
+
+
 def _asked(ask_x: bool) -> str:
     return "sol[x]" if ask_x else "sol[y]"
 
 
 def tickets(d: Draft, chain: int) -> Solved:
     who = d.person()
-    x, y = d.number(1, 12 + 4 * d.spec.level), d.number(1, 12 + 4 * d.spec.level)
-    a = d.number(4, 15)
+    x, y = _count(d), _count(d)
+    a = d.number(3, 4 + 2 * d.spec.level)
     c = d.number(2, a - 1)
     ask_x = d.rng.random() < 0.5
     _two_unknowns(d, chain, who=who, voice=story_voice("buys", "returns"), noun="tickets", var="tickets",
@@ -42,8 +47,9 @@ def tickets(d: Draft, chain: int) -> Solved:
 
 def coins(d: Draft, chain: int) -> Solved:
     who = d.person()
-    small, big = d.pick(((1, 5), (2, 5), (5, 10), (10, 20), (10, 25), (5, 20)))
-    x, y = d.number(1, 10 + 4 * d.spec.level), d.number(1, 10 + 4 * d.spec.level)
+    coins = ((1, 2), (1, 5), (2, 5)) + (((5, 10), (10, 20), (10, 25), (5, 20)) if d.spec.level >= 3 else ())
+    small, big = d.pick(coins)
+    x, y = _count(d), _count(d)
     ask_x = d.rng.random() < 0.5
     worth = small * x + big * y
     _two_unknowns(d, chain, who=who, voice=story_voice("finds", "spends"), noun="coins", var="coins",
@@ -56,7 +62,7 @@ def coins(d: Draft, chain: int) -> Solved:
 
 def animals(d: Draft, chain: int) -> Solved:
     who = d.person()
-    x, y = d.number(1, 10 + 4 * d.spec.level), d.number(1, 10 + 4 * d.spec.level)
+    x, y = _count(d), _count(d)
     ask_x = d.rng.random() < 0.5
     legs = 2 * x + 4 * y
     _two_unknowns(d, chain, who=who, voice=story_voice("buys", "sells"), noun="animals", var="animals",
@@ -71,10 +77,10 @@ def fruit_basket(d: Draft, chain: int) -> Solved:
     who = d.person()
     first = d.pick(FRUIT)
     second = d.pick([f for f in FRUIT if f != first])
-    x, y = d.number(1, 10 + 4 * d.spec.level), d.number(1, 10 + 4 * d.spec.level)
-    a, c = d.number(2, 9), d.number(2, 9)
-    while c == a:
-        c = d.number(2, 9)
+    x, y = _count(d), _count(d)
+    high = 2 + 2 * d.spec.level
+    a = d.number(2, high)
+    c = d.pick([price for price in range(2, high + 1) if price != a])
     ask_x = d.rng.random() < 0.5
     cost = a * x + c * y
     _two_unknowns(d, chain, who=who, voice=story_voice("buys", "gives away"), noun="fruits",
