@@ -20,6 +20,7 @@ fails every pending item, where here only the item that caused it is lost.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import multiprocessing
 import os
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
-from typing import Literal
+from typing import Any, Literal
 
 from services.common.stepfmt import extract_boxed
 
@@ -172,12 +173,21 @@ def _latex(answer: str) -> str:
     return text if "$" in text else f"${text}$"
 
 
+@functools.lru_cache(maxsize=4096)
+def _parse(text: str, timeout_s: int) -> list[Any]:
+    # Cached per worker: search grades many candidate answers against the same reference, and models
+    # repeat answers. A parse that timed out is cached as unparsable, which is what it is.
+    from math_verify import parse
+
+    parsed: list[Any] = parse(text, parsing_timeout=timeout_s)
+    return parsed
+
+
 def math_verify_check(reference: str, prediction: str, timeout_s: int) -> tuple[bool, str]:
     """Compare with math-verify. Runs inside a grading worker (main thread: its timeouts use SIGALRM)."""
-    from math_verify import parse, verify
+    from math_verify import verify
 
-    gold = parse(_latex(reference), parsing_timeout=timeout_s) or parse(
-        f"${_clean(reference)[0]}$", parsing_timeout=timeout_s)
+    gold = _parse(_latex(reference), timeout_s) or _parse(f"${_clean(reference)[0]}$", timeout_s)
     if not gold:
         return False, "reference not parsable"
     # The extracted answer first; then the cleaned one (units, \text{} gone); for free text, the text as it
@@ -185,15 +195,16 @@ def math_verify_check(reference: str, prediction: str, timeout_s: int) -> tuple[
     candidates = [_latex(prediction), f"${_clean(prediction)[0]}$"]
     if extract_answer(prediction) != prediction.strip():
         candidates.append(prediction)
-    candidates = list(dict.fromkeys(candidates))
-    for candidate in candidates:
-        parsed = parse(candidate, parsing_timeout=timeout_s)
+    for candidate in dict.fromkeys(candidates):
+        parsed = _parse(candidate, timeout_s)
         if parsed and verify(gold, parsed, timeout_seconds=timeout_s):
             return True, "math-verify: equivalent"
     return False, "math-verify: not equivalent"
 
 
 _READY = "ready"
+_WARM_UP = (("1", "1"), ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3, \\pi/2)"), ("3\\sqrt{13}", "4\\sqrt{13}"),
+            ("[1, 2)", "\\{1, 2\\}"), ("x^2 + 1", "y = x^2 + 1"))
 
 
 def _worker_main(conn: Connection, check: Check, timeout_s: int, memory_limit_mb: int) -> None:
@@ -208,7 +219,10 @@ def _worker_main(conn: Connection, check: Check, timeout_s: int, memory_limit_mb
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     logging.getLogger("math_verify").setLevel(logging.CRITICAL)  # it logs every timeout as a warning
     try:
-        check("1", "1", timeout_s)  # import math-verify and sympy before reporting ready
+        # Import math-verify and sympy, and pay the first-parse costs of the LaTeX grammar (≈0.3 s), before
+        # reporting ready: the first real item must not spend its deadline on them.
+        for reference, prediction in _WARM_UP:
+            check(reference, prediction, timeout_s)
     except BaseException as exc:
         conn.send(("boot failed", f"{type(exc).__name__}: {exc}"))
         return
