@@ -52,3 +52,9 @@ class DeadlineExceeded(ThinkmeshError):
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; raised at start-up, naming the variable."""
+
+
+class FailedPrecondition(ThinkmeshError):
+    """The system is not in a state that allows the call (e.g. a round is already running)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION

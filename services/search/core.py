@@ -79,7 +79,7 @@ class SearchCore:
         )
         if budget <= _RESULT_MARGIN:
             raise DeadlineExceeded("the deadline leaves no time to search")
-        job = uuid.uuid4().hex
+        job = f"jobs/{uuid.uuid4().hex}"
         task.update(job=job, problem_id="solve", deadline=time.time() + budget * (1 - _RESULT_MARGIN))
         self._running += 1
         result = self.app.send_task(SOLVE, args=[task])

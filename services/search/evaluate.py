@@ -57,7 +57,7 @@ class ProblemResult:
     seconds: float
 
 
-def _trees(problem: EvalProblem, s: EvalSettings) -> list[Tree]:
+def trees_for(problem: EvalProblem, s: EvalSettings) -> list[Tree]:
     single = SearchConfig(rollouts=1, candidates=1, max_depth=s.max_depth, q_mode=s.q_mode, seed=s.seed)
     if s.method == "greedy":
         return [Tree(problem.question, single)]
@@ -87,7 +87,7 @@ async def evaluate(
     started = time.monotonic()
     for start in range(0, len(problems), settings.batch):
         chunk = problems[start : start + settings.batch]
-        forest = [_trees(p, settings) for p in chunk]
+        forest = [trees_for(p, settings) for p in chunk]
         chunk_started = time.monotonic()
         stats = await orchestrator.run([t for trees in forest for t in trees], seed=settings.seed)
         seconds = (time.monotonic() - chunk_started) / len(chunk)

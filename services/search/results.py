@@ -1,7 +1,8 @@
 """Where finished searches are kept, keyed by job and problem, so a retried task never duplicates a result.
 
-`<store>/jobs/<job>/<problem>.json`, written atomically (a temporary file renamed into place); the first
-finished copy wins and a retry that finds it returns it instead of searching again.
+`<store>/<job>/<problem>.json`, where a job is a relative path of safe names (a Solve: `jobs/<id>`; a training
+round: `rounds/0003/trees`). Written atomically and first-copy-wins, so a retry that finds it returns it instead
+of searching again.
 """
 
 from __future__ import annotations
@@ -28,8 +29,12 @@ class ResultStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
+    def _job_dir(self, job: str) -> Path:
+        parts = job.split("/")
+        return self.root.joinpath(*(_checked(part, "job") for part in parts))
+
     def path(self, job: str, problem: str) -> Path:
-        return self.root / "jobs" / _checked(job, "job") / f"{_checked(problem, 'problem id')}.json"
+        return self._job_dir(job) / f"{_checked(problem, 'problem id')}.json"
 
     def get(self, job: str, problem: str) -> dict[str, Any] | None:
         try:
@@ -56,7 +61,7 @@ class ResultStore:
         return stored
 
     def job(self, job: str) -> dict[str, dict[str, Any]]:
-        directory = self.root / "jobs" / _checked(job, "job")
+        directory = self._job_dir(job)
         if not directory.is_dir():
             return {}
         return {p.stem: json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))}

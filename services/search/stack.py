@@ -79,8 +79,8 @@ class LocalStack:
                 raise RuntimeError(f"{child.name} exited with {child.process.returncode}: see its log")
         raise TimeoutError(f"{child.name} did not start within {timeout}s")
 
-    def start(self) -> str:
-        """Start everything; returns the SearchService's address."""
+    def start(self, *, with_search: bool = True) -> str:
+        """Start everything; returns the SearchService's address ("" without it)."""
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         env = self._env()
         serve = [*THINKMESH, "serve"]
@@ -93,8 +93,13 @@ class LocalStack:
             THINKMESH_SEARCH_PPM_TARGET=ppm.address,
         )
         self._spawn("worker", [*THINKMESH, "worker"], env, listens=False)
+        if not with_search:
+            return ""
         search = self._spawn("search", [*serve, "search", "--port", "0"], env, listens=True)
         return search.address
+
+    def address(self, name: str) -> str:
+        return next(child.address for child in self.children if child.name == name)
 
     def stop(self, grace: float = 25.0) -> None:
         """SIGTERM every process group (newest first), then SIGKILL whatever is left after `grace` seconds."""

@@ -1,21 +1,28 @@
-"""`thinkmesh bootstrap` (and, with the trainer, `thinkmesh evolve`)."""
+"""`thinkmesh bootstrap` and `thinkmesh evolve`."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 
-def _bootstrap(args: argparse.Namespace) -> int:
+def _quiet_libraries() -> None:
     import logging
 
     from services.common.logs import configure_logging
+
+    configure_logging("text", "INFO")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+def _bootstrap(args: argparse.Namespace) -> int:
     from services.common.store import ModelStore
     from services.trainer.bootstrap import bootstrap as build
     from services.trainer.bootstrap import config_for
 
-    configure_logging("text", "INFO")
-    logging.getLogger("transformers").setLevel(logging.ERROR)
+    _quiet_libraries()
     report = build(
         ModelStore(args.store),
         config_for(args.preset, args.seed, args.sft_steps),
@@ -35,14 +42,89 @@ def _bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evolve(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from tqdm import tqdm
+
+    from services.common.settings import load_settings
+    from services.common.store import ModelStore
+    from services.search.stack import LocalStack
+    from services.trainer.bootstrap import bootstrap, config_for
+    from services.trainer.config import preset
+    from services.trainer.report import markdown_table
+    from services.trainer.rounds import RoundRunner, Rounds
+    from services.trainer.settings import TrainerSettings
+    from services.trainer.wiring import make_runner_factory
+
+    _quiet_libraries()
+    state_dir = Path(args.state_dir).resolve()
+    stack = LocalStack(state_dir, announce=lambda line: print(line, file=sys.stderr, flush=True))
+    store = ModelStore(stack.store)
+    bootstrap(store, config_for(args.bootstrap_preset, seed=0))
+    config = preset(args.preset, pool_size=args.pool, rollouts=args.rollouts, seed=args.seed)
+    bars: dict[str, tqdm] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        bar = bars.setdefault(stage, tqdm(total=total, desc=stage, leave=False))
+        bar.n = done
+        bar.refresh()
+
+    try:
+        stack.start(with_search=False)
+        settings = load_settings(
+            TrainerSettings,
+            broker_url=f"sqla+sqlite:///{state_dir}/broker.sqlite",
+            result_backend=f"db+sqlite:///{state_dir}/results.sqlite",
+            policy_target=stack.address("policy"),
+            ppm_target=stack.address("ppm"),
+            sandbox_target=stack.address("sandbox"),
+        )
+        factory = make_runner_factory(settings, store, progress=progress, stop_after=args.stop_after)
+        rounds = Rounds(store)
+        for _ in tqdm(range(args.rounds), desc="rounds"):
+            runner: RoundRunner = factory(replace(config))
+            state = runner.run()
+            for bar in bars.values():
+                bar.close()
+            bars.clear()
+            print(f"round {state.round}: {state.state} ({state.message or 'ok'})", file=sys.stderr)
+            if state.state == "failed" or args.stop_after:
+                break
+        states = [s for n in rounds.numbers() if (s := rounds.state(n)) is not None and s.state != "running"]
+        print(markdown_table(states))
+        print(f"report: {store.root / 'rounds' / 'report.md'}, plot: {store.root / 'rounds' / 'progress.png'}")
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume the round", file=sys.stderr)
+        return 130
+    finally:
+        stack.stop()
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     boot = sub.add_parser("bootstrap", help="train the embedded tiny policy and PPM into the store (once)")
     boot.add_argument("--store", default=None, help="store root (default: $THINKMESH_STORE or ./.thinkmesh/store)")
-    boot.add_argument("--preset", choices=("small", "micro"), default="small",
-                      help="small: the embedded default; micro: seconds, for tests")
+    boot.add_argument(
+        "--preset",
+        choices=("small", "micro"),
+        default="small",
+        help="small: the embedded default; micro: seconds, for tests",
+    )
     boot.add_argument("--seed", type=int, default=0)
     boot.add_argument("--sft-steps", type=int, default=None, help="override the SFT optimizer steps")
     boot.add_argument("--force", action="store_true", help="rebuild even when the store has models")
     boot.add_argument("--quiet", action="store_true", help="no progress bars")
     boot.add_argument("--json", action="store_true", help="print the full report as JSON")
     boot.set_defaults(func=_bootstrap)
+
+    evolve = sub.add_parser("evolve", help="run self-evolution rounds on this machine (resumable)")
+    evolve.add_argument("--rounds", type=int, default=3)
+    evolve.add_argument("--preset", choices=("default", "tiny"), default="default")
+    evolve.add_argument("--pool", type=int, default=None, help="problems per round (default: the preset's)")
+    evolve.add_argument("--rollouts", type=int, default=None)
+    evolve.add_argument("--seed", type=int, default=None)
+    evolve.add_argument("--state-dir", default=".thinkmesh", help="store, broker and logs (default ./.thinkmesh)")
+    evolve.add_argument("--bootstrap-preset", choices=("small", "micro"), default="small")
+    evolve.add_argument("--stop-after", default=None, help="stop after this stage (to test resuming)")
+    evolve.set_defaults(func=_evolve)

@@ -1,0 +1,79 @@
+"""The trainer's core: runs rounds one at a time in a background thread; reports their state; lists models.
+
+It knows nothing of gRPC. A round is the resumable RoundRunner; starting the trainer again after a crash and
+calling StartRound resumes the unfinished round at its first unfinished stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+
+from services.common.errors import FailedPrecondition, InvalidInput, NotFound
+from services.common.store import ModelStore, ModelVersion
+from services.trainer.config import RoundConfig
+from services.trainer.rounds import RoundRunner, Rounds, RoundState
+
+log = logging.getLogger(__name__)
+
+
+class TrainerCore:
+    def __init__(
+        self, store: ModelStore, config: RoundConfig, make_runner: Callable[[RoundConfig], RoundRunner]
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.rounds = Rounds(store)
+        self._make_runner = make_runner
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start_round(self, pool_size: int = 0, rollouts: int = 0, candidates: int = 0) -> int:
+        for name, value in (("pool_size", pool_size), ("rollouts", rollouts), ("candidates", candidates)):
+            if value > 10_000:
+                raise InvalidInput(f"{name}={value} is unreasonably large (at most 10000)")
+        with self._lock:
+            if self.busy:
+                raise FailedPrecondition("a round is already running: follow it with GetRound")
+            config = replace(
+                self.config,
+                pool_size=pool_size or self.config.pool_size,
+                rollouts=rollouts or self.config.rollouts,
+                candidates=candidates or self.config.candidates,
+            )
+            number = self.rounds.next_number()
+            runner = self._make_runner(config)
+            self._thread = threading.Thread(target=self._run, args=(runner,), name=f"round-{number}", daemon=True)
+            self._thread.start()
+            return number
+
+    @staticmethod
+    def _run(runner: RoundRunner) -> None:
+        try:
+            runner.run()
+        except Exception:  # recorded in the round's state by the runner
+            log.exception("round failed")
+
+    def get_round(self, number: int = 0) -> RoundState:
+        numbers = self.rounds.numbers()
+        if not numbers:
+            raise NotFound("no round has run yet")
+        number = number or numbers[-1]
+        state = self.rounds.state(number)
+        if state is None:
+            raise NotFound(f"no round {number} (rounds: {', '.join(map(str, numbers))})")
+        return state
+
+    def list_models(self, kind: str | None) -> list[tuple[ModelVersion, bool]]:
+        kinds = [kind] if kind else ["policy", "ppm"]
+        listed: list[tuple[ModelVersion, bool]] = []
+        for name in kinds:
+            current = self.store.current_name(name)
+            listed.extend((v, v.version == current) for v in self.store.versions(name))
+        return listed

@@ -1,0 +1,111 @@
+"""Held-out evaluation of a round's candidate models: every method at equal rollouts, the PPM's pairwise
+accuracy on held-out pairs, and the frontier (how often the policy solves the first level it has not learnt).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from services.common.store import ModelStore
+from services.search.answers import choose
+from services.search.evaluate import EVAL_METHODS, EvalProblem, EvalSettings, evaluate, trees_for
+from services.search.local import local_backends
+from services.search.orchestrator import Orchestrator, Sampling
+from services.trainer.curriculum import generate
+from services.trainer.ppm_train import StepPair
+
+EVAL_SEED = 424_242  # held-out problems: no training round draws this seed
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    levels: tuple[int, ...]
+    per_level: int
+    rollouts: int
+    candidates: int
+    frontier_problems: int
+    frontier_samples: int
+
+
+def heldout_problems(levels: Sequence[int], per_level: int) -> list[EvalProblem]:
+    return [
+        EvalProblem(p.id, p.question, p.answer) for level in levels for p in generate(level, per_level, seed=EVAL_SEED)
+    ]
+
+
+async def _evaluate(
+    store: ModelStore, policy: str, ppm: str, plan: EvalPlan, pairs: Sequence[StepPair]
+) -> dict[str, Any]:
+    problems = heldout_problems(plan.levels, plan.per_level)
+    metrics: dict[str, Any] = {}
+    async with local_backends(store, policy_version=policy, ppm_version=ppm) as backends:
+        per_level: dict[str, float] = {}
+        for method in EVAL_METHODS:
+            settings = EvalSettings(method=method, rollouts=plan.rollouts, candidates=plan.candidates)
+            results, summary = await evaluate(problems, backends, settings)
+            metrics[f"{method}_accuracy"] = summary["accuracy"]
+            for level in plan.levels:
+                scoped = [r for r in results if r.id.startswith(f"curriculum-L{level}-")]
+                per_level[f"{method}_L{level}"] = sum(r.correct for r in scoped) / max(1, len(scoped))
+        metrics["per_level"] = per_level
+        frontier = next(
+            (lvl for lvl in range(1, 6) if per_level.get(f"greedy_L{lvl}", 0.0) < 0.5 and lvl in plan.levels),
+            max(plan.levels),
+        )
+        metrics["frontier_level"] = frontier
+        metrics.update(await _frontier(backends, frontier, plan))
+        scorer = backends.scorer
+        metrics["ppm_pair_accuracy"] = await _pair_accuracy(scorer, pairs) if pairs else None
+    return metrics
+
+
+async def _frontier(backends: Any, level: int, plan: EvalPlan) -> dict[str, float]:
+    """pass@k of sampled trajectories and MCTS accuracy on the frontier level."""
+    problems = [
+        EvalProblem(p.id, p.question, p.answer) for p in generate(level, plan.frontier_problems, seed=EVAL_SEED + 1)
+    ]
+    sampling = EvalSettings(method="maj", rollouts=plan.frontier_samples)
+    forest = [trees_for(p, sampling) for p in problems]
+    await Orchestrator(backends, Sampling(temperature=0.8)).run([t for trees in forest for t in trees])
+    pairs = [
+        (p.answer, n.answer or "")
+        for p, trees in zip(problems, forest, strict=True)
+        for t in trees
+        for n in t.terminals()
+    ]
+    verdicts = iter(await backends.grader.grade(pairs))
+    solved = 0
+    for trees in forest:
+        hits = [next(verdicts) for t in trees for _ in t.terminals()]
+        solved += any(hits)
+    _, mcts = await evaluate(
+        problems, backends, EvalSettings(method="mcts", rollouts=plan.rollouts, candidates=plan.candidates)
+    )
+    return {
+        f"frontier_pass@{plan.frontier_samples}": solved / max(1, len(problems)),
+        "frontier_mcts_accuracy": mcts["accuracy"],
+    }
+
+
+async def _pair_accuracy(scorer: Any, pairs: Sequence[StepPair]) -> float:
+    from services.search.backends import Prompt
+
+    items = []
+    for pair in pairs:
+        items.append(Prompt(pair.question, (*pair.prefix, pair.chosen)))
+        items.append(Prompt(pair.question, (*pair.prefix, pair.rejected)))
+    scores, _ = await scorer.score(items)
+    wins = sum(bool(scores[2 * i][-1] > scores[2 * i + 1][-1]) for i in range(len(pairs)))
+    return wins / len(pairs)
+
+
+def evaluate_models(
+    store: ModelStore, policy: str, ppm: str, plan: EvalPlan, pairs: Sequence[StepPair]
+) -> dict[str, Any]:
+    return asyncio.run(_evaluate(store, policy, ppm, plan, pairs))
+
+
+__all__ = ["EvalPlan", "choose", "evaluate_models", "heldout_problems"]

@@ -1,0 +1,33 @@
+"""The TrainerService wiring: settings → store, Celery dispatcher → core → servicer → server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.common.logs import configure_logging
+from services.common.server import Service, serve, service_name
+from services.common.settings import load_settings
+from services.common.store import ModelStore
+from services.trainer.config import preset
+from services.trainer.core import TrainerCore
+from services.trainer.servicer import TrainerServicer
+from services.trainer.settings import TrainerSettings
+from services.trainer.wiring import make_runner_factory
+from thinkmesh.v1 import trainer_pb2, trainer_pb2_grpc
+
+
+async def run(**overrides: Any) -> None:
+    settings = load_settings(TrainerSettings, **overrides)
+    configure_logging(settings.log_format, settings.log_level)
+    store = ModelStore()
+    core = TrainerCore(store, preset(settings.preset), make_runner_factory(settings, store))
+    servicer = TrainerServicer(core)
+    await serve(
+        settings,
+        [
+            Service(
+                service_name(trainer_pb2, "TrainerService"),
+                lambda server: trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server),
+            )
+        ],
+    )

@@ -1,0 +1,74 @@
+"""Per-round reports: `rounds/<n>/report.json`, one Markdown table over all rounds (`rounds/report.md`, round 0
+first, accuracy as the first number column) and a plot of accuracy by round (`rounds/progress.png`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from services.trainer.rounds import Rounds, RoundState
+
+COLUMNS = (
+    ("MCTS acc", "mcts_accuracy"),
+    ("greedy", "greedy_accuracy"),
+    ("maj@N", "maj_accuracy"),
+    ("best-of-N (PPM)", "bon_accuracy"),
+    ("PPM pair acc", "ppm_pair_accuracy"),
+    ("pool solved", "pool_solved"),
+    ("frontier level", "frontier_level"),
+    ("frontier pass@16", "frontier_pass@16"),
+    ("frontier MCTS", "frontier_mcts_accuracy"),
+)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def markdown_table(states: list[RoundState]) -> str:
+    header = "| round | " + " | ".join(name for name, _ in COLUMNS) + " | policy | ppm | state |"
+    rule = "|---" * (len(COLUMNS) + 4) + "|"
+    rows = [
+        f"| {s.round} | "
+        + " | ".join(_cell(s.metrics.get(key)) for _, key in COLUMNS)
+        + f" | {s.policy_version} | {s.ppm_version} | {s.state} |"
+        for s in states
+    ]
+    return "\n".join([header, rule, *rows]) + "\n"
+
+
+def plot(states: list[RoundState], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 3.8))
+    rounds = [s.round for s in states]
+    for label, key in COLUMNS[:4]:
+        axis.plot(rounds, [s.metrics.get(key) or 0.0 for s in states], marker="o", label=label)
+    axis.set_xlabel("round")
+    axis.set_ylabel("held-out accuracy (levels 3–5)")
+    axis.set_xticks(rounds)
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_reports(rounds: Rounds, state: RoundState) -> None:
+    from dataclasses import asdict
+
+    from services.trainer.rounds import _write_json
+
+    _write_json(rounds.directory(state.round) / "report.json", asdict(state))
+    states = [s for n in rounds.numbers() if (s := rounds.state(n)) is not None and s.state != "running"]
+    root = rounds.store.root / "rounds"
+    (root / "report.md").write_text(markdown_table(states))
+    plot(states, root / "progress.png")

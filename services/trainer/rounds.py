@@ -1,0 +1,346 @@
+"""One self-evolution round, as resumable stages:
+
+    search    one Celery `solve` task per pool problem (training mode: reference answers given)
+    extract   SFT trajectories and PPM pairs from the finished trees (services/trainer/extract.py)
+    sft       the policy, fine-tuned from the round-0 model on every round's SFT data so far
+    ppm       the PPM, initialised from the new policy, trained on every round's pairs so far
+    evaluate  held-out accuracy (greedy, maj, bon, MCTS) and the frontier, for the candidates
+    publish   promote the candidates unless they regress past the gate
+
+Each stage writes its output into `rounds/<n>/` and then records itself as finished in `state.json`
+(atomically), so a trainer killed at any point resumes at the first unfinished stage; finished searches are
+never sent again. Candidates are published as non-current versions and only promoted by `publish`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.common.store import Lineage, ModelStore
+from services.search.mcts import Tree
+from services.trainer.config import RoundConfig
+from services.trainer.curriculum import generate
+from services.trainer.dispatch import CeleryDispatcher, SearchJob
+from services.trainer.extract import extract
+from services.trainer.ppm_train import StepPair
+from services.trainer.sft import Trajectory
+
+log = logging.getLogger(__name__)
+
+STAGES = ("search", "extract", "sft", "ppm", "evaluate", "publish")
+
+
+@dataclass
+class RoundState:
+    round: int
+    state: str = "running"  # running | succeeded | failed | rejected
+    stage: str = "search"
+    finished: list[str] = field(default_factory=list)
+    problems_done: int = 0
+    problems_total: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    policy_version: str = ""
+    ppm_version: str = ""
+    message: str = ""
+    started_at: float = field(default_factory=time.time)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    temporary.write_text(json.dumps(data, indent=1))
+    os.replace(temporary, path)
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    temporary.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    os.replace(temporary, path)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class Rounds:
+    """The rounds of one store: which exist, their state, and running the next (or resuming one)."""
+
+    def __init__(self, store: ModelStore) -> None:
+        self.store = store
+
+    def directory(self, number: int) -> Path:
+        return self.store.root / "rounds" / f"{number:04d}"
+
+    def numbers(self) -> list[int]:
+        root = self.store.root / "rounds"
+        return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.is_dir() else []
+
+    def state(self, number: int) -> RoundState | None:
+        path = self.directory(number) / "state.json"
+        return RoundState(**json.loads(path.read_text())) if path.is_file() else None
+
+    def save(self, state: RoundState) -> None:
+        _write_json(self.directory(state.round) / "state.json", asdict(state))
+
+    def next_number(self) -> int:
+        """The latest round when it is unfinished (resume it), else a new one."""
+        numbers = [n for n in self.numbers() if n > 0]
+        if numbers:
+            latest = self.state(numbers[-1])
+            if latest is not None and latest.state == "running":
+                return numbers[-1]
+            return numbers[-1] + 1
+        return 1
+
+
+class RoundRunner:
+    def __init__(
+        self,
+        store: ModelStore,
+        config: RoundConfig,
+        dispatcher: CeleryDispatcher,
+        *,
+        progress: Callable[[str, int, int], None] | None = None,
+        on_publish: Callable[[str, str], None] | None = None,
+        before_search: Callable[[], None] | None = None,
+        stop_after: str | None = None,
+    ) -> None:
+        self.store = store
+        self.rounds = Rounds(store)
+        self.config = config
+        self.dispatcher = dispatcher
+        self.progress = progress or (lambda stage, done, total: None)
+        self.on_publish = on_publish
+        self.before_search = before_search  # e.g. wait until the services serve the current versions
+        self.stop_after = stop_after  # tests: simulate a crash after this stage
+
+    # --- helpers -------------------------------------------------------------------------------------
+
+    def _pool(self, number: int) -> list[dict[str, Any]]:
+        c = self.config
+        per_level = -(-c.pool_size // len(c.pool_levels))
+        problems = [p for level in c.pool_levels for p in generate(level, per_level, seed=c.seed + 7_001 * number)]
+        q_mode = "ppm" if number >= c.ppm_q_from_round else "terminal"
+        errors = c.first_round_code_errors if number == 1 else c.code_errors
+        return [
+            {
+                "problem_id": p.id,
+                "question": p.question,
+                "reference": p.answer,
+                "rollouts": c.rollouts,
+                "candidates": c.candidates,
+                "max_depth": c.max_depth,
+                "q_mode": q_mode,
+                "max_code_errors": errors,
+                "searches": 1,
+                "seed": c.seed + number,
+            }
+            for p in problems[: c.pool_size]
+        ]
+
+    def _base_policy(self) -> str:
+        """The round-0 model every round's SFT starts from (the paper re-trains from the base each round)."""
+        round_zero = [v for v in self.store.versions("policy") if v.lineage.round == 0]
+        if not round_zero:
+            raise RuntimeError("no round-0 policy in the store: run `thinkmesh bootstrap` first")
+        return round_zero[0].version
+
+    # --- a round --------------------------------------------------------------------------------------
+
+    def run(self) -> RoundState:
+        self._ensure_baseline()
+        number = self.rounds.next_number()
+        state = self.rounds.state(number) or RoundState(round=number)
+        log.info("round %d: resuming at %s", number, next((s for s in STAGES if s not in state.finished), "done"))
+        for stage in STAGES:
+            if stage in state.finished:
+                continue
+            state.stage = stage
+            self.rounds.save(state)
+            started = time.monotonic()
+            try:
+                getattr(self, f"_stage_{stage}")(state)
+            except Exception as exc:
+                state.state, state.message = "failed", f"{stage}: {type(exc).__name__}: {exc}"
+                self.rounds.save(state)
+                raise
+            state.seconds[stage] = round(time.monotonic() - started, 1)
+            state.finished.append(stage)
+            self.rounds.save(state)
+            if state.state != "running" or stage == self.stop_after:
+                break
+        return state
+
+    def _ensure_baseline(self) -> None:
+        """Round 0's row: the current (bootstrap) models evaluated on the same held-out set, once."""
+        if self.rounds.state(0) is not None:
+            return
+        policy, ppm = self.store.current_name("policy"), self.store.current_name("ppm")
+        if policy is None or ppm is None:
+            raise RuntimeError("the store has no current policy and PPM: run `thinkmesh bootstrap` first")
+        metrics = self._evaluate(policy, ppm, [])
+        state = RoundState(
+            round=0,
+            state="succeeded",
+            stage="publish",
+            finished=list(STAGES),
+            metrics=metrics,
+            policy_version=policy,
+            ppm_version=ppm,
+        )
+        self.rounds.save(state)
+        self._report(state)
+
+    def _stage_search(self, state: RoundState) -> None:
+        if self.before_search is not None:
+            self.before_search()
+        job = SearchJob(f"rounds/{state.round:04d}/trees", self._pool(state.round))
+        state.problems_total = len(job.problems)
+
+        def progress(done: int, total: int) -> None:
+            state.problems_done = done
+            self.progress("search", done, total)
+
+        self.dispatcher.run(job, progress)
+
+    def _trees(self, number: int) -> list[Tree]:
+        results = self.dispatcher.results.job(f"rounds/{number:04d}/trees")
+        return [Tree.from_json(t) for r in results.values() for t in r.get("trees", [])]
+
+    def _stage_extract(self, state: RoundState) -> None:
+        trees = self._trees(state.round)
+        data = extract(trees, self.config.pair_margin)
+        directory = self.rounds.directory(state.round)
+        _write_jsonl(directory / "sft.jsonl", [asdict(t) for t in data.trajectories])
+        pairs = [asdict(p) for p in data.pairs]
+        cut = int(len(pairs) * self.config.heldout_pair_fraction)
+        _write_jsonl(directory / "pairs_heldout.jsonl", pairs[:cut])
+        _write_jsonl(directory / "pairs.jsonl", pairs[cut:])
+        solved = {t.question for t in data.trajectories}
+        state.metrics["pool_solved"] = len(solved) / max(1, len(trees))
+        state.metrics["sft_trajectories"] = len(data.trajectories)
+        state.metrics["ppm_pairs"] = len(pairs)
+
+    def _accumulated(self, number: int, name: str) -> list[dict[str, Any]]:
+        return [row for n in range(1, number + 1) for row in _read_jsonl(self.rounds.directory(n) / name)]
+
+    def _stage_sft(self, state: RoundState) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from services.trainer.sft import train_sft
+
+        rows = self._accumulated(state.round, "sft.jsonl")
+        if not rows:
+            raise RuntimeError("no solved problem in any round yet: nothing to fine-tune on")
+        base = self.store.get("policy", self._base_policy())
+        torch.manual_seed(self.config.seed + state.round)
+        model = AutoModelForCausalLM.from_pretrained(base.path)
+        tokenizer = AutoTokenizer.from_pretrained(base.path)
+        trajectories = [Trajectory(r["question"], tuple(r["steps"])) for r in rows]
+        metrics = train_sft(model, tokenizer, trajectories, self.config.sft, progress=False)
+
+        def write(directory: Path) -> None:
+            model.save_pretrained(directory)
+            tokenizer.save_pretrained(directory)
+
+        version = self.store.publish(
+            "policy",
+            write,
+            Lineage(
+                base_model=f"policy {base.version}",
+                round=state.round,
+                source="sft",
+                data=f"{len(trajectories)} trajectories from rounds 1-{state.round}",
+                metrics=metrics,
+            ),
+            make_current=False,
+        )
+        state.policy_version = version.version
+        state.metrics["sft_loss"] = metrics["final_loss"]
+
+    def _stage_ppm(self, state: RoundState) -> None:
+        import torch
+        from transformers import AutoTokenizer
+
+        from services.ppm.model import ProcessRewardModel
+        from services.trainer.ppm_train import train_ppm
+
+        rows = self._accumulated(state.round, "pairs.jsonl")
+        policy = self.store.get("policy", state.policy_version)
+        tokenizer = AutoTokenizer.from_pretrained(policy.path)
+        torch.manual_seed(self.config.seed + state.round)
+        model = ProcessRewardModel.from_pretrained(policy.path)
+        pairs = [StepPair(r["question"], tuple(r["prefix"]), r["chosen"], r["rejected"]) for r in rows]
+        metrics = train_ppm(model, tokenizer, pairs, self.config.ppm, progress=False) if pairs else {}
+
+        def write(directory: Path) -> None:
+            model.save_pretrained(directory)
+            tokenizer.save_pretrained(directory)
+
+        version = self.store.publish(
+            "ppm",
+            write,
+            Lineage(
+                base_model=f"policy {policy.version}",
+                round=state.round,
+                source="bradley-terry",
+                data=f"{len(pairs)} pairs from rounds 1-{state.round}",
+                metrics=metrics,
+            ),
+            make_current=False,
+        )
+        state.ppm_version = version.version
+
+    def _evaluate(self, policy: str, ppm: str, heldout: list[StepPair]) -> dict[str, Any]:
+        from services.trainer.evaluation import EvalPlan, evaluate_models
+
+        c = self.config
+        plan = EvalPlan(
+            c.eval_levels, c.eval_per_level, c.eval_rollouts, c.candidates, c.frontier_problems, c.frontier_samples
+        )
+        return evaluate_models(self.store, policy, ppm, plan, heldout)
+
+    def _stage_evaluate(self, state: RoundState) -> None:
+        rows = _read_jsonl(self.rounds.directory(state.round) / "pairs_heldout.jsonl")
+        heldout = [StepPair(r["question"], tuple(r["prefix"]), r["chosen"], r["rejected"]) for r in rows]
+        state.metrics.update(self._evaluate(state.policy_version, state.ppm_version, heldout))
+
+    def _stage_publish(self, state: RoundState) -> None:
+        previous = self._latest_published(state.round)
+        before = previous.metrics.get("mcts_accuracy", 0.0) if previous else 0.0
+        after = state.metrics.get("mcts_accuracy", 0.0)
+        if after < before - self.config.regression_gate:
+            state.state = "rejected"
+            state.message = f"MCTS accuracy {after:.3f} regressed past the gate from {before:.3f}: current models kept"
+        else:
+            self.store.promote("policy", state.policy_version)
+            self.store.promote("ppm", state.ppm_version)
+            if self.on_publish is not None:
+                self.on_publish(state.policy_version, state.ppm_version)
+            state.state = "succeeded"
+        self._report(state)
+
+    def _latest_published(self, number: int) -> RoundState | None:
+        for n in range(number - 1, -1, -1):
+            earlier = self.rounds.state(n)
+            if earlier is not None and earlier.state == "succeeded":
+                return earlier
+        return None
+
+    def _report(self, state: RoundState) -> None:
+        from services.trainer.report import write_reports
+
+        write_reports(self.rounds, state)
