@@ -356,6 +356,8 @@ class _Pool:
             if worker.job is not None:
                 results[worker.job] = GradeResult(False, f"grading worker died (exit code {code})", "error")
                 self._replace(worker)
+            elif worker.ready:  # died while idle (the OOM killer, say): nobody's fault, start another
+                self._replace(worker)
             else:
                 self._boot_failed(worker, f"exit code {code}")
             return
@@ -400,12 +402,16 @@ def _available_cores() -> int:
     return os.cpu_count() or 1
 
 
+# A longer answer is a runaway generation; its end is where an answer would be.
+MAX_ANSWER_CHARS = 20_000
+
+
 def _text(value: object) -> str:
     if value is None:
         return ""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))  # AMC's 27.0
-    return str(value)
+    return str(value)[-MAX_ANSWER_CHARS:]
 
 
 class Grader:
@@ -419,7 +425,9 @@ class Grader:
                  check: Check = math_verify_check, memory_limit_mb: int = 2048) -> None:
         if deadline_s <= 0:
             raise ValueError("deadline_s must be positive")
-        self._size = workers if workers else _available_cores()
+        if workers is not None and workers < 1:
+            raise ValueError("workers must be at least 1")
+        self._size = workers or _available_cores()
         self._deadline_s = deadline_s
         self._check = check
         self._memory_limit_mb = memory_limit_mb

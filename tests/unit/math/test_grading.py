@@ -78,6 +78,10 @@ def test_inputs_of_any_type_are_graded_not_raised(grader: Grader) -> None:
     assert not grader.grade("5", "\\frac{1}{0}").equal
     assert not grader.grade("5", "1/0").equal
     assert not grader.grade("5", "}{" * 50).equal
+    assert grader.grade("5", "blah " * 100_000 + "The answer is 5.").equal  # a runaway generation
+    assert not grader.grade("5", "9" * 10_000).equal  # too long for int(): math-verify decides
+    with pytest.raises(ValueError, match="workers"):
+        Grader(workers=0)
 
 
 def test_grade_many_keeps_the_order(grader: Grader) -> None:
@@ -125,6 +129,16 @@ def test_a_crashed_worker_costs_only_its_item(checks) -> None:  # type: ignore[n
         results = grader.grade_many([("a", "\\a"), ("b", "crash"), ("c", "\\c"), ("d", "crash"), ("e", "\\e")])
         assert [r.equal for r in results] == [True, False, True, False, True]
         assert results[1].method == "error" and "exit code 3" in results[1].reason
+
+
+def test_a_worker_that_dies_while_idle_is_replaced(checks) -> None:  # type: ignore[no-untyped-def]
+    with Grader(workers=1, check=checks.crash) as grader:
+        assert grader.grade("a", "\\a").equal
+        worker = grader._pool._workers[0]  # type: ignore[union-attr]
+        worker.process.kill()
+        worker.process.join()
+        assert grader.grade("b", "\\b") == GradeResult(True, "compared without backslashes", "math_verify")
+        assert grader._pool._workers[0] is not worker  # type: ignore[union-attr]
 
 
 def test_workers_that_cannot_start_fail_every_item_quickly(checks) -> None:  # type: ignore[no-untyped-def]
