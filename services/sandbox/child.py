@@ -219,9 +219,10 @@ def _execute(code: bytes) -> NoReturn:
     # Only the program's own process reports; a process it forked ends here too, and must not.
     if os.getpid() == main_pid:
         with contextlib.suppress(OSError):
-            os.write(_STATUS_FD, bytes([status]))
+            # Output closed first: the zygote, woken by the status, finds all of it waiting.
             os.close(1)
             os.close(2)
+            os.write(_STATUS_FD, bytes([status]))
     os._exit(status)
 
 

@@ -124,7 +124,8 @@ class Zygote:
         self.pending: collections.deque[Job] = collections.deque()
         size = child.region_size(config.max_code_bytes)
         self.slots = [Slot(i, config.run_as_uid + i, mmap.mmap(-1, size)) for i in range(config.slots)]
-        self.free_slots = list(reversed(self.slots))
+        # First in, first out: the slot freed last is still forking its next process, an older one is ready.
+        self.free_slots = collections.deque(self.slots)
         # Off while the start-up probe is still choosing the layers a process gets.
         self.prefork = False
         self.plan = child.ChildPlan(
@@ -149,7 +150,7 @@ class Zygote:
 
     def submit(self, job: Job) -> None:
         if self.free_slots:
-            self._dispatch(job, self.free_slots.pop())
+            self._dispatch(job, self.free_slots.popleft())
         else:
             self.pending.append(job)
 
@@ -171,6 +172,9 @@ class Zygote:
         err_read, err_write = os.pipe2(os.O_CLOEXEC)
         wake_read, wake_write = os.pipe2(os.O_CLOEXEC)
         status_read, status_write = os.pipe2(os.O_CLOEXEC)
+        # The zygote never blocks on a program: its ends are non-blocking (the program's stay blocking).
+        for fd in (out_read, err_read, status_read):
+            os.set_blocking(fd, False)
         pid = os.fork()
         if pid == 0:  # the program's process: never returns
             try:
@@ -205,7 +209,6 @@ class Zygote:
         os.close(prepared.wake)
         running = Running(job, prepared.pid, slot, prepared.workdir, started, started + job.timeout_ms / 1000)
         for fd, buffer in ((prepared.stdout, running.stdout), (prepared.stderr, running.stderr)):
-            os.set_blocking(fd, False)
             running.fds[fd] = buffer
             self.selector.register(fd, selectors.EVENT_READ, lambda fd=fd, r=running: self._read_output(r, fd))
         running.status_fd = prepared.status
@@ -218,7 +221,7 @@ class Zygote:
         if prepared.workdir is not None:
             shutil.rmtree(prepared.workdir, ignore_errors=True)
 
-    def _read_output(self, running: Running, fd: int) -> None:
+    def _read_output(self, running: Running, fd: int, finish: bool = True) -> None:
         try:
             data = os.read(fd, 65536)
         except BlockingIOError:
@@ -227,7 +230,8 @@ class Zygote:
             data = b""
         if not data:
             self._close_fd(running, fd)
-            self._maybe_finish(running)
+            if finish:
+                self._maybe_finish(running)
             return
         buffer = running.fds[fd]
         room = running.job.max_output_bytes - len(buffer)
@@ -244,6 +248,8 @@ class Zygote:
         """The exit code, written just before the process exits: the program is over now."""
         try:
             data = os.read(running.status_fd, 1)
+        except BlockingIOError:
+            return
         except OSError:
             data = b""
         self._close_status(running)
@@ -263,6 +269,8 @@ class Zygote:
         running.eof_deadline = running.ended + EOF_GRACE_S
         # The program is over when its main process is: whatever it left running goes with it.
         self._kill_group(running.pid)
+        for fd in list(running.fds):  # usually all there already, EOF included: no need for another wake-up
+            self._read_output(running, fd, finish=False)
         self._maybe_finish(running)
 
     def _close_fd(self, running: Running, fd: int) -> None:
@@ -351,7 +359,10 @@ class Zygote:
         deadline = self._next_timer()
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         for key, _ in self.selector.select(timeout):
-            key.data()
+            # An earlier callback of this round may have closed this descriptor, and a later one reused its
+            # number for a new pipe: only a key that is still registered is live.
+            if self.selector.get_map().get(key.fd) is key:
+                key.data()
         self._check_timers(time.monotonic())
 
     def run_one(self, job: Job) -> JobResult:

@@ -137,6 +137,22 @@ async def test_beyond_workers_and_queue_the_sandbox_is_overloaded(executor: Sand
     assert (await run(executor, "print(1)"))[0] is Status.OK
 
 
+async def test_hundreds_of_short_programs_in_flight_all_come_back_right(executor: SandboxExecutor) -> None:
+    # Many programs ending at once exercise the zygote's bookkeeping: pipes closed and their numbers reused
+    # within one round of its event loop, slots freed and refilled.
+    zygote = executor.zygote_pid
+    codes = [
+        f"print({i})" if i % 3 else f"import sys\nprint({i}, file=sys.stderr)\nraise SystemExit(1)" for i in range(300)
+    ]
+    results = await asyncio.gather(*(executor.execute(Program(code)) for code in codes[:4]))
+    for start in range(4, len(codes), 4):  # as many in flight as workers + queue admit
+        results += await asyncio.gather(*(executor.execute(Program(code)) for code in codes[start : start + 4]))
+    for i, result in enumerate(results):
+        expected = (Status.ERROR, "", f"{i}\n") if i % 3 == 0 else (Status.OK, f"{i}\n", "")
+        assert (result.status, result.stdout, result.stderr) == expected
+    assert executor.zygote_pid == zygote
+
+
 async def test_a_dead_zygote_is_replaced_and_the_lost_program_says_so() -> None:
     sandbox = SandboxExecutor(load_settings(SandboxSettings, environ={}, max_workers=1))
     await sandbox.start()
