@@ -53,7 +53,7 @@ class GradeResult:
 
 # ------------------------------------------------------------------------------------------- normalisation
 
-_ANSWER_IS = re.compile(r"(?:final answer|answer)\s*(?:is|:)\s*:?\s*(.+?)\s*\.?\s*$", re.IGNORECASE | re.DOTALL)
+_ANSWER_IS = re.compile(r"answer\s*(?:is\b|:)\s*:?", re.IGNORECASE)
 _TEXT_COMMANDS = re.compile(r"\\(?:text|textbf|textrm|mathrm|mbox|mathbf|textit)\s*\{([^{}]*)\}")
 _SPACING = re.compile(r"\\[!,;:> ]|\\q?quad|~")
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\circ|\\degree")
@@ -63,7 +63,8 @@ _NUMBER_WITH_UNIT = re.compile(r"^([-+]?[\d.,/]+)\s*[a-zA-Z][a-zA-Z .]+$")  # "1
 _THOUSANDS = re.compile(r"^[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _WORDS = re.compile(r"^[A-Za-z]{2,}(?: [A-Za-z]+)*$")
 _INTEGER = re.compile(r"^[-+]?\d+$")
-_DECIMAL = re.compile(r"^[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?$")
+# At most a 3-digit exponent: Fraction("1e99999999") would build a 100-million-digit integer in the caller.
+_DECIMAL = re.compile(r"^[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d{1,3})?$")
 _SLASH_FRACTION = re.compile(r"^([-+]?\d+)\s*/\s*(\d+)$")
 _LATEX_FRACTION = re.compile(r"^([-+]?)\\frac\s*(?:\{\s*([-+]?\d+)\s*\}|(\d))\s*(?:\{\s*(\d+)\s*\}|(\d))$")
 
@@ -75,9 +76,12 @@ def extract_answer(text: str) -> str:
         return boxed.strip()
     if "####" in text:
         return text.rsplit("####", 1)[1].strip()
-    match = _ANSWER_IS.search(text)
-    if match is not None and len(text) > len(match.group(1)):
-        return match.group(1).strip()
+    matches = list(_ANSWER_IS.finditer(text))
+    if matches:  # the last "answer is" / "answer:" wins
+        last = matches[-1]
+        rest = text[last.end():].strip().rstrip(".").strip()
+        if rest:
+            return rest
     return text.strip()
 
 

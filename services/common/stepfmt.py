@@ -246,31 +246,41 @@ def ends_code(step: str) -> bool:
 
 
 def extract_boxed(text: str) -> str | None:
-    """Content of the last `\\boxed{...}` (or `\\fbox{...}`) with balanced braces; None if there is none."""
-    best: tuple[int, str] | None = None
-    for command in _BOX_COMMANDS:
-        start = text.rfind(command + "{")
-        while start >= 0:
-            content = _balanced(text, start + len(command))
-            if content is not None:
-                if best is None or start > best[0]:
-                    best = (start, content)
-                break
-            start = text.rfind(command + "{", 0, start)
-    return None if best is None else best[1].strip()
+    """Content of the last `\\boxed{...}` (or `\\fbox{...}`) with balanced braces; None if there is none.
 
-
-def _balanced(text: str, open_index: int) -> str | None:
-    depth = 0
-    for i in range(open_index, len(text)):
-        char = text[i]
-        if char == "{" and text[i - 1] != "\\":
-            depth += 1
-        elif char == "}" and text[i - 1] != "\\":
-            depth -= 1
-            if depth == 0:
-                return text[open_index + 1: i]
+    One pass over the text, however many unclosed boxes it holds (model output can be any garbage).
+    """
+    starts = sorted(i + len(command) for command in _BOX_COMMANDS for i in _find_all(text, command + "{"))
+    if not starts:
+        return None
+    closing = _matching_braces(text)
+    for open_index in reversed(starts):
+        close_index = closing.get(open_index)
+        if close_index is not None:
+            return text[open_index + 1: close_index].strip()
     return None
+
+
+def _find_all(text: str, needle: str) -> list[int]:
+    found, index = [], text.find(needle)
+    while index >= 0:
+        found.append(index)
+        index = text.find(needle, index + 1)
+    return found
+
+
+def _matching_braces(text: str) -> dict[int, int]:
+    """Index of each unescaped '{' that is closed -> index of its '}'."""
+    stack: list[int] = []
+    closing: dict[int, int] = {}
+    for i, char in enumerate(text):
+        if i and text[i - 1] == "\\":
+            continue
+        if char == "{":
+            stack.append(i)
+        elif char == "}" and stack:
+            closing[stack.pop()] = i
+    return closing
 
 
 def answer_from_output(stdout: str) -> str | None:

@@ -66,6 +66,9 @@ def test_extract_and_normalise() -> None:
     assert extract_answer("blah \\boxed{\\frac{1}{2}} blah") == "\\frac{1}{2}"
     assert extract_answer("work\n#### 1,234") == "1,234"
     assert extract_answer("The final answer is 7.") == "7"
+    assert extract_answer("The answer is not 4. The final answer is: 5.") == "5"
+    assert extract_answer("Answer: $\\frac{1}{2}$") == "$\\frac{1}{2}$"
+    assert extract_answer("no marker at all ") == "no marker at all"
     assert normalise("$\\text{Yes}$") == "yes"
     assert normalise("\\left( 1, 2 \\right)") == "(1,2)"
 
@@ -80,6 +83,10 @@ def test_inputs_of_any_type_are_graded_not_raised(grader: Grader) -> None:
     assert not grader.grade("5", "}{" * 50).equal
     assert grader.grade("5", "blah " * 100_000 + "The answer is 5.").equal  # a runaway generation
     assert not grader.grade("5", "9" * 10_000).equal  # too long for int(): math-verify decides
+    assert grader.grade("1000", "1e3").equal
+    started = time.monotonic()
+    assert not grader.grade("5", "1e99999999").equal  # not built as an integer in the caller
+    assert time.monotonic() - started < 5.0 + 1.0
     with pytest.raises(ValueError, match="workers"):
         Grader(workers=0)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from services.common import stepfmt
@@ -133,6 +135,13 @@ def test_unbalanced_box_in_an_answer_gives_no_answer() -> None:
 )
 def test_extract_boxed(text: str, boxed: str | None) -> None:
     assert stepfmt.extract_boxed(text) == boxed
+
+
+def test_extract_boxed_is_linear_in_garbage() -> None:
+    started = time.perf_counter()
+    assert stepfmt.extract_boxed("\\boxed{" * 20_000) is None
+    assert stepfmt.extract_boxed("\\boxed{" * 20_000 + "\\boxed{7}") == "7"
+    assert time.perf_counter() - started < 1.0
 
 
 def test_program_of_joins_the_code_of_code_steps_only() -> None:
