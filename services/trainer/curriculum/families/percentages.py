@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.trainer.curriculum.draft import Draft, Op, Solved, Voice, story_voice
+from services.trainer.curriculum.draft import Draft, Op, Person, Solved, Voice, story_voice
 from services.trainer.curriculum.family import Family, Template
 from services.trainer.curriculum.words import COLOURS, FRUIT, GARDEN, SMALL_THINGS, TOYS
 
@@ -83,7 +83,7 @@ def sale(d: Draft, chain: int) -> Solved:
     p = _percent(d)
     thing = d.pick(("coat", "bike", "lamp", "chair", "game", "watch", "tent", "radio", "desk", "guitar"))
     end = _end_for(d, p, low=10)
-    shop = d.person()  # never mentioned: distractors still need a main gender to avoid
+    shop = Person("the shop", "it", "its")  # no one to refer to: distractors name their own people
     price = d.stock(chain, end, who=shop, voice=_PRICES, noun="price", intro=f"A {thing} costs {{start}} dollars.")
     d.say(f"Now the {thing} is sold at {p}% off.")
     d.step(f"{p}% off the price", f"off = {price} * {p} // 100")
