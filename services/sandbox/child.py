@@ -218,10 +218,12 @@ def _execute(code: bytes) -> NoReturn:
             stream.flush()
     # Only the program's own process reports; a process it forked ends here too, and must not.
     if os.getpid() == main_pid:
+        # Output closed first: the zygote, woken by the status, finds all of it waiting. (Any of these may
+        # already be closed by the program; the zygote then learns the exit code from SIGCHLD.)
+        for fd in (1, 2):
+            with contextlib.suppress(OSError):
+                os.close(fd)
         with contextlib.suppress(OSError):
-            # Output closed first: the zygote, woken by the status, finds all of it waiting.
-            os.close(1)
-            os.close(2)
             os.write(_STATUS_FD, bytes([status]))
     os._exit(status)
 

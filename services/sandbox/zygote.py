@@ -399,6 +399,7 @@ class Zygote:
         self.shutdown()
 
     def shutdown(self) -> None:
+        self.prefork = False
         for slot in self.slots:
             if slot.prepared is not None:
                 with contextlib.suppress(ProcessLookupError):
@@ -499,8 +500,7 @@ def classify(exit_status: int, cpu_seconds: float, timeout_ms: int) -> tuple[Sta
 
 
 def _prepare_process(parent: int) -> None:
-    # Die with the server, keep our memory from any process of the same uid, and adopt programs' orphans so
-    # that they are reaped here rather than left as zombies.
+    # Die with the server, and adopt programs' orphans so that they are reaped here rather than left as zombies.
     isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:
         sys.exit(0)
@@ -531,7 +531,9 @@ def main(argv: list[str]) -> int:
     warmup_ms = round((time.monotonic() - started) * 1000)
 
     def deliver(result: JobResult) -> None:
-        control.sendall(encode_result(result))
+        # Once the server has gone (its end closed while programs still ran), results have nowhere to go.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            control.sendall(encode_result(result))
 
     zygote = Zygote(config, deliver)
     try:
