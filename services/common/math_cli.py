@@ -6,12 +6,28 @@ Nothing heavy is imported at module level: `thinkmesh --help` must not load symp
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 _BATCH = 256  # lines graded together: enough to keep every worker busy, small enough to stream
+
+
+def _quiet_on_broken_pipe(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """`thinkmesh data list | head` closes the pipe early: stop quietly, as other command-line tools do."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            return 0
+
+    return run
 
 
 def _open(path: str) -> IO[str]:
@@ -34,6 +50,7 @@ def _lines(handle: IO[str]) -> Iterator[tuple[int, dict[str, Any] | str]]:
         yield number, record
 
 
+@_quiet_on_broken_pipe
 def _grade(args: argparse.Namespace) -> int:
     from services.common.grading import Grader
 
@@ -74,6 +91,7 @@ def _grade(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+@_quiet_on_broken_pipe
 def _data_list(args: argparse.Namespace) -> int:
     from services.common.datasets import list_datasets
     from services.common.errors import NotFound
@@ -94,6 +112,7 @@ def _data_list(args: argparse.Namespace) -> int:
     return 0
 
 
+@_quiet_on_broken_pipe
 def _curriculum_sample(args: argparse.Namespace) -> int:
     from services.trainer.curriculum import generate
 
