@@ -70,7 +70,7 @@ class HFScorer:
         self.max_length = int(getattr(self.model.config, "max_position_embeddings", 4096))
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else self.tokenizer.eos_token_id or 0)
-        self.batcher: MicroBatcher[ScoreItem, list[float]] = MicroBatcher(
+        self.batcher: MicroBatcher[ScoreItem, list[float] | InvalidInput] = MicroBatcher(
             self._score_batch, size=lambda _: 1, window_s=batch_window_ms / 1000, max_batch=max_batch, name="ppm"
         )
 
@@ -82,17 +82,28 @@ class HFScorer:
         import asyncio
 
         # Each item is a batch element, so items of concurrent requests share forward passes.
-        return list(await asyncio.gather(*(self.batcher.submit(item) for item in items)))
+        results = await asyncio.gather(*(self.batcher.submit(item) for item in items))
+        for result in results:
+            if isinstance(result, InvalidInput):
+                raise result
+        return [r for r in results if not isinstance(r, InvalidInput)]
 
-    def score_now(self, items: Sequence[ScoreItem]) -> list[list[float]]:
-        """Synchronous scoring (training evaluation, CLI)."""
-        return self._score_batch(list(items))
+    def _score_batch(self, items: list[ScoreItem]) -> list[list[float] | InvalidInput]:
+        """Scores for each item; an item that cannot be encoded gets its error, the others their scores."""
+        encoded: list[tuple[list[int], list[int]] | InvalidInput] = []
+        for item in items:
+            try:
+                encoded.append(encode_item(self.tokenizer, item, self.max_length))
+            except InvalidInput as exc:
+                encoded.append(exc)
+        valid = [e for e in encoded if not isinstance(e, InvalidInput)]
+        scores = iter(self._forward(valid) if valid else [])
+        return [e if isinstance(e, InvalidInput) else next(scores) for e in encoded]
 
-    def _score_batch(self, items: list[ScoreItem]) -> list[list[float]]:
-        encoded = [encode_item(self.tokenizer, item, self.max_length) for item in items]
+    def _forward(self, encoded: list[tuple[list[int], list[int]]]) -> list[list[float]]:
         width = max(len(ids) for ids, _ in encoded)
-        input_ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(items), width), dtype=torch.long)
+        input_ids = torch.full((len(encoded), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(encoded), width), dtype=torch.long)
         for row, (ids, _) in enumerate(encoded):
             input_ids[row, : len(ids)] = torch.tensor(ids)  # right padding: positions stay as computed
             mask[row, : len(ids)] = 1

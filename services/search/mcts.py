@@ -300,7 +300,15 @@ class Tree:
         self._request_scores()
 
     def _request_scores(self) -> None:
-        self.need = Score(tuple(self._fresh), tuple(self.steps_of(n) for n in self._fresh))
+        # An empty step has nothing for the PPM to read: it is already terminal with −1.
+        scorable = [n for n in self._fresh if self.nodes[n].step]
+        for node_id in self._fresh:
+            if not self.nodes[node_id].step:
+                self.nodes[node_id].ppm_score = -1.0
+        if not scorable:
+            self._after_scores()
+            return
+        self.need = Score(tuple(scorable), tuple(self.steps_of(n) for n in scorable))
 
     def deliver_scores(self, scores: Sequence[float]) -> None:
         need = self.need
@@ -311,6 +319,9 @@ class Tree:
             node.ppm_score = float(score)
             if node.terminal and node.reward is None and self.reference is None:
                 node.reward = node.ppm_score  # inference: the PPM judges the final answer
+        self._after_scores()
+
+    def _after_scores(self) -> None:
         to_grade = [n for n in self._fresh if self.nodes[n].terminal and self.nodes[n].reward is None]
         if to_grade:
             self.need = Grade(tuple(to_grade), tuple(self.nodes[n].answer or "" for n in to_grade))

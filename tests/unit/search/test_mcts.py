@@ -195,3 +195,10 @@ def test_vote_and_ppm_disagree_when_one_lucky_score_meets_many_agreeing_ones() -
     assert by_ppm is not None and (by_ppm.answer, by_ppm.score) == ("-2", 0.9)
     assert by_vote is not None and by_vote.answer == "8"
     assert by_vote.score == pytest.approx((1.6 + 1.5 + 1.55) / 2 / 4)
+
+
+def test_an_empty_candidate_is_terminal_and_never_sent_to_the_ppm() -> None:
+    tree = Tree("q", SearchConfig(rollouts=1), reference="8")
+    kinds = drive(tree, lambda steps: [Candidate("", True)])
+    assert kinds == ["Expand"]  # nothing to run, nothing to score
+    assert tree.nodes[1].terminal and tree.nodes[1].reward == -1.0
