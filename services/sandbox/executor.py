@@ -55,40 +55,14 @@ class SandboxExecutor:
 
     async def start(self) -> IsolationReport:
         """Start the zygote and check its isolation; ConfigError when a required layer is missing."""
-        zygote = await self._spawn()
-        report = zygote.report
-        try:
-            require_layers(report, self.settings.required_layers)
-        except ConfigError:
-            await zygote.stop()
-            raise
-        for layer in report.layers:
-            level = logging.INFO if layer.active else logging.WARNING
-            state = "active" if layer.active else "INACTIVE"
-            log.log(
-                level,
-                "isolation layer %s %s: %s",
-                layer.name,
-                state,
-                layer.detail,
-                extra={"layer": layer.name, "active": layer.active},
-            )
-        log.info(
-            "sandbox ready",
-            extra={
-                "layers_active": report.active,
-                "zygote_pid": zygote.pid,
-                "warmup_ms": zygote.warmup_ms,
-                "workers": self.settings.max_workers,
-            },
-        )
-        self.report = report
-        self._zygote = zygote
+        self._zygote = await self._spawn()
+        self.report = self._zygote.report
         self._started.set()
-        return report
+        return self.report
 
     async def close(self) -> None:
         self._closed = True
+        self._started.set()  # calls still waiting for a start that will not come now fail with NotReady
         if self._zygote is not None:
             await self._zygote.stop()
 
@@ -191,6 +165,7 @@ class SandboxExecutor:
             return self._zygote
 
     async def _spawn(self) -> ZygoteProcess:
+        """A new zygote, its layers checked and logged (at start-up and again after every restart)."""
         settings = self.settings
         config = ZygoteConfig(
             slots=settings.max_workers,
@@ -205,4 +180,33 @@ class SandboxExecutor:
             max_code_bytes=settings.max_code_bytes,
         )
         ZYGOTE_STARTS.inc()
-        return await ZygoteProcess.start(config, settings.startup_timeout_s)
+        zygote = await ZygoteProcess.start(config, settings.startup_timeout_s)
+        try:
+            require_layers(zygote.report, settings.required_layers)
+        except ConfigError:
+            await zygote.stop()
+            raise
+        _log_layers(zygote, settings.max_workers)
+        return zygote
+
+
+def _log_layers(zygote: ZygoteProcess, workers: int) -> None:
+    for layer in zygote.report.layers:
+        state = "active" if layer.active else "INACTIVE"
+        log.log(
+            logging.INFO if layer.active else logging.WARNING,
+            "isolation layer %s %s: %s",
+            layer.name,
+            state,
+            layer.detail,
+            extra={"layer": layer.name, "active": layer.active},
+        )
+    log.info(
+        "sandbox ready",
+        extra={
+            "layers_active": zygote.report.active,
+            "zygote_pid": zygote.pid,
+            "warmup_ms": zygote.warmup_ms,
+            "workers": workers,
+        },
+    )
