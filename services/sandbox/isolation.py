@@ -98,29 +98,35 @@ def mount(source: str, target: str, fstype: str | None, flags: int, data: str | 
 def enter_zygote_namespaces() -> tuple[bool, bool, str]:
     """Give the zygote (and so every program) its own network and mount namespaces.
 
-    Returns (network, mounts, detail). As root this is a plain unshare. Without root it takes a user namespace
-    first, which locked-down pods usually forbid; then the layers stay off and the detail says why.
+    Returns (network, mounts, why not). As root each is a plain unshare. Without root it takes a user namespace
+    with them, which locked-down pods usually forbid; then the layers stay off and the reason says why.
     """
     uid, gid = os.getuid(), os.getgid()
-    flags = CLONE_NEWNET | CLONE_NEWNS
-    if uid != 0:
-        flags |= CLONE_NEWUSER
-    try:
-        unshare(flags)
-    except OSError as both:
-        # Some runtimes allow one and not the other; take what there is.
-        for single, name in ((CLONE_NEWNET, "network"), (CLONE_NEWNS, "mount")):
+    errors = []
+    if uid == 0:
+        got = []
+        for flag, name in ((CLONE_NEWNET, "network"), (CLONE_NEWNS, "mount")):
             try:
-                unshare(single | (CLONE_NEWUSER if uid != 0 else 0))
-            except OSError:
-                continue
-            if uid != 0:
-                _map_ids(uid, gid)
-            return single == CLONE_NEWNET, single == CLONE_NEWNS, f"only a {name} namespace: {both.strerror}"
-        return False, False, f"unshare refused: {both.strerror}"
-    if uid != 0:
+                unshare(flag)
+                got.append(True)
+            except OSError as exc:
+                got.append(False)
+                errors.append(f"{name} namespace refused: {exc.strerror}")
+        return got[0], got[1], "; ".join(errors)
+    # One user namespace only: a second unshare would nest another. Both layers, else whichever is allowed.
+    for flags, network, mounts in (
+        (CLONE_NEWNET | CLONE_NEWNS, True, True),
+        (CLONE_NEWNET, True, False),
+        (CLONE_NEWNS, False, True),
+    ):
+        try:
+            unshare(CLONE_NEWUSER | flags)
+        except OSError as exc:
+            errors.append(exc.strerror or str(exc))
+            continue
         _map_ids(uid, gid)
-    return True, True, "user namespace" if uid != 0 else ""
+        return network, mounts, "" if network and mounts else f"user namespace refused in part: {errors[0]}"
+    return False, False, f"not root, and no user namespace allowed: {errors[0]}"
 
 
 def _map_ids(uid: int, gid: int) -> None:
