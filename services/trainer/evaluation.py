@@ -85,7 +85,8 @@ async def _frontier(backends: Any, level: int, plan: EvalPlan) -> dict[str, floa
         problems, backends, EvalSettings(method="mcts", rollouts=plan.rollouts, candidates=plan.candidates)
     )
     return {
-        f"frontier_pass@{plan.frontier_samples}": solved / max(1, len(problems)),
+        "frontier_pass_at_k": solved / max(1, len(problems)),
+        "frontier_samples": plan.frontier_samples,
         "frontier_mcts_accuracy": mcts["accuracy"],
     }
 

@@ -17,7 +17,7 @@ COLUMNS = (
     ("PPM pair acc", "ppm_pair_accuracy"),
     ("pool solved", "pool_solved"),
     ("frontier level", "frontier_level"),
-    ("frontier pass@16", "frontier_pass@16"),
+    ("frontier pass@k", "frontier_pass_at_k"),
     ("frontier MCTS", "frontier_mcts_accuracy"),
 )
 
@@ -68,7 +68,11 @@ def write_reports(rounds: Rounds, state: RoundState) -> None:
     from services.trainer.rounds import _write_json
 
     _write_json(rounds.directory(state.round) / "report.json", asdict(state))
-    states = [s for n in rounds.numbers() if (s := rounds.state(n)) is not None and s.state != "running"]
+    # The round being reported is taken as it is in memory: its state.json is written after the report.
+    on_disk = {n: rounds.state(n) for n in rounds.numbers() if n != state.round}
+    states = sorted(
+        [s for s in on_disk.values() if s is not None and s.state != "running"] + [state], key=lambda s: s.round
+    )
     root = rounds.store.root / "rounds"
     (root / "report.md").write_text(markdown_table(states))
     plot(states, root / "progress.png")

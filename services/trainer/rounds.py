@@ -95,11 +95,11 @@ class Rounds:
         _write_json(self.directory(state.round) / "state.json", asdict(state))
 
     def next_number(self) -> int:
-        """The latest round when it is unfinished (resume it), else a new one."""
+        """The latest round when it is unfinished — killed or failed — (resume it), else a new one."""
         numbers = [n for n in self.numbers() if n > 0]
         if numbers:
             latest = self.state(numbers[-1])
-            if latest is not None and latest.state == "running":
+            if latest is not None and latest.state in ("running", "failed"):
                 return numbers[-1]
             return numbers[-1] + 1
         return 1
@@ -163,6 +163,7 @@ class RoundRunner:
         self._ensure_baseline()
         number = self.rounds.next_number()
         state = self.rounds.state(number) or RoundState(round=number)
+        state.state, state.message = "running", ""
         log.info("round %d: resuming at %s", number, next((s for s in STAGES if s not in state.finished), "done"))
         for stage in STAGES:
             if stage in state.finished:
@@ -244,7 +245,11 @@ class RoundRunner:
 
         rows = self._accumulated(state.round, "sft.jsonl")
         if not rows:
-            raise RuntimeError("no solved problem in any round yet: nothing to fine-tune on")
+            # Nothing to learn from: the current models stay (the curriculum ladder may be too steep).
+            state.state = "rejected"
+            state.message = "no problem of any round was solved yet: nothing to fine-tune on; current models kept"
+            self._report(state)
+            return
         base = self.store.get("policy", self._base_policy())
         torch.manual_seed(self.config.seed + state.round)
         model = AutoModelForCausalLM.from_pretrained(base.path)

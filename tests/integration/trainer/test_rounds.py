@@ -1,0 +1,133 @@
+"""A self-evolution round end to end on small parts: Celery searches over real services (the policy writes
+teacher and corrupted steps), extraction, SFT and PPM training of micro models, evaluation, a gated publish —
+and a trainer stopped after its search resumes without searching again."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from services.common.store import ModelStore
+from services.search.celery_app import make_celery
+from services.search.settings import SearchSettings
+from services.trainer.config import preset
+from services.trainer.curriculum import generate
+from services.trainer.dispatch import CeleryDispatcher
+from services.trainer.rounds import RoundRunner, Rounds
+from support.processes import REPO, THINKMESH, server_process, wait_serving
+from support.tiny_models import publish_micro_models
+
+pytestmark = pytest.mark.timeout(900)
+CONFIG = preset("tiny", seed=5)
+
+
+class CountingDispatcher(CeleryDispatcher):
+    sent = 0
+
+    def missing(self, job):  # type: ignore[no-untyped-def]
+        missing = super().missing(job)
+        return missing
+
+    def run(self, job, progress=None):  # type: ignore[no-untyped-def]
+        CountingDispatcher.sent += len(self.missing(job))
+        return super().run(job, progress)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ModelStore, CeleryDispatcher]]:
+    root = tmp_path_factory.mktemp("rounds")
+    store = ModelStore(root / "store")
+    publish_micro_models(store)
+    # The teacher knows the solutions of round 1's pool (the same draw RoundRunner makes).
+    per_level = -(-CONFIG.pool_size // len(CONFIG.pool_levels))
+    pool = [p for level in CONFIG.pool_levels for p in generate(level, per_level, seed=CONFIG.seed + 7_001)]
+    teacher = root / "teacher.json"
+    teacher.write_text(json.dumps({p.question: p.solution for p in pool}))
+    env = {
+        "THINKMESH_STORE": str(store.root),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
+        "THINKMESH_TEST_TEACHER_FILE": str(teacher),
+        "THINKMESH_SEARCH_BROKER_URL": f"sqla+sqlite:///{root}/broker.sqlite",
+        "THINKMESH_SEARCH_RESULT_BACKEND": f"db+sqlite:///{root}/results.sqlite",
+    }
+    with (
+        server_process([THINKMESH, "serve", "sandbox", "--port", "0"], env) as (_, sandbox),
+        server_process([THINKMESH, "serve", "ppm", "--port", "0"], env) as (_, ppm),
+        server_process([sys.executable, "-m", "support.teacher_policy"], env) as (_, policy),
+    ):
+        for address in (sandbox, ppm, policy):
+            wait_serving(address)
+        env.update(
+            THINKMESH_SEARCH_SANDBOX_TARGET=sandbox,
+            THINKMESH_SEARCH_PPM_TARGET=ppm,
+            THINKMESH_SEARCH_POLICY_TARGET=policy,
+        )
+        worker = subprocess.Popen(
+            [THINKMESH, "worker"], env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            app = make_celery(
+                SearchSettings(
+                    broker_url=env["THINKMESH_SEARCH_BROKER_URL"], result_backend=env["THINKMESH_SEARCH_RESULT_BACKEND"]
+                )
+            )
+            yield store, CountingDispatcher(app, store.root, poll_s=0.2)
+        finally:
+            worker.terminate()
+            worker.wait(timeout=60)
+
+
+def test_a_round_stopped_after_its_search_resumes_and_publishes(stack: tuple[ModelStore, CeleryDispatcher]) -> None:
+    store, dispatcher = stack
+    first = RoundRunner(store, CONFIG, dispatcher, stop_after="search").run()
+    assert first.round == 1 and first.finished == ["search"] and first.state == "running"
+    trees = sorted((store.root / "rounds" / "0001" / "trees").glob("*.json"))
+    assert len(trees) == CONFIG.pool_size
+    stamps = {p.name: p.stat().st_mtime_ns for p in trees}
+    sent_before = CountingDispatcher.sent
+
+    # A new trainer process would do exactly this: look for the unfinished round and carry on.
+    resumed = RoundRunner(store, CONFIG, dispatcher).run()
+    assert resumed.round == 1
+    assert CountingDispatcher.sent == sent_before  # no search was sent again
+    assert {p.name: p.stat().st_mtime_ns for p in trees} == stamps
+    assert resumed.finished == ["search", "extract", "sft", "ppm", "evaluate", "publish"]
+    assert resumed.state == "succeeded", resumed.message
+    assert resumed.metrics["pool_solved"] > 0.5 and resumed.metrics["ppm_pairs"] > 0
+    assert resumed.metrics["sft_trajectories"] > 0
+    for key in ("greedy_accuracy", "maj_accuracy", "bon_accuracy", "mcts_accuracy", "frontier_pass_at_k"):
+        assert 0.0 <= resumed.metrics[key] <= 1.0
+    # Published: the candidates became current, with their lineage.
+    assert store.current_name("policy") == resumed.policy_version == "v2"
+    assert store.current_name("ppm") == resumed.ppm_version == "v2"
+    assert store.get("policy", "v2").lineage.round == 1
+    report = (store.root / "rounds" / "report.md").read_text().splitlines()
+    assert report[0].startswith("| round | MCTS acc |")
+    assert [line.split("|")[1].strip() for line in report[2:]] == ["0", "1"]
+    assert (store.root / "rounds" / "progress.png").stat().st_size > 1000
+    assert Rounds(store).next_number() == 2
+
+
+def test_sft_data_keeps_only_correct_clean_trajectories(stack: tuple[ModelStore, CeleryDispatcher]) -> None:
+    store, _ = stack
+    rows = [json.loads(line) for line in (store.root / "rounds" / "0001" / "sft.jsonl").read_text().splitlines()]
+    from services.common import stepfmt
+    from services.common.grading import Grader
+
+    references = {p.question: p.answer for p in generate(1, CONFIG.pool_size, seed=CONFIG.seed + 7_001)}
+    with Grader() as grader:
+        for row in rows:
+            answer = stepfmt.final_answer(row["steps"])
+            assert answer is not None and grader.grade(references[row["question"]], answer).equal
+    per_problem: dict[str, int] = {}
+    for row in rows:
+        per_problem[row["question"]] = per_problem.get(row["question"], 0) + 1
+    assert max(per_problem.values()) <= 2  # the top-2 trajectories per problem
+    pairs = (store.root / "rounds" / "0001" / "pairs.jsonl").read_text().splitlines()
+    assert all(json.loads(p)["chosen"] != json.loads(p)["rejected"] for p in pairs)
