@@ -116,8 +116,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     actions = models.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     def action(name: str, help_text: str) -> argparse.ArgumentParser:
-        parser = actions.add_parser(name, help=help_text)
-        parser.add_argument("--store", default=None, help="store root (default: $THINKMESH_STORE or ./.thinkmesh/store)")
+        parser: argparse.ArgumentParser = actions.add_parser(name, help=help_text)
+        parser.add_argument(
+            "--store", default=None, help="store root (default: $THINKMESH_STORE or ./.thinkmesh/store)"
+        )
         return parser
 
     listing = action("list", "versions, which is current, and where each came from")

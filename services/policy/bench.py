@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import tempfile
 import time
@@ -80,8 +81,12 @@ async def bench_policy(store: ModelStore, callers: int, max_new_tokens: int) -> 
     servicer = PolicyServicer(core)
     server = GrpcServer(
         ServerSettings(),
-        [Service(service_name(policy_pb2, "PolicyService"),
-                 lambda s: policy_pb2_grpc.add_PolicyServiceServicer_to_server(servicer, s))],
+        [
+            Service(
+                service_name(policy_pb2, "PolicyService"),
+                lambda s: policy_pb2_grpc.add_PolicyServiceServicer_to_server(servicer, s),
+            )
+        ],
     )
     address = await server.start()
     try:
@@ -91,18 +96,28 @@ async def bench_policy(store: ModelStore, callers: int, max_new_tokens: int) -> 
             def call(i: int) -> Callable[[], Awaitable[Any]]:
                 request = policy_pb2.GenerateStepsRequest(
                     prompts=[policy_pb2.StepPrompt(question=QUESTIONS[i % len(QUESTIONS)])],
-                    n=1, temperature=1.0, max_new_tokens=max_new_tokens, seed=1 + i,
+                    n=1,
+                    temperature=1.0,
+                    max_new_tokens=max_new_tokens,
+                    seed=1 + i,
                 )
                 return lambda: stub.GenerateSteps(request, timeout=600)
 
             await stub.GenerateSteps(  # warm-up
-                policy_pb2.GenerateStepsRequest(prompts=[policy_pb2.StepPrompt(question=QUESTIONS[0])], n=1,
-                                                max_new_tokens=8), timeout=600)
+                policy_pb2.GenerateStepsRequest(
+                    prompts=[policy_pb2.StepPrompt(question=QUESTIONS[0])], n=1, max_new_tokens=8
+                ),
+                timeout=600,
+            )
             figures = {}
             for mode, concurrent in (("concurrent", True), ("sequential", False)):
                 seconds, replies = await _timed([call(i) for i in range(callers)], concurrent)
                 tokens = sum(c.num_tokens for r in replies for s in r.results for c in s.candidates)
-                figures[mode] = {"seconds": round(seconds, 3), "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1)}
+                figures[mode] = {
+                    "seconds": round(seconds, 3),
+                    "tokens": tokens,
+                    "tokens_per_s": round(tokens / seconds, 1),
+                }
     finally:
         await server.stop(0)
         await core.slot.close()
@@ -127,7 +142,7 @@ async def bench_ppm(store: ModelStore, callers: int) -> dict[str, Any]:
         await scorer.score(items[:2])  # warm-up
         figures = {}
         for mode, concurrent in (("concurrent", True), ("sequential", False)):
-            calls = [lambda item=item: scorer.score([item]) for item in items]
+            calls: list[Callable[[], Awaitable[Any]]] = [functools.partial(scorer.score, [item]) for item in items]
             seconds, _ = await _timed(calls, concurrent)
             figures[mode] = {"seconds": round(seconds, 3), "items_per_s": round(len(items) / seconds, 1)}
     finally:
@@ -165,8 +180,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    for area, help_text in (("policy", "generated tokens/s: 16 concurrent callers vs one at a time"),
-                            ("ppm", "items scored/s: concurrent callers merged into batches vs one at a time")):
+    for area, help_text in (
+        ("policy", "generated tokens/s: 16 concurrent callers vs one at a time"),
+        ("ppm", "items scored/s: concurrent callers merged into batches vs one at a time"),
+    ):
         bench = sub.add_parser(area, help=help_text)
         bench.add_argument("--store", default=None, help="store root (default: $THINKMESH_STORE or ./.thinkmesh/store)")
         bench.add_argument("--callers", type=int, default=16)

@@ -28,9 +28,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         self, request: policy_pb2.GenerateStepsRequest, context: Any
     ) -> policy_pb2.GenerateStepsResponse:
         prompts = [StepPrompt(p.question, tuple(p.steps)) for p in request.prompts]
-        params = self.core.resolve(
-            request.n, request.temperature, request.top_p, request.max_new_tokens, request.seed
-        )
+        params = self.core.resolve(request.n, request.temperature, request.top_p, request.max_new_tokens, request.seed)
         generation = await self.core.generate(prompts, params)
         return policy_pb2.GenerateStepsResponse(
             results=[

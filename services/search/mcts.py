@@ -246,8 +246,9 @@ class Tree:
             if text in seen:  # identical texts are one child
                 continue
             seen.add(text)
-            child = Node(id=len(self.nodes), parent=parent.id, step=text, depth=parent.depth + 1,
-                         code_errors=parent.code_errors)
+            child = Node(
+                id=len(self.nodes), parent=parent.id, step=text, depth=parent.depth + 1, code_errors=parent.code_errors
+            )
             self.nodes.append(child)
             parent.children.append(child.id)
             self._fresh.append(child.id)

@@ -115,7 +115,8 @@ def bootstrap(store: ModelStore, config: BootstrapConfig, *, force: bool = False
 
     # 3. The PPM: initialised from the policy, trained on teacher-vs-corrupted step pairs.
     ppm_problems = [
-        p for level in (*config.levels, max(config.levels) + 1)
+        p
+        for level in (*config.levels, max(config.levels) + 1)
         for p in generate(level, config.ppm_problems // (len(config.levels) + 1), seed=config.seed + 101 * level)
     ]
     pairs = step_pairs(ppm_problems, rng)
@@ -135,8 +136,11 @@ def bootstrap(store: ModelStore, config: BootstrapConfig, *, force: bool = False
         "ppm",
         write_ppm,
         Lineage(
-            base_model=f"policy {policy.version}", round=0, source="bootstrap",
-            data=f"{len(train_pairs)} teacher-vs-corrupted step pairs", metrics=ppm_metrics,
+            base_model=f"policy {policy.version}",
+            round=0,
+            source="bootstrap",
+            data=f"{len(train_pairs)} teacher-vs-corrupted step pairs",
+            metrics=ppm_metrics,
         ),
     )
     return {

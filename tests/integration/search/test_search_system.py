@@ -156,11 +156,17 @@ def test_a_retried_task_returns_the_stored_result_without_searching_again(system
             result_backend=system.env["THINKMESH_SEARCH_RESULT_BACKEND"],
         )
     )
-    request = {"job": "retry-test", "problem_id": "p1", "question": PROBLEM, "rollouts": 4, "store": str(system.store)}
+    request = {
+        "job": "jobs/retry-test",
+        "problem_id": "p1",
+        "question": PROBLEM,
+        "rollouts": 4,
+        "store": str(system.store),
+    }
     first = app.send_task(SOLVE, args=[request]).get(timeout=120)
     second = app.send_task(SOLVE, args=[request]).get(timeout=120)
     assert first == second  # identical to the millisecond: the second one read the stored result
-    assert list(ResultStore(system.store).job("retry-test")) == ["p1"]
+    assert list(ResultStore(system.store).job("jobs/retry-test")) == ["p1"]
 
 
 def test_a_task_whose_worker_dies_finishes_on_another_with_nothing_lost_or_doubled(system: System) -> None:
@@ -175,7 +181,13 @@ def test_a_task_whose_worker_dies_finishes_on_another_with_nothing_lost_or_doubl
         if worker.poll() is None:
             system.kill(worker)
     victim = system.start_worker()
-    request = {"job": "kill-test", "problem_id": "p1", "question": PROBLEM, "rollouts": 60, "store": str(system.store)}
+    request = {
+        "job": "jobs/kill-test",
+        "problem_id": "p1",
+        "question": PROBLEM,
+        "rollouts": 60,
+        "store": str(system.store),
+    }
     result = app.send_task(SOLVE, args=[request])
     deadline = time.monotonic() + 120
     while result.state not in ("STARTED", "PROGRESS"):
@@ -183,11 +195,11 @@ def test_a_task_whose_worker_dies_finishes_on_another_with_nothing_lost_or_doubl
         time.sleep(0.1)
     time.sleep(1.0)
     system.kill(victim)
-    assert ResultStore(system.store).get("kill-test", "p1") is None  # killed before it finished
+    assert ResultStore(system.store).get("jobs/kill-test", "p1") is None  # killed before it finished
     system.start_worker()  # takes the unacknowledged task once its visibility timeout passes
     outcome = result.get(timeout=300)
     assert outcome["stats"]["rollouts"] == 60
-    stored = ResultStore(system.store).job("kill-test")
+    stored = ResultStore(system.store).job("jobs/kill-test")
     assert list(stored) == ["p1"] and stored["p1"]["answer"] == outcome["answer"]
 
 
