@@ -27,10 +27,20 @@ QUESTIONS = [
 ]
 
 
-def _store_with_models(store_root: str | None, scratch: Path) -> ModelStore:
+# Untrained architectures for speed figures when no trained model is at hand (speed does not depend on training).
+SIZES = {
+    "small": None,  # the embedded default (services.policy.tiny PRESETS["small"])
+    # Qwen2.5-0.5B's shape: hidden 896, 24 layers, 14 heads (2 KV), intermediate 4864.
+    "0.5b": {"hidden": 896, "layers": 24, "heads": 14, "kv_heads": 2, "intermediate": 4864},
+}
+
+
+def _store_with_models(store_root: str | None, scratch: Path, size: str = "small") -> ModelStore:
     store = ModelStore(store_root)
     if store.current_name("policy") and store.current_name("ppm"):
         return store
+    from dataclasses import replace
+
     from transformers import Qwen2ForCausalLM
 
     from services.common import stepfmt
@@ -40,7 +50,9 @@ def _store_with_models(store_root: str | None, scratch: Path) -> ModelStore:
 
     store = ModelStore(scratch / "store")
     tokenizer = train_tokenizer([stepfmt.render_prompt(q, []) for q in QUESTIONS * 4], PRESETS["small"].vocab_size)
-    model = Qwen2ForCausalLM(tiny_config(tokenizer, PRESETS["small"]))
+    shape = SIZES[size]
+    preset = PRESETS["small"] if shape is None else replace(PRESETS["small"], max_positions=2048, **shape)
+    model = Qwen2ForCausalLM(tiny_config(tokenizer, preset))
 
     def write(directory: Path) -> None:
         model.save_pretrained(directory)
@@ -105,7 +117,7 @@ async def bench_policy(store: ModelStore, callers: int, max_new_tokens: int) -> 
 
             await stub.GenerateSteps(  # warm-up
                 policy_pb2.GenerateStepsRequest(
-                    prompts=[policy_pb2.StepPrompt(question=QUESTIONS[0])], n=1, max_new_tokens=8
+                    prompts=[policy_pb2.StepPrompt(question=QUESTIONS[0])], n=1, max_new_tokens=min(8, max_new_tokens)
                 ),
                 timeout=600,
             )
@@ -160,7 +172,7 @@ def _run(args: argparse.Namespace) -> int:
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="thinkmesh-bench-") as scratch:
-        store = _store_with_models(args.store, Path(scratch))
+        store = _store_with_models(args.store, Path(scratch), args.untrained)
         if args.area == "policy":
             report = asyncio.run(bench_policy(store, args.callers, args.max_new_tokens))
             print(f"policy {report['model']}: {args.callers} callers, {args.max_new_tokens} new tokens each")
@@ -187,6 +199,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         bench = sub.add_parser(area, help=help_text)
         bench.add_argument("--store", default=None, help="store root (default: $THINKMESH_STORE or ./.thinkmesh/store)")
         bench.add_argument("--callers", type=int, default=16)
+        bench.add_argument(
+            "--untrained",
+            choices=sorted(SIZES),
+            default="small",
+            help="with an empty store: the architecture of the untrained model to time",
+        )
         if area == "policy":
             bench.add_argument("--max-new-tokens", type=int, default=64)
         bench.add_argument("--json", action="store_true")
