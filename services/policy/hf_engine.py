@@ -34,10 +34,12 @@ class _Request:
     def sequences(self) -> int:
         return len(self.prompts) * self.params.n
 
-    def batch_key(self) -> tuple[float, float, int, int | None]:
-        # Requests share one generate() call only when they sample the same way.
+    def batch_key(self) -> tuple[float, float, int]:
+        # Requests share one generate() call only when they sample the same way. The seed is not part of the
+        # key: a merged batch is seeded by its first request, so a seed makes a request reproducible when it
+        # runs alone, and never costs the batching (one generate() call per seed would undo it).
         p = self.params
-        return (p.temperature, p.top_p, p.max_new_tokens, p.seed)
+        return (p.temperature, p.top_p, p.max_new_tokens)
 
 
 def pick_device(requested: str) -> str:
@@ -120,8 +122,9 @@ class HFEngine:
             raise InvalidInput(
                 f"prompt is {prompt_length} tokens; the model's context is {self.max_positions}: no room to generate"
             )
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
+        seed = next((r.params.seed for r in group if r.params.seed is not None), None)
+        if seed is not None:
+            torch.manual_seed(seed)
         sampling: dict[str, Any] = (
             {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
             if params.temperature > 0
