@@ -3,7 +3,7 @@ expansion into one GenerateSteps call, every new node's program into one Execute
 one ScoreSteps call (the authors' scripts advance all trees in lock-step inside one process; here the same
 happens across services). The four kinds of call of one tick run concurrently.
 
-`batched=False` makes one call per node instead — the baseline of `thinkmesh bench search`.
+`batched=False` makes one call per node instead, one after another — the baseline of `thinkmesh bench search`.
 """
 
 from __future__ import annotations
@@ -134,7 +134,8 @@ class Orchestrator:
         """One call with everything (batched), or one call per item."""
         if self.batched:
             return [await call([item for group in groups for item in group])]
-        return list(await asyncio.gather(*(call([item]) for group in groups for item in group)))
+        # The naive baseline: each node's call waits for the previous one.
+        return [await call([item]) for group in groups for item in group]
 
     @staticmethod
     def _timed(stage: str, stats: StageStats, items: int, started: float) -> None:
