@@ -1,0 +1,116 @@
+"""`make demo`: the whole system on this machine, end to end.
+
+1. bootstrap the embedded tiny models (cached in ./.thinkmesh/store after the first run);
+2. start every service on 127.0.0.1 plus a Celery worker (`thinkmesh up`'s stack);
+3. solve a handful of unseen curriculum problems through the gRPC SearchService;
+4. print a table (problem, answer, correct, rollouts, time) and greedy vs MCTS accuracy on them;
+5. stop everything it started — also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from services.common.store import ModelStore
+
+STATE = Path(".thinkmesh")
+LEVELS = (1, 2, 3)
+PER_LEVEL = 3
+ROLLOUTS = 8
+
+
+def say(line: str) -> None:
+    print(f"==> {line}", flush=True)
+
+
+async def solve_all(address: str, problems: list) -> list[tuple[Any, float]]:  # type: ignore[type-arg]
+    from services.common.channels import open_channel
+    from thinkmesh.v1 import search_pb2, search_pb2_grpc
+
+    async with open_channel(address) as channel:
+        stub = search_pb2_grpc.SearchServiceStub(channel)
+
+        async def one(problem: Any) -> tuple[Any, float]:
+            started = time.monotonic()
+            reply = await stub.Solve(
+                search_pb2.SolveRequest(problem=problem.question, rollouts=ROLLOUTS),
+                timeout=900,
+                wait_for_ready=True,
+            )
+            return reply, time.monotonic() - started
+
+        return list(await asyncio.gather(*(one(p) for p in problems)))
+
+
+async def greedy(store: ModelStore, problems: list) -> list[bool]:  # type: ignore[type-arg]
+    from services.search.evaluate import EvalProblem, EvalSettings, evaluate
+    from services.search.local import local_backends
+
+    async with local_backends(store) as backends:
+        results, _ = await evaluate(
+            [EvalProblem(p.id, p.question, p.answer) for p in problems], backends, EvalSettings(method="greedy")
+        )
+    return [r.correct for r in results]
+
+
+def main() -> int:
+    import logging
+
+    from services.common.grading import Grader
+    from services.common.logs import configure_logging
+    from services.search.stack import LocalStack
+    from services.trainer.bootstrap import bootstrap, config_for
+    from services.trainer.curriculum import generate
+
+    configure_logging("text", "WARNING")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    started = time.monotonic()
+    store = ModelStore(STATE.resolve() / "store")
+    if store.current_name("policy") and store.current_name("ppm"):
+        say(f"models cached in {store.root} (policy {store.current_name('policy')}, ppm {store.current_name('ppm')})")
+    else:
+        say("training the embedded tiny policy and PPM (first run only, a few minutes)")
+        report = bootstrap(store, config_for("small", seed=0))
+        say(f"bootstrap done in {report['seconds']} s")
+    problems = [p for level in LEVELS for p in generate(level, PER_LEVEL, seed=777)]
+    stack = LocalStack(STATE.resolve(), announce=lambda line: say(line))
+    try:
+        say("starting sandbox, policy, PPM, a Celery worker and the SearchService on 127.0.0.1")
+        address = stack.start()
+        say(f"solving {len(problems)} unseen problems through SearchService.Solve ({ROLLOUTS} rollouts each)")
+        replies = asyncio.run(solve_all(address, problems))
+    except KeyboardInterrupt:
+        say("interrupted")
+        return 130
+    finally:
+        stack.stop()
+        say("every service stopped")
+    say("greedy decoding of the same problems, in process, for comparison")
+    greedy_correct = asyncio.run(greedy(store, problems))
+    with Grader() as grader:
+        mcts_correct = [grader.grade(p.answer, r.answer).equal for p, (r, _) in zip(problems, replies, strict=True)]
+    print()
+    print(f"{'level':<6}{'problem':<62}{'answer':>9}{'ref':>7}  {'ok':<4}{'rollouts':>9}{'time s':>8}")
+    for problem, (reply, seconds), ok in zip(problems, replies, mcts_correct, strict=True):
+        question = problem.question if len(problem.question) <= 60 else problem.question[:57] + "..."
+        print(
+            f"{problem.level:<6}{question:<62}{reply.answer[:9]:>9}{problem.answer:>7}  {'yes' if ok else 'no':<4}"
+            f"{reply.stats.rollouts:>9}{seconds:>8.1f}"
+        )
+    n = len(problems)
+    print()
+    print(
+        f"accuracy on these {n}: greedy {sum(greedy_correct)}/{n}, MCTS ({ROLLOUTS} rollouts) {sum(mcts_correct)}/{n}"
+    )
+    say(f"done in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
