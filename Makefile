@@ -10,7 +10,7 @@ TORCH  ?= torch==2.13.0
 EXTRAS ?= all
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test unit integration lint proto helm-check system-deps test-vllm clean
+.PHONY: venv demo test unit integration lint proto helm-check system-deps test-vllm test-quality clean
 
 venv: $(STAMP)
 
@@ -38,7 +38,11 @@ helm-check: $(STAMP)
 	bash scripts/helm_check.sh
 
 test: $(STAMP) system-deps lint helm-check
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider -m "not quality"
+
+# The embedded models' quality: trains the real bootstrap (≈ 13 minutes on 2 cores) and checks what it learnt.
+test-quality: $(STAMP)
+	$(BIN)/pytest -q -p no:cacheprovider -m quality
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit

@@ -39,10 +39,14 @@ BASE_MODEL = "thinkmesh-tiny-qwen2"
 class BootstrapConfig:
     preset: str = "small"
     levels: tuple[int, ...] = (1, 2)
-    # Distinct teacher problems for SFT; the step budget (sft.max_steps × batch) sees each ≈ twice.
+    # Distinct teacher problems for SFT; the step budget (1,500 steps × batch 16) sees each about twice.
+    # Optimizer steps, not tokens, decide how well a tiny model learns to copy numbers (measured on this
+    # curriculum, greedy accuracy on unseen level-1 problems): 1,500 steps at 2e-3 → 93%; 1,400 steps on 22,400
+    # problems → 60%; 1,000 steps at 3e-3 → 26%.
     sft_problems: int = 12_000
     sft: SFTConfig = field(default_factory=SFTConfig)
     ppm_problems: int = 2_000
+    # 400 Bradley–Terry steps: held-out pair accuracy 0.48 → 0.76 (120 steps at 1e-3: 0.60; 150 at 2e-3: 0.28).
     ppm: PPMConfig = field(default_factory=PPMConfig)
     heldout_pairs: int = 300
     tokenizer_problems_per_level: int = 400
