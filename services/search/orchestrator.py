@@ -37,6 +37,8 @@ class Sampling:
     temperature: float = 0.8
     max_new_tokens: int = 256
     exec_timeout_ms: int = 10_000
+    # Items per backend call: at most what the services accept by default (sandbox and policy: 256).
+    max_batch: int = 256
 
 
 @dataclass
@@ -133,7 +135,11 @@ class Orchestrator:
     async def _calls(self, groups: list[list[Any]], call: Callable[[list[Any]], Any]) -> list[Any]:
         """One call with everything (batched), or one call per item."""
         if self.batched:
-            return [await call([item for group in groups for item in group])]
+            # One call per tick, cut into chunks no server refuses (each service bounds its batch size); the
+            # chunks go out together, so a batching backend still merges them.
+            items = [item for group in groups for item in group]
+            size = self.sampling.max_batch
+            return list(await asyncio.gather(*(call(items[i : i + size]) for i in range(0, len(items), size))))
         # The naive baseline: each node's call waits for the previous one.
         return [await call([item]) for group in groups for item in group]
 

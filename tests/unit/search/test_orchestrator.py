@@ -97,3 +97,15 @@ async def test_search_loop_lets_concurrent_submissions_share_batches() -> None:
     later = [Tree(QUESTION, SearchConfig(rollouts=2), "8")]
     await loop.submit(later)
     assert later[0].done
+
+
+async def test_a_tick_larger_than_a_backend_batch_is_cut_into_chunks() -> None:
+    from services.search.orchestrator import Sampling
+
+    scripted = ScriptedBackends()
+    tasks = [SolveTask(QUESTION, "8") for _ in range(7)]
+    orchestrator = Orchestrator(_backends(scripted), Sampling(max_batch=3))
+    solved, _ = await solve_many(orchestrator, tasks, SearchConfig(rollouts=2))
+    assert all(s.choice is not None and s.choice.answer == "8" for s in solved)
+    assert max(n for calls in scripted.calls.values() for n in calls) <= 3
+    assert scripted.calls["policy"][:3] == [3, 3, 1]  # the first tick: seven root expansions
