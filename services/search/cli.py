@@ -145,7 +145,14 @@ def _eval(args: argparse.Namespace) -> int:
     sweep = [int(x) for x in args.sweep.split(",")] if args.sweep else [args.rollouts]
     points = []
     for rollouts in sweep:
-        settings = EvalSettings(method=args.method, rollouts=rollouts, candidates=args.candidates, seed=args.seed)
+        settings = EvalSettings(
+            method=args.method,
+            rollouts=rollouts,
+            candidates=args.candidates,
+            seed=args.seed,
+            temperature=args.temperature,
+            answer_method=args.answer,
+        )
 
         async def run(settings: EvalSettings = settings) -> Any:
             async with local_backends(ModelStore(args.store)) as backends:
@@ -245,6 +252,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     evaluation.add_argument("--method", choices=("greedy", "bon", "maj", "mcts"), default="greedy")
     evaluation.add_argument("--rollouts", type=int, default=16)
     evaluation.add_argument("--candidates", type=int, default=4)
+    evaluation.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (not greedy)")
+    evaluation.add_argument(
+        "--answer", choices=("vote", "ppm", "q", "majority"), default="vote", help="how MCTS picks its answer"
+    )
     evaluation.add_argument("--sweep", default=None, help="comma-separated rollout counts, e.g. 1,2,4,8,16")
     evaluation.add_argument("--plot", default=None, help="write accuracy against rollouts to this PNG")
     evaluation.add_argument("--store", default=None)
