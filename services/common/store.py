@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from services.common.errors import InvalidInput, NotFound
 
@@ -44,6 +44,12 @@ class Lineage:
     source: str = ""
     data: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+class SavesPretrained(Protocol):
+    """A Hugging Face model or tokenizer (or anything saved the same way, like the PPM)."""
+
+    def save_pretrained(self, directory: Any, /) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -156,6 +162,23 @@ class ModelStore:
         if make_current:
             self.promote(checked, published.version)
         return published
+
+    def publish_pretrained(
+        self,
+        kind: str,
+        model: SavesPretrained,
+        tokenizer: SavesPretrained,
+        lineage: Lineage,
+        *,
+        make_current: bool = True,
+    ) -> ModelVersion:
+        """Publish a model and its tokenizer as one Hugging Face directory."""
+
+        def write(directory: Path) -> None:
+            model.save_pretrained(directory)
+            tokenizer.save_pretrained(directory)
+
+        return self.publish(kind, write, lineage, make_current=make_current)
 
     def _rename_to_next_version(self, kind: ModelKindName, staging: Path) -> ModelVersion:
         kind_dir = self._kind_dir(kind)

@@ -16,7 +16,6 @@ import logging
 import random
 import time
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
 import torch
 from transformers import Qwen2ForCausalLM
@@ -106,14 +105,11 @@ def bootstrap(store: ModelStore, config: BootstrapConfig, *, force: bool = False
         model, tokenizer, [Trajectory(p.question, tuple(p.solution)) for p in teacher], config.sft, progress=progress
     )
 
-    def write_policy(directory: Path) -> None:
-        model.save_pretrained(directory)
-        tokenizer.save_pretrained(directory)
-
     lineage_data = f"curriculum levels {','.join(map(str, config.levels))}, {len(teacher)} teacher solutions"
-    policy = store.publish(
+    policy = store.publish_pretrained(
         "policy",
-        write_policy,
+        model,
+        tokenizer,
         Lineage(base_model=BASE_MODEL, round=0, source="bootstrap", data=lineage_data, metrics=sft_metrics),
     )
 
@@ -132,13 +128,10 @@ def bootstrap(store: ModelStore, config: BootstrapConfig, *, force: bool = False
     after = pairwise_accuracy(ppm, tokenizer, heldout)
     ppm_metrics.update({"heldout_pair_accuracy_before": before, "heldout_pair_accuracy": after})
 
-    def write_ppm(directory: Path) -> None:
-        ppm.save_pretrained(directory)
-        tokenizer.save_pretrained(directory)
-
-    ppm_version = store.publish(
+    ppm_version = store.publish_pretrained(
         "ppm",
-        write_ppm,
+        ppm,
+        tokenizer,
         Lineage(
             base_model=f"policy {policy.version}",
             round=0,

@@ -8,7 +8,6 @@ candidate step's last token. Regressing on Q values directly works worse because
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,7 @@ from transformers import PreTrainedTokenizerBase, Trainer
 
 from services.ppm.model import ProcessRewardModel
 from services.ppm.scorer import ScoreItem, encode_item
-from services.trainer.sft import quiet, training_arguments
+from services.trainer.sft import pad_id_of, run_trainer
 
 
 @dataclass(frozen=True)
@@ -96,17 +95,8 @@ def train_ppm(
     if not pairs:
         raise ValueError("no pairs to train on")
     dataset = [encode_pair(tokenizer, pair, config.max_length) for pair in pairs]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    with tempfile.TemporaryDirectory(prefix="thinkmesh-ppm-") as scratch:
-        trainer = BradleyTerryTrainer(
-            model=model,
-            args=training_arguments(scratch, config, progress=progress, batch_size=config.batch_size),
-            train_dataset=dataset,
-            data_collator=PairCollator(int(pad_id)),
-        )
-        quiet(trainer, progress)
-        result = trainer.train()
-    return {"train_loss": float(result.training_loss), "steps": float(result.global_step)}
+    collator = PairCollator(pad_id_of(tokenizer))
+    return run_trainer(BradleyTerryTrainer, model, dataset, collator, config, progress=progress, name="ppm")
 
 
 @torch.inference_mode()
@@ -117,8 +107,7 @@ def pairwise_accuracy(
     if not pairs:
         return float("nan")
     model.eval()
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    collate = PairCollator(int(pad_id))
+    collate = PairCollator(pad_id_of(tokenizer))
     device = next(model.parameters()).device
     wins = 0
     for start in range(0, len(pairs), batch_size):

@@ -256,14 +256,10 @@ class RoundRunner:
         tokenizer = AutoTokenizer.from_pretrained(base.path)
         trajectories = [Trajectory(r["question"], tuple(r["steps"])) for r in rows]
         metrics = train_sft(model, tokenizer, trajectories, self.config.sft, progress=False)
-
-        def write(directory: Path) -> None:
-            model.save_pretrained(directory)
-            tokenizer.save_pretrained(directory)
-
-        version = self.store.publish(
+        version = self.store.publish_pretrained(
             "policy",
-            write,
+            model,
+            tokenizer,
             Lineage(
                 base_model=f"policy {base.version}",
                 round=state.round,
@@ -290,14 +286,10 @@ class RoundRunner:
         model = ProcessRewardModel.from_pretrained(policy.path)
         pairs = [StepPair(r["question"], tuple(r["prefix"]), r["chosen"], r["rejected"]) for r in rows]
         metrics = train_ppm(model, tokenizer, pairs, self.config.ppm, progress=False) if pairs else {}
-
-        def write(directory: Path) -> None:
-            model.save_pretrained(directory)
-            tokenizer.save_pretrained(directory)
-
-        version = self.store.publish(
+        version = self.store.publish_pretrained(
             "ppm",
-            write,
+            model,
+            tokenizer,
             Lineage(
                 base_model=f"policy {policy.version}",
                 round=state.round,

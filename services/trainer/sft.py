@@ -96,12 +96,41 @@ def training_arguments(output_dir: str, config: Any, *, progress: bool, batch_si
     )
 
 
-def quiet(trainer: Trainer, progress: bool) -> None:
-    """Without progress bars, Trainer prints every log line instead; keep it silent then."""
-    if not progress:
-        from transformers.trainer_callback import PrinterCallback
+def pad_id_of(tokenizer: PreTrainedTokenizerBase) -> int:
+    return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
 
-        trainer.remove_callback(PrinterCallback)
+
+def run_trainer(
+    trainer_class: type[Trainer],
+    model: Any,
+    dataset: list[dict[str, Any]],
+    collator: Any,
+    config: Any,
+    *,
+    progress: bool,
+    name: str,
+) -> dict[str, float]:
+    """One transformers Trainer run in a scratch directory (nothing is checkpointed); its metrics."""
+    with tempfile.TemporaryDirectory(prefix=f"thinkmesh-{name}-") as scratch:
+        trainer = trainer_class(
+            model=model,
+            args=training_arguments(scratch, config, progress=progress, batch_size=config.batch_size),
+            train_dataset=dataset,
+            data_collator=collator,
+        )
+        if not progress:
+            # Without progress bars, Trainer prints every log line instead; keep it silent then.
+            from transformers.trainer_callback import PrinterCallback
+
+            trainer.remove_callback(PrinterCallback)
+        result = trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return {
+        "train_loss": float(result.training_loss),
+        "final_loss": float(losses[-1]) if losses else math.nan,
+        "steps": float(result.global_step),
+        "seconds": float(result.metrics.get("train_runtime", 0.0)),
+    }
 
 
 def train_sft(
@@ -116,20 +145,6 @@ def train_sft(
     if not trajectories:
         raise ValueError("no trajectories to train on")
     dataset = [encode_trajectory(tokenizer, t, config.max_length) for t in trajectories]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    with tempfile.TemporaryDirectory(prefix="thinkmesh-sft-") as scratch:
-        trainer = Trainer(
-            model=model,
-            args=training_arguments(scratch, config, progress=progress, batch_size=config.batch_size),
-            train_dataset=dataset,
-            data_collator=PadToLongest(int(pad_id)),
-        )
-        quiet(trainer, progress)
-        result = trainer.train()
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    return {
-        "train_loss": float(result.training_loss),
-        "final_loss": float(losses[-1]) if losses else math.nan,
-        "steps": float(result.global_step),
-        "seconds": float(result.metrics.get("train_runtime", 0.0)),
-    }
+    return run_trainer(
+        Trainer, model, dataset, PadToLongest(pad_id_of(tokenizer)), config, progress=progress, name="sft"
+    )

@@ -12,13 +12,8 @@ import os
 from collections.abc import Sequence
 
 from services.common import stepfmt
-from services.common.server import Service, serve, service_name
-from services.common.settings import load_settings
-from services.policy.core import Limits, PolicyCore
 from services.policy.engine import GeneratedStep, SamplingParams, StepEnd, StepPrompt
-from services.policy.servicer import PolicyServicer
-from services.policy.settings import PolicySettings
-from thinkmesh.v1 import policy_pb2, policy_pb2_grpc
+from support.policy_server import serve_engine
 
 
 class EndlessEngine:
@@ -49,21 +44,5 @@ class EndlessEngine:
         return None
 
 
-async def run() -> None:
-    settings = load_settings(PolicySettings)
-    core = PolicyCore(Limits(4, 64, 1024, 64, 1024))
-    await core.slot.install(EndlessEngine(float(os.environ.get("THINKMESH_TEST_STEP_DELAY_S", "0.05"))))
-    servicer = PolicyServicer(core)
-    await serve(
-        settings,
-        [
-            Service(
-                service_name(policy_pb2, "PolicyService"),
-                lambda s: policy_pb2_grpc.add_PolicyServiceServicer_to_server(servicer, s),
-            )
-        ],
-    )
-
-
 if __name__ == "__main__":
-    asyncio.run(run())
+    asyncio.run(serve_engine(EndlessEngine(float(os.environ.get("THINKMESH_TEST_STEP_DELAY_S", "0.05")))))

@@ -14,15 +14,9 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
-from services.common import stepfmt
-from services.common.server import Service, serve, service_name
-from services.common.settings import load_settings
-from services.policy.core import Limits, PolicyCore
 from services.policy.engine import GeneratedStep, SamplingParams, StepEnd, StepPrompt, classify_end
-from services.policy.servicer import PolicyServicer
-from services.policy.settings import PolicySettings
 from services.trainer.corrupt import corrupt_step
-from thinkmesh.v1 import policy_pb2, policy_pb2_grpc
+from support.policy_server import serve_engine
 
 
 class TeacherEngine:
@@ -52,23 +46,5 @@ class TeacherEngine:
         return None
 
 
-async def run() -> None:
-    settings = load_settings(PolicySettings)
-    solutions = json.loads(Path(os.environ["THINKMESH_TEST_TEACHER_FILE"]).read_text())
-    core = PolicyCore(Limits(4, 64, 1024, 64, 1024))
-    await core.slot.install(TeacherEngine(solutions))
-    servicer = PolicyServicer(core)
-    await serve(
-        settings,
-        [
-            Service(
-                service_name(policy_pb2, "PolicyService"),
-                lambda s: policy_pb2_grpc.add_PolicyServiceServicer_to_server(servicer, s),
-            )
-        ],
-    )
-
-
 if __name__ == "__main__":
-    assert stepfmt.STOP_STRINGS  # the engine writes steps in the step format
-    asyncio.run(run())
+    asyncio.run(serve_engine(TeacherEngine(json.loads(Path(os.environ["THINKMESH_TEST_TEACHER_FILE"]).read_text()))))

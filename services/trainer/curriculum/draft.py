@@ -78,8 +78,13 @@ class Person:
         return self.his.capitalize()
 
     def fields(self) -> dict[str, str]:
-        return {"name": self.name, "he": self.he, "He": self.he.capitalize(), "his": self.his,
-                "His": self.his.capitalize()}
+        return {
+            "name": self.name,
+            "he": self.he,
+            "He": self.he.capitalize(),
+            "his": self.his,
+            "His": self.his.capitalize(),
+        }
 
 
 @dataclass(frozen=True)
@@ -107,31 +112,53 @@ class Voice:
 def story_voice(gain: str, lose: str, *, ops: Sequence[Op] = ALL_OPS) -> Voice:
     """A person gaining and losing things: `gain`/`lose` are verbs in the third person ("buys", "eats")."""
     clauses: dict[Op, Sequence[str]] = {
-        Op.ADD: (f"{{He}} {gain} {{k}} more {{noun}}.", f"Then {{he}} {gain} {{k}} more {{noun}}.",
-                 f"Later {{he}} {gain} another {{k}} {{noun}}."),
-        Op.SUB: (f"{{He}} {lose} {{k}} {{noun}}.", f"Then {{he}} {lose} {{k}} {{noun}}.",
-                 f"After that, {{he}} {lose} {{k}} {{noun}}."),
+        Op.ADD: (
+            f"{{He}} {gain} {{k}} more {{noun}}.",
+            f"Then {{he}} {gain} {{k}} more {{noun}}.",
+            f"Later {{he}} {gain} another {{k}} {{noun}}.",
+        ),
+        Op.SUB: (
+            f"{{He}} {lose} {{k}} {{noun}}.",
+            f"Then {{he}} {lose} {{k}} {{noun}}.",
+            f"After that, {{he}} {lose} {{k}} {{noun}}.",
+        ),
         Op.MUL: ("{He} now has {k} times as many {noun}.", "Soon {he} has {k} times as many {noun}."),
         Op.DIV: ("{He} keeps only 1/{k} of the {noun}.", "{He} keeps 1 of {k} equal piles of {noun}."),
     }
-    comments = {Op.ADD: "{k} more {noun}", Op.SUB: "{k} fewer {noun}", Op.MUL: "{k} times as many {noun}",
-                Op.DIV: "1/{k} of the {noun}"}
+    comments = {
+        Op.ADD: "{k} more {noun}",
+        Op.SUB: "{k} fewer {noun}",
+        Op.MUL: "{k} times as many {noun}",
+        Op.DIV: "1/{k} of the {noun}",
+    }
     return Voice({op: clauses[op] for op in ops}, comments)
 
 
 def group_voice(arrive: str, leave: str, *, subject: str = "people") -> Voice:
     """A crowd that grows and shrinks on its own ("5 people get on")."""
     clauses: dict[Op, Sequence[str]] = {
-        Op.ADD: (f"{{k}} more {subject} {arrive}.", f"Then {{k}} more {subject} {arrive}.",
-                 f"Later another {{k}} {subject} {arrive}."),
-        Op.SUB: (f"{{k}} {subject} {leave}.", f"Then {{k}} {subject} {leave}.",
-                 f"After that, {{k}} {subject} {leave}."),
-        Op.MUL: (f"Then the number of {subject} grows to {{k}} times as many.",
-                 f"Soon there are {{k}} times as many {subject}."),
+        Op.ADD: (
+            f"{{k}} more {subject} {arrive}.",
+            f"Then {{k}} more {subject} {arrive}.",
+            f"Later another {{k}} {subject} {arrive}.",
+        ),
+        Op.SUB: (
+            f"{{k}} {subject} {leave}.",
+            f"Then {{k}} {subject} {leave}.",
+            f"After that, {{k}} {subject} {leave}.",
+        ),
+        Op.MUL: (
+            f"Then the number of {subject} grows to {{k}} times as many.",
+            f"Soon there are {{k}} times as many {subject}.",
+        ),
         Op.DIV: (f"Then only 1 of every {{k}} {subject} stays.", f"Only 1 in {{k}} of the {subject} stays."),
     }
-    comments = {Op.ADD: f"{{k}} more {subject}", Op.SUB: f"{{k}} fewer {subject}",
-                Op.MUL: f"{{k}} times as many {subject}", Op.DIV: f"1 of every {{k}} {subject} stays"}
+    comments = {
+        Op.ADD: f"{{k}} more {subject}",
+        Op.SUB: f"{{k}} fewer {subject}",
+        Op.MUL: f"{{k}} times as many {subject}",
+        Op.DIV: f"1 of every {{k}} {subject} stays",
+    }
     return Voice(clauses, comments)
 
 
@@ -139,8 +166,11 @@ ABSTRACT = Voice(
     clauses={
         Op.ADD: ("{He} adds {k}.", "Then {he} adds {k}.", "Next {he} adds {k} to it."),
         Op.SUB: ("{He} subtracts {k}.", "Then {he} takes away {k}.", "Next {he} subtracts {k}."),
-        Op.MUL: ("{He} multiplies it by {k}.", "Then {he} multiplies the result by {k}.",
-                 "Next {he} multiplies it by {k}."),
+        Op.MUL: (
+            "{He} multiplies it by {k}.",
+            "Then {he} multiplies the result by {k}.",
+            "Next {he} multiplies it by {k}.",
+        ),
         Op.DIV: ("{He} divides it by {k}.", "Then {he} divides the result by {k}.", "Next {he} divides it by {k}."),
     },
     comments={Op.ADD: "add {k}", Op.SUB: "subtract {k}", Op.MUL: "multiply by {k}", Op.DIV: "divide by {k}"},
@@ -205,8 +235,14 @@ class Draft:
         return of * self.number(first, max(first, high // of))
 
     # -------------------------------------------------------------------------------------------- changes
-    def plan(self, count: int, end: int, *, ops: Sequence[Op] = ALL_OPS, high: int | None = None,
-             ) -> tuple[int, list[Change]]:
+    def plan(
+        self,
+        count: int,
+        end: int,
+        *,
+        ops: Sequence[Op] = ALL_OPS,
+        high: int | None = None,
+    ) -> tuple[int, list[Change]]:
         """A start value and `count` changes leading from it to `end`, every value in 2..high.
 
         Planned backwards from the end, so a template can choose an end value with the property its last
@@ -245,8 +281,18 @@ class Draft:
             expr = var
         return expr
 
-    def stock(self, chain: int, end: int, *, who: Person, voice: Voice, noun: str, intro: str,
-              var: str | None = None, high: int | None = None) -> str:
+    def stock(
+        self,
+        chain: int,
+        end: int,
+        *,
+        who: Person,
+        voice: Voice,
+        noun: str,
+        intro: str,
+        var: str | None = None,
+        high: int | None = None,
+    ) -> str:
         """Introduce a quantity, change it `chain` times so that it ends at `end`; returns its expression.
 
         `intro` is the opening sentence with a {start} field (and the Person fields, {noun}).
@@ -280,8 +326,12 @@ class Draft:
         other = self.person(female=female, main=False)
         n = self.number(2, min(self.spec.max_addend, 80))  # an age or a distance in minutes: keep it real
         noun = self.pick(DISTRACTOR_NOUNS)
-        options = [f"{other.name} has {n} {noun}.", f"{other.name} buys {n} {noun}.",
-                   f"{other.name} is {n} years old.", f"The {self.pick(PLACES)} is {n} minutes away."]
+        options = [
+            f"{other.name} has {n} {noun}.",
+            f"{other.name} buys {n} {noun}.",
+            f"{other.name} is {n} years old.",
+            f"The {self.pick(PLACES)} is {n} minutes away.",
+        ]
         if self.main is not None and self.main.female is not None:
             options.append(f"{self.main.he.capitalize()} also has {n} {noun}.")
         return self.pick(options)

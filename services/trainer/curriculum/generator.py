@@ -27,10 +27,19 @@ def generate(level: int, n: int, seed: int = 0, *, families: Sequence[str] | Non
         template, chain = _template(rng, family, moves)
         draft = Draft(rng, spec)
         written = draft.finish(template.build(draft, chain))
-        problems.append(CurriculumProblem(
-            id=f"curriculum-L{level}-s{seed}-{index}", question=written.question, answer=written.answer,
-            level=level, family=family.name, template=template.name, solution=written.solution,
-            moves=written.moves, distractors=written.distractors))
+        problems.append(
+            CurriculumProblem(
+                id=f"curriculum-L{level}-s{seed}-{index}",
+                question=written.question,
+                answer=written.answer,
+                level=level,
+                family=family.name,
+                template=template.name,
+                solution=written.solution,
+                moves=written.moves,
+                distractors=written.distractors,
+            )
+        )
     return problems
 
 

@@ -21,31 +21,53 @@ def _owned(d: Draft, chain: int, voice: Voice, noun: str, intro: str, question: 
 
 def fruit(d: Draft, chain: int) -> Solved:
     voice = story_voice(d.pick(("picks", "buys")), d.pick(("eats", "gives away", "sells")))
-    return _owned(d, chain, voice, d.pick(FRUIT), "{name} has {start} {noun}.",
-                  "How many {noun} does {name} have now?")
+    return _owned(d, chain, voice, d.pick(FRUIT), "{name} has {start} {noun}.", "How many {noun} does {name} have now?")
 
 
 def collection(d: Draft, chain: int) -> Solved:
     gain, lose = d.pick((("gets", "gives away"), ("finds", "loses"), ("buys", "sells"), ("wins", "trades away")))
-    return _owned(d, chain, story_voice(gain, lose), d.pick(SMALL_THINGS),
-                  d.pick(("{name} has {start} {noun}.", "{name} collects {noun} and has {start}.")),
-                  d.pick(("How many {noun} does {name} have in the end?", "How many {noun} does {he} have now?")))
+    return _owned(
+        d,
+        chain,
+        story_voice(gain, lose),
+        d.pick(SMALL_THINGS),
+        d.pick(("{name} has {start} {noun}.", "{name} collects {noun} and has {start}.")),
+        d.pick(("How many {noun} does {name} have in the end?", "How many {noun} does {he} have now?")),
+    )
 
 
 def bakery(d: Draft, chain: int) -> Solved:
-    return _owned(d, chain, story_voice("bakes", "sells"), d.pick(BAKED),
-                  "{name} has {start} {noun} at {his} stall.", "How many {noun} does {name} have at the end?")
+    return _owned(
+        d,
+        chain,
+        story_voice("bakes", "sells"),
+        d.pick(BAKED),
+        "{name} has {start} {noun} at {his} stall.",
+        "How many {noun} does {name} have at the end?",
+    )
 
 
 def toys(d: Draft, chain: int) -> Solved:
     voice = story_voice(d.pick(("gets", "buys")), d.pick(("gives away", "loses")))
-    return _owned(d, chain, voice, d.pick(TOYS), "There are {start} {noun} in {name}'s room.",
-                  "How many {noun} are in {name}'s room now?")
+    return _owned(
+        d,
+        chain,
+        voice,
+        d.pick(TOYS),
+        "There are {start} {noun} in {name}'s room.",
+        "How many {noun} are in {name}'s room now?",
+    )
 
 
 def garden(d: Draft, chain: int) -> Solved:
-    return _owned(d, chain, story_voice("plants", "picks"), d.pick(GARDEN),
-                  "{name} has {start} {noun} in {his} garden.", "How many {noun} are in the garden now?")
+    return _owned(
+        d,
+        chain,
+        story_voice("plants", "picks"),
+        d.pick(GARDEN),
+        "{name} has {start} {noun} in {his} garden.",
+        "How many {noun} are in the garden now?",
+    )
 
 
 def number_machine(d: Draft, chain: int) -> Solved:
@@ -69,6 +91,8 @@ def bus(d: Draft, chain: int) -> Solved:
 ARITHMETIC = Family(
     "arithmetic",
     "multi-step stories: a quantity gains, loses, multiplies and is shared out",
-    tuple(Template(build.__name__, 0, build, min_chain=1)
-          for build in (fruit, collection, bakery, toys, garden, number_machine, bus)),
+    tuple(
+        Template(build.__name__, 0, build, min_chain=1)
+        for build in (fruit, collection, bakery, toys, garden, number_machine, bus)
+    ),
 )

@@ -15,8 +15,9 @@ def _not_multiple(d: Draft, size: int, low: int) -> int:
 def leftover(d: Draft, chain: int) -> Solved:
     who, noun, size = d.person(), d.pick(SMALL_THINGS + FRUIT), d.number(3, 9)
     end = _not_multiple(d, size, 2)
-    total = d.stock(chain, end, who=who, voice=story_voice("gets", "gives away"), noun=noun,
-                    intro="{name} has {start} {noun}.")
+    total = d.stock(
+        chain, end, who=who, voice=story_voice("gets", "gives away"), noun=noun, intro="{name} has {start} {noun}."
+    )
     d.say(f"{who.He} packs the {noun} into bags of {size}.")
     d.step(f"{noun} left after filling bags of {size}", f"left = {total} % {size}")
     return Solved(f"How many {noun} are left over?", "left", end % size)
@@ -25,8 +26,9 @@ def leftover(d: Draft, chain: int) -> Solved:
 def full_boxes(d: Draft, chain: int) -> Solved:
     who, noun, size = d.person(), d.pick(BAKED), d.number(2, 12)
     end = d.number(size, d.spec.max_value)
-    total = d.stock(chain, end, who=who, voice=story_voice("bakes", "sells"), noun=noun,
-                    intro="{name} has {start} {noun}.")
+    total = d.stock(
+        chain, end, who=who, voice=story_voice("bakes", "sells"), noun=noun, intro="{name} has {start} {noun}."
+    )
     d.say(f"{who.He} puts the {noun} into boxes of {size}.")
     d.step(f"full boxes of {size}", f"boxes = {total} // {size}")
     return Solved("How many boxes can be filled completely?", "boxes", end // size)
@@ -35,8 +37,9 @@ def full_boxes(d: Draft, chain: int) -> Solved:
 def need_more(d: Draft, chain: int) -> Solved:
     who, noun, size = d.person(), d.pick(SMALL_THINGS), d.number(3, 10)
     end = _not_multiple(d, size, 2)
-    total = d.stock(chain, end, who=who, voice=story_voice("finds", "loses"), noun=noun,
-                    intro="{name} has {start} {noun}.")
+    total = d.stock(
+        chain, end, who=who, voice=story_voice("finds", "loses"), noun=noun, intro="{name} has {start} {noun}."
+    )
     d.say(f"{who.He} wants to put all the {noun} in rows of {size}.")
     d.step(f"{noun} in the last, unfinished row", f"left = {total} % {size}")
     d.step("how many more fill that row", f"need = {size} - left")
@@ -50,8 +53,15 @@ def gift_bags(d: Draft, chain: int) -> Solved:
     bags = d.number(2, 12)
     m1, m2 = _coprime_pair(d, max(2, d.spec.max_value // bags))
     end = bags * m1
-    total = d.stock(chain, end, who=who, voice=story_voice("buys", "gives away"), noun=f"{first} {noun}",
-                    var=first, intro="{name} has {start} {noun} and " + f"{bags * m2} {second} {noun}.")
+    total = d.stock(
+        chain,
+        end,
+        who=who,
+        voice=story_voice("buys", "gives away"),
+        noun=f"{first} {noun}",
+        var=first,
+        intro="{name} has {start} {noun} and " + f"{bags * m2} {second} {noun}.",
+    )
     d.say(f"{who.He} packs all of them into identical gift bags with none left.")
     d.step("largest number of identical bags", f"bags = gcd({total}, {bags * m2})", needs="from math import gcd")
     return Solved(f"At most how many gift bags can {who.he} make?", "bags", bags)
@@ -72,8 +82,14 @@ def _gcd(a: int, b: int) -> int:
 
 def cycles(d: Draft, chain: int) -> Solved:
     who = d.person()
-    first, second = d.pick((("swims", "runs"), ("bakes bread", "makes soup"), ("visits the library", "visits the zoo"),
-                            ("waters the plants", "cleans the room")))
+    first, second = d.pick(
+        (
+            ("swims", "runs"),
+            ("bakes bread", "makes soup"),
+            ("visits the library", "visits the zoo"),
+            ("waters the plants", "cleans the room"),
+        )
+    )
     a = d.number(2, 4 + 2 * d.spec.level)
     b = d.number(2, 4 + 2 * d.spec.level)
     while b == a:
@@ -86,6 +102,11 @@ def cycles(d: Draft, chain: int) -> Solved:
 NUMBER_THEORY = Family(
     "number_theory",
     "remainders, whole groups, gcd (identical groups) and lcm (repeating cycles)",
-    (Template("leftover", 1, leftover), Template("full_boxes", 1, full_boxes), Template("need_more", 2, need_more),
-     Template("gift_bags", 1, gift_bags), Template("cycles", 1, cycles, max_chain=0)),
+    (
+        Template("leftover", 1, leftover),
+        Template("full_boxes", 1, full_boxes),
+        Template("need_more", 2, need_more),
+        Template("gift_bags", 1, gift_bags),
+        Template("cycles", 1, cycles, max_chain=0),
+    ),
 )

@@ -26,8 +26,9 @@ def _gcd(a: int, b: int) -> int:
 def percent_of(d: Draft, chain: int) -> Solved:
     who, noun, colour, p = d.person(), d.pick(SMALL_THINGS + TOYS), d.pick(COLOURS), _percent(d)
     end = _end_for(d, p)
-    total = d.stock(chain, end, who=who, voice=story_voice("gets", "gives away"), noun=noun,
-                    intro="{name} has {start} {noun}.")
+    total = d.stock(
+        chain, end, who=who, voice=story_voice("gets", "gives away"), noun=noun, intro="{name} has {start} {noun}."
+    )
     d.say(f"{p}% of {who.his} {noun} are {colour}.")
     d.step(f"{p}% of the {noun}", f"{colour} = {total} * {p} // 100")
     return Solved(f"How many {colour} {noun} does {who.name} have?", colour, end * p // 100)
@@ -36,8 +37,9 @@ def percent_of(d: Draft, chain: int) -> Solved:
 def spend(d: Draft, chain: int) -> Solved:
     who, p = d.person(), _percent(d)
     end = _end_for(d, p)
-    money = d.stock(chain, end, who=who, voice=story_voice("earns", "spends"), noun="dollars",
-                    intro="{name} has {start} dollars.")
+    money = d.stock(
+        chain, end, who=who, voice=story_voice("earns", "spends"), noun="dollars", intro="{name} has {start} dollars."
+    )
     d.say(f"{who.He} spends {p}% of {who.his} money on a {d.pick(('book', 'game', 'gift', 'bike', 'lamp'))}.")
     d.step(f"{p}% of the dollars are spent", f"spent = {money} * {p} // 100")
     d.step("dollars left", f"left = {money} - spent")
@@ -47,8 +49,14 @@ def spend(d: Draft, chain: int) -> Solved:
 def growth(d: Draft, chain: int) -> Solved:
     who, noun, p = d.person(), d.pick(GARDEN), _percent(d)
     end = _end_for(d, p)
-    total = d.stock(chain, end, who=who, voice=story_voice("plants", "picks"), noun=noun,
-                    intro="{name} has {start} {noun} in {his} garden.")
+    total = d.stock(
+        chain,
+        end,
+        who=who,
+        voice=story_voice("plants", "picks"),
+        noun=noun,
+        intro="{name} has {start} {noun} in {his} garden.",
+    )
     d.say(f"Then the number of {noun} grows by {p}%.")
     d.step(f"{p}% more {noun}", f"extra = {total} * {p} // 100")
     d.step(f"{noun} after growing", f"{noun} = {total} + extra")
@@ -58,8 +66,9 @@ def growth(d: Draft, chain: int) -> Solved:
 def what_percent(d: Draft, chain: int) -> Solved:
     who, noun, colour, p = d.person(), d.pick(FRUIT + SMALL_THINGS), d.pick(COLOURS), _percent(d)
     end = _end_for(d, p)
-    total = d.stock(chain, end, who=who, voice=story_voice("buys", "gives away"), noun=noun,
-                    intro="{name} has {start} {noun}.")
+    total = d.stock(
+        chain, end, who=who, voice=story_voice("buys", "gives away"), noun=noun, intro="{name} has {start} {noun}."
+    )
     part = end * p // 100
     d.say(f"{part} of {who.his} {noun} are {colour}.")
     d.step(f"{colour} {noun} as a percent of all {noun}", f"percent = {part} * 100 // {total}")
@@ -74,8 +83,12 @@ _PRICES = Voice(
         Op.MUL: ("Then the price becomes {k} times as high.", "The price grows to {k} times as much."),
         Op.DIV: ("Then the price is divided by {k}.", "The shop divides the price by {k}."),
     },
-    comments={Op.ADD: "{k} dollars more", Op.SUB: "{k} dollars less", Op.MUL: "{k} times the price",
-              Op.DIV: "the price divided by {k}"},
+    comments={
+        Op.ADD: "{k} dollars more",
+        Op.SUB: "{k} dollars less",
+        Op.MUL: "{k} times the price",
+        Op.DIV: "the price divided by {k}",
+    },
 )
 
 
@@ -94,6 +107,11 @@ def sale(d: Draft, chain: int) -> Solved:
 PERCENTAGES = Family(
     "percentages",
     "percentages: a percent of a quantity, spending a percent, growth, discounts, what percent a part is",
-    (Template("percent_of", 1, percent_of), Template("spend", 2, spend), Template("growth", 2, growth),
-     Template("what_percent", 1, what_percent), Template("sale", 2, sale)),
+    (
+        Template("percent_of", 1, percent_of),
+        Template("spend", 2, spend),
+        Template("growth", 2, growth),
+        Template("what_percent", 1, what_percent),
+        Template("sale", 2, sale),
+    ),
 )

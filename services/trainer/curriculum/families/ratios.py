@@ -22,8 +22,7 @@ def _two_colours(d: Draft) -> tuple[str, str]:
 
 
 def _owned(d: Draft) -> tuple[Voice, str]:
-    return story_voice(d.pick(("gets", "buys", "finds")), d.pick(("gives away", "loses"))), d.pick(
-        SMALL_THINGS + FRUIT)
+    return story_voice(d.pick(("gets", "buys", "finds")), d.pick(("gives away", "loses"))), d.pick(SMALL_THINGS + FRUIT)
 
 
 def part_of(d: Draft, chain: int) -> Solved:
@@ -87,14 +86,18 @@ def recipe(d: Draft, chain: int) -> Solved:
     end = d.number(2, min(d.spec.max_value, 60))
     total = d.stock(chain, end, who=who, voice=_PLANS, noun=noun, intro="{name} plans to bake {start} {noun}.")
     d.say(f"Each of the {noun} needs {a}/{b} cup of sugar.")
-    d.step(f"{a}/{b} cup for each of the {noun}", f"sugar = {total} * Fraction({a}, {b})",
-           needs=FRACTION_IMPORT)
+    d.step(f"{a}/{b} cup for each of the {noun}", f"sugar = {total} * Fraction({a}, {b})", needs=FRACTION_IMPORT)
     return Solved(f"How many cups of sugar does {who.name} need?", "sugar", end * Fraction(a, b))
 
 
 RATIOS = Family(
     "ratios",
     "fractions and ratios: a fraction of a quantity, what fraction a part is, sharing in a ratio",
-    (Template("part_of", 1, part_of), Template("give_part", 2, give_part),
-     Template("what_fraction", 1, what_fraction), Template("ratio", 2, ratio), Template("recipe", 1, recipe)),
+    (
+        Template("part_of", 1, part_of),
+        Template("give_part", 2, give_part),
+        Template("what_fraction", 1, what_fraction),
+        Template("ratio", 2, ratio),
+        Template("recipe", 1, recipe),
+    ),
 )
