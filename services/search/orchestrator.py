@@ -135,11 +135,11 @@ class Orchestrator:
     async def _calls(self, groups: list[list[Any]], call: Callable[[list[Any]], Any]) -> list[Any]:
         """One call with everything (batched), or one call per item."""
         if self.batched:
-            # One call per tick, cut into chunks no server refuses (each service bounds its batch size); the
-            # chunks go out together, so a batching backend still merges them.
+            # One call per tick, cut into chunks no server refuses (each service bounds its batch and its
+            # queue), sent one after another so a tick never floods a service's queue.
             items = [item for group in groups for item in group]
             size = self.sampling.max_batch
-            return list(await asyncio.gather(*(call(items[i : i + size]) for i in range(0, len(items), size))))
+            return [await call(items[i : i + size]) for i in range(0, len(items), size)]
         # The naive baseline: each node's call waits for the previous one.
         return [await call([item]) for group in groups for item in group]
 
