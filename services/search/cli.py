@@ -164,6 +164,7 @@ def _eval(args: argparse.Namespace) -> int:
         if not args.json:
             print(
                 f"{summary['method']:<7} rollouts={summary['rollouts']:<4} accuracy={summary['accuracy']:.3f} "
+                f"pass@k={summary['pass_at_k']:.3f} "
                 f"n={summary['n']}  tokens/problem={summary['tokens_per_problem']:.0f}  "
                 f"s/problem={summary['seconds_per_problem']:.2f}"
             )

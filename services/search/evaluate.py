@@ -55,6 +55,7 @@ class ProblemResult:
     tokens: int
     rollouts: int
     seconds: float
+    found: bool = False  # some terminal answer was right (pass@k)
 
 
 def trees_for(problem: EvalProblem, s: EvalSettings) -> list[Tree]:
@@ -96,7 +97,15 @@ async def evaluate(
         verdicts = await backends.grader.grade(
             [(p.answer, c.answer if c else "") for p, c in zip(chunk, chosen, strict=True)]
         )
-        for problem, trees, choice, ok in zip(chunk, forest, chosen, verdicts, strict=True):
+        # pass@k: is any terminal answer of the problem's trees right (the search found it, chosen or not)?
+        found = [sorted({n.answer or "" for t in trees for n in t.terminals()}) for trees in forest]
+        hits = iter(
+            await backends.grader.grade(
+                [(p.answer, a) for p, answers in zip(chunk, found, strict=True) for a in answers]
+            )
+        )
+        any_right = [any([next(hits) for _ in answers]) for answers in found]
+        for problem, trees, choice, ok, anywhere in zip(chunk, forest, chosen, verdicts, any_right, strict=True):
             results.append(
                 ProblemResult(
                     problem.id,
@@ -107,6 +116,7 @@ async def evaluate(
                     tokens=stats.tokens // len(chunk),
                     rollouts=sum(t.stats.rollouts for t in trees),
                     seconds=seconds,
+                    found=anywhere,
                 )
             )
         if progress is not None:
@@ -116,6 +126,7 @@ async def evaluate(
         "method": settings.method,
         "n": len(results),
         "accuracy": sum(r.correct for r in results) / len(results) if results else 0.0,
+        "pass_at_k": sum(r.found for r in results) / len(results) if results else 0.0,
         "rollouts": settings.rollouts if settings.method != "greedy" else 1,
         "tokens_per_problem": tokens_total / len(results) if results else 0.0,
         "seconds_per_problem": wall / len(results) if results else 0.0,
