@@ -2,7 +2,7 @@
 
 Broker and results: Redis in a cluster; for the embedded default, SQLite through kombu's SQLAlchemy
 transport, so one machine needs no server. Tasks are acknowledged late and rejected when their worker dies, so
-a task whose worker is killed runs again elsewhere (tasks are idempotent: see the search issue's tasks module).
+a task whose worker is killed runs again elsewhere (tasks are idempotent: see services/search/tasks.py).
 """
 
 from __future__ import annotations
