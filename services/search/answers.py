@@ -11,7 +11,7 @@ Answers are compared after a light normalisation; the grader decides equality ag
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -19,7 +19,6 @@ from services.common import stepfmt
 from services.search.mcts import Node, Tree
 
 Method = Literal["ppm", "vote", "q", "majority"]
-METHODS: tuple[Method, ...] = ("ppm", "vote", "q", "majority")
 
 
 @dataclass(frozen=True)
@@ -66,7 +65,3 @@ def choose(trees: Sequence[Tree], method: Method = "vote") -> Choice | None:
     winner = max(totals, key=lambda k: (totals[k], best_of[k][2].ppm_score))
     index, tree, node = best_of[winner]
     return choice(index, tree, node, totals[winner] / len(pool))
-
-
-def choose_with(method: Method) -> Callable[[Sequence[Tree]], Choice | None]:
-    return lambda trees: choose(trees, method)

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.common.store import ModelStore
-from services.search.answers import choose
 from services.search.evaluate import EVAL_METHODS, EvalProblem, EvalSettings, evaluate, trees_for
 from services.search.local import local_backends
 from services.search.orchestrator import Orchestrator, Sampling
@@ -109,4 +108,3 @@ def evaluate_models(
     return asyncio.run(_evaluate(store, policy, ppm, plan, pairs))
 
 
-__all__ = ["EvalPlan", "choose", "evaluate_models", "heldout_problems"]
