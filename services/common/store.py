@@ -128,6 +128,13 @@ class ModelStore:
             return None
         return self._load(checked, self._kind_dir(checked) / name)
 
+    def resolve(self, kind: str, name: str) -> tuple[Path, str]:
+        """A service's model setting → (directory, version name): a store version ("v3") or a directory path."""
+        if "/" in name:
+            path = Path(name)
+            return path, path.name
+        return self.get(kind, name).path, name
+
     def current_name(self, kind: str) -> str | None:
         """Cheap check for hot reload: the pointer's content, without reading the manifest."""
         try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 from services.common.hot_reload import ModelSource
@@ -26,8 +25,7 @@ def engine_loader(settings: PolicySettings, store: ModelStore):  # type: ignore[
             from services.policy.openai_engine import OpenAIEngine
 
             return OpenAIEngine(settings.openai_base_url, name, settings.openai_api_key_file)
-        path = Path(name) if "/" in name else store.get("policy", name).path
-        version = name if "/" not in name else path.name
+        path, version = store.resolve("policy", name)
         if settings.backend == "vllm":
             from services.policy.vllm_engine import VLLMEngine
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from services.common.hot_reload import ModelSource
@@ -23,10 +22,10 @@ def scorer_loader(settings: PPMSettings, store: ModelStore) -> Callable[[str], A
     def build(name: str) -> StepScorer:
         from services.ppm.scorer import HFScorer
 
-        path = Path(name) if "/" in name else store.get("ppm", name).path
+        path, version = store.resolve("ppm", name)
         return HFScorer(
             path,
-            name if "/" not in name else path.name,
+            version,
             device=settings.device,
             batch_window_ms=settings.batch_window_ms,
             max_batch=settings.max_batch_items,
