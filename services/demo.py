@@ -1,16 +1,20 @@
 """`make demo`: the whole system on this machine, end to end.
 
 1. bootstrap the embedded tiny models (cached in ./.thinkmesh/store after the first run);
-2. start every service on 127.0.0.1 plus a Celery worker (`thinkmesh up`'s stack);
-3. solve a handful of unseen curriculum problems through the gRPC SearchService;
-4. print a table (problem, answer, correct, rollouts, time) and greedy vs MCTS accuracy on them;
-5. stop everything it started — also on Ctrl-C.
+2. start every service on 127.0.0.1 plus a Celery worker (`thinkmesh up`'s stack) over a fresh copy of those
+   models in ./.thinkmesh/demo, so every run starts from the same models;
+3. run one short self-evolution round on a small pool (search through Celery, SFT, PPM, evaluation, the gate),
+   which publishes into the copy if it passes the gate, and the services pick the new versions up;
+4. solve a handful of unseen curriculum problems through the gRPC SearchService;
+5. print a table (problem, answer, correct, rollouts, time) and greedy vs MCTS accuracy on them;
+6. stop everything it started — also on Ctrl-C.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -19,6 +23,7 @@ from typing import Any
 from services.common.store import ModelStore
 
 STATE = Path(".thinkmesh")
+DEMO = STATE / "demo"
 LEVELS = (1, 2, 3)
 PER_LEVEL = 3
 ROLLOUTS = 8
@@ -45,6 +50,40 @@ async def solve_all(address: str, problems: list) -> list[tuple[Any, float]]:  #
             return reply, time.monotonic() - started
 
         return list(await asyncio.gather(*(one(p) for p in problems)))
+
+
+def fresh_copy(store: ModelStore) -> Path:
+    """A new demo directory whose store holds the bootstrap models (the round publishes into it)."""
+    demo = DEMO.resolve()
+    shutil.rmtree(demo, ignore_errors=True)
+    shutil.copytree(store.root / "models", demo / "store" / "models")
+    return demo
+
+
+def self_evolution_round(stack: Any, demo: Path) -> None:
+    from tqdm import tqdm
+
+    from services.trainer.config import preset
+    from services.trainer.report import markdown_table
+    from services.trainer.rounds import Rounds
+    from services.trainer.wiring import local_trainer_settings, make_runner_factory, wait_for_current
+
+    store = ModelStore(stack.store)
+    bars: dict[str, tqdm] = {}  # type: ignore[type-arg]
+
+    def progress(stage: str, done: int, total: int) -> None:
+        bar = bars.setdefault(stage, tqdm(total=total, desc=f"round 1 {stage}", leave=False))
+        bar.n = done
+        bar.refresh()
+
+    settings = local_trainer_settings(stack, demo)
+    state = make_runner_factory(settings, store, progress=progress)(preset("demo")).run()
+    for bar in bars.values():
+        bar.close()
+    rounds = Rounds(store)
+    print(markdown_table([s for n in rounds.numbers() if (s := rounds.state(n)) is not None]))
+    say(f"round {state.round}: {state.state} ({state.message or 'published; the services switch to it'})")
+    wait_for_current(settings, store)()
 
 
 async def greedy(store: ModelStore, problems: list) -> list[bool]:  # type: ignore[type-arg]
@@ -79,10 +118,13 @@ def main() -> int:
         report = bootstrap(store, config_for("small", seed=0))
         say(f"bootstrap done in {report['seconds']} s")
     problems = [p for level in LEVELS for p in generate(level, PER_LEVEL, seed=777)]
-    stack = LocalStack(STATE.resolve(), announce=lambda line: say(line))
+    demo = fresh_copy(store)
+    stack = LocalStack(demo, announce=lambda line: say(line))
     try:
         say("starting sandbox, policy, PPM, a Celery worker and the SearchService on 127.0.0.1")
         address = stack.start()
+        say("one short self-evolution round (8 problems, 4 rollouts; `thinkmesh evolve` runs real ones)")
+        self_evolution_round(stack, demo)
         say(f"solving {len(problems)} unseen problems through SearchService.Solve ({ROLLOUTS} rollouts each)")
         replies = asyncio.run(solve_all(address, problems))
     except KeyboardInterrupt:
@@ -92,7 +134,7 @@ def main() -> int:
         stack.stop()
         say("every service stopped")
     say("greedy decoding of the same problems, in process, for comparison")
-    greedy_correct = asyncio.run(greedy(store, problems))
+    greedy_correct = asyncio.run(greedy(ModelStore(stack.store), problems))
     with Grader() as grader:
         mcts_correct = [grader.grade(p.answer, r.answer).equal for p, (r, _) in zip(problems, replies, strict=True)]
     print()

@@ -67,7 +67,8 @@ PRESET_CONFIGS = {
 }
 
 
-def step_pairs(problems: list, rng: random.Random) -> list[StepPair]:  # type: ignore[type-arg]
+def corrupted_pairs(problems: list, rng: random.Random) -> list[StepPair]:  # type: ignore[type-arg]
+    """Teacher steps against corrupted versions of themselves (a wrong number, operation or variable)."""
     pairs = []
     for problem in problems:
         steps = list(problem.solution)
@@ -119,7 +120,7 @@ def bootstrap(store: ModelStore, config: BootstrapConfig, *, force: bool = False
         for level in (*config.levels, max(config.levels) + 1)
         for p in generate(level, config.ppm_problems // (len(config.levels) + 1), seed=config.seed + 101 * level)
     ]
-    pairs = step_pairs(ppm_problems, rng)
+    pairs = corrupted_pairs(ppm_problems, rng)
     rng.shuffle(pairs)
     heldout, train_pairs = pairs[: config.heldout_pairs], pairs[config.heldout_pairs :]
     ppm = ProcessRewardModel.from_pretrained(policy.path)

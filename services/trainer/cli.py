@@ -47,15 +47,13 @@ def _evolve(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from services.common.settings import load_settings
     from services.common.store import ModelStore
     from services.search.stack import LocalStack
     from services.trainer.bootstrap import bootstrap, config_for
     from services.trainer.config import preset
     from services.trainer.report import markdown_table
     from services.trainer.rounds import RoundRunner, Rounds
-    from services.trainer.settings import TrainerSettings
-    from services.trainer.wiring import make_runner_factory
+    from services.trainer.wiring import local_trainer_settings, make_runner_factory
 
     _quiet_libraries()
     state_dir = Path(args.state_dir).resolve()
@@ -72,15 +70,9 @@ def _evolve(args: argparse.Namespace) -> int:
 
     try:
         stack.start(with_search=False)
-        settings = load_settings(
-            TrainerSettings,
-            broker_url=f"sqla+sqlite:///{state_dir}/broker.sqlite",
-            result_backend=f"db+sqlite:///{state_dir}/results.sqlite",
-            policy_target=stack.address("policy"),
-            ppm_target=stack.address("ppm"),
-            sandbox_target=stack.address("sandbox"),
+        factory = make_runner_factory(
+            local_trainer_settings(stack, state_dir), store, progress=progress, stop_after=args.stop_after
         )
-        factory = make_runner_factory(settings, store, progress=progress, stop_after=args.stop_after)
         rounds = Rounds(store)
         for _ in tqdm(range(args.rounds), desc="rounds"):
             runner: RoundRunner = factory(replace(config))
@@ -120,7 +112,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     evolve = sub.add_parser("evolve", help="run self-evolution rounds on this machine (resumable)")
     evolve.add_argument("--rounds", type=int, default=3)
-    evolve.add_argument("--preset", choices=("default", "tiny"), default="default")
+    evolve.add_argument("--preset", choices=("default", "demo", "tiny"), default="default")
     evolve.add_argument("--pool", type=int, default=None, help="problems per round (default: the preset's)")
     evolve.add_argument("--rollouts", type=int, default=None)
     evolve.add_argument("--seed", type=int, default=None)

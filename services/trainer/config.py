@@ -10,10 +10,12 @@ from services.trainer.sft import SFTConfig
 
 @dataclass(frozen=True)
 class RoundConfig:
-    # The pool: problems with reference answers, drawn fresh each round from the levels the policy is growing
-    # into (self-evolution only learns from problems the search sometimes solves).
-    pool_size: int = 150
-    pool_levels: tuple[int, ...] = (2, 3, 4, 5)
+    # The pool: problems with reference answers, drawn fresh each round. Self-evolution only learns from problems
+    # the search sometimes solves, so by default the pool sits around the frontier (the first held-out level the
+    # current policy solves less than half of, greedily): one share of the level below it, two of the frontier
+    # level, one of the level above. A non-empty `pool_levels` fixes the levels instead (repeats weight a level).
+    pool_size: int = 80
+    pool_levels: tuple[int, ...] = ()
     # Search budget per problem. Paper: 8 candidates × 16 rollouts (round 1: 5 × 8); scaled to a 2-core CPU.
     rollouts: int = 8
     candidates: int = 4
@@ -24,17 +26,32 @@ class RoundConfig:
     first_round_code_errors: int = 2
     code_errors: int = 1
     pair_margin: float = 0.5
-    # Policy SFT from the round-0 model on all SFT data so far; PPM from the new policy on all pairs so far.
-    sft: SFTConfig = field(default_factory=lambda: SFTConfig(max_steps=400, batch_size=16, learning_rate=1e-3))
-    ppm: PPMConfig = field(default_factory=lambda: PPMConfig(max_steps=300, batch_size=16))
+    # Policy SFT from the round-0 model on every round's trajectories so far, each repeated `sft_weight` times,
+    # plus `sft_replay` of the bootstrap's teacher solutions: without the replay a few dozen trajectories
+    # over-fit the tiny model and it forgets the easy levels (measured: a round on 14 trajectories alone lost
+    # most of its frontier pass@16, 0.30 → 0.05). Steps follow the data: `sft_epochs` passes, within
+    # [`sft_min_steps`, `sft.max_steps`].
+    sft: SFTConfig = field(
+        default_factory=lambda: SFTConfig(max_steps=500, batch_size=16, learning_rate=1e-3, warmup_steps=20)
+    )
+    sft_replay: int = 1000
+    sft_weight: int = 3
+    sft_epochs: float = 2.0
+    sft_min_steps: int = 100
+    # PPM from the new policy on every round's tree pairs so far plus `ppm_replay` teacher-vs-corrupted pairs of
+    # the bootstrap's kind (a fresh value head needs them to learn what a wrong number looks like); steps as above.
+    ppm: PPMConfig = field(default_factory=lambda: PPMConfig(max_steps=300, batch_size=16, warmup_steps=20))
+    ppm_replay: int = 1500
+    ppm_epochs: float = 2.0
+    ppm_min_steps: int = 100
     # Held-out evaluation: unseen problems of levels 3–5, every method at equal rollouts.
     eval_levels: tuple[int, ...] = (3, 4, 5)
     eval_per_level: int = 20
     eval_rollouts: int = 8
     frontier_problems: int = 20
     frontier_samples: int = 16
-    heldout_pair_fraction: float = 0.15
-    # A round whose MCTS accuracy drops more than this below the current models' is not published.
+    heldout_pair_fraction: float = 0.15  # of the problems: their pairs are held out, never trained on
+    # A round whose MCTS or greedy accuracy drops more than this below the current models' is not published.
     regression_gate: float = 0.05
     seed: int = 0
 
@@ -49,13 +66,36 @@ PRESETS: dict[str, RoundConfig] = {
         candidates=2,
         max_depth=6,
         sft=SFTConfig(max_steps=4, batch_size=4, warmup_steps=1),
+        sft_replay=8,
+        sft_min_steps=4,
         ppm=PPMConfig(max_steps=4, batch_size=4, warmup_steps=1),
+        ppm_replay=8,
+        ppm_min_steps=4,
         eval_levels=(1,),
         eval_per_level=4,
         eval_rollouts=2,
         frontier_problems=3,
         frontier_samples=2,
         regression_gate=1.0,
+    ),
+    # `make demo`: one round in about a minute on 2 cores; it shows the machinery, too small to improve anything.
+    "demo": RoundConfig(
+        pool_size=8,
+        pool_levels=(2, 3),
+        rollouts=4,
+        candidates=3,
+        max_depth=8,
+        sft=SFTConfig(max_steps=40, batch_size=8, learning_rate=5e-4, warmup_steps=4),
+        sft_replay=128,
+        sft_min_steps=20,
+        ppm=PPMConfig(max_steps=30, batch_size=8, warmup_steps=3),
+        ppm_replay=128,
+        ppm_min_steps=20,
+        eval_levels=(2, 3),
+        eval_per_level=3,
+        eval_rollouts=4,
+        frontier_problems=3,
+        frontier_samples=4,
     ),
 }
 

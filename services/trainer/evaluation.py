@@ -106,5 +106,3 @@ def evaluate_models(
     store: ModelStore, policy: str, ppm: str, plan: EvalPlan, pairs: Sequence[StepPair]
 ) -> dict[str, Any]:
     return asyncio.run(_evaluate(store, policy, ppm, plan, pairs))
-
-

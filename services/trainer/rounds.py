@@ -16,16 +16,20 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import random
 import time
 import uuid
+import zlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from services.common.store import Lineage, ModelStore
 from services.search.mcts import Tree
+from services.trainer.bootstrap import corrupted_pairs
 from services.trainer.config import RoundConfig
 from services.trainer.curriculum import generate
 from services.trainer.dispatch import CeleryDispatcher, SearchJob
@@ -36,6 +40,27 @@ from services.trainer.sft import Trajectory
 log = logging.getLogger(__name__)
 
 STAGES = ("search", "extract", "sft", "ppm", "evaluate", "publish")
+REPLAY_LEVELS = (1, 2)  # the bootstrap policy's teacher levels
+PPM_REPLAY_LEVELS = (1, 2, 3)  # the bootstrap PPM's levels
+
+
+def held_out(question: str, fraction: float) -> bool:
+    """A stable split by problem."""
+    return zlib.crc32(question.encode()) % 1000 < fraction * 1000
+
+
+def regressions(before: dict[str, Any], after: dict[str, Any], gate: float) -> list[str]:
+    """What dropped more than `gate` below the published models: MCTS and greedy accuracy are both watched (an
+    MCTS-only gate let an over-fitted policy through while its greedy accuracy halved)."""
+    return [
+        f"{name} accuracy {after.get(key, 0.0):.3f} < {before.get(key, 0.0):.3f}"
+        for name, key in (("MCTS", "mcts_accuracy"), ("greedy", "greedy_accuracy"))
+        if after.get(key, 0.0) < before.get(key, 0.0) - gate
+    ]
+
+
+def scaled_steps(examples: int, epochs: float, batch_size: int, least: int, most: int) -> int:
+    return max(least, min(most, math.ceil(epochs * examples / batch_size)))
 
 
 @dataclass
@@ -128,10 +153,23 @@ class RoundRunner:
 
     # --- helpers -------------------------------------------------------------------------------------
 
+    def pool_levels(self, number: int) -> tuple[int, ...]:
+        """The configured levels, or the frontier of the latest published round with its neighbours."""
+        if self.config.pool_levels:
+            return self.config.pool_levels
+        latest = self._latest_published(number)
+        frontier = int(latest.metrics.get("frontier_level", 3)) if latest else 3
+        return tuple(sorted(max(1, min(5, level)) for level in (frontier - 1, frontier, frontier, frontier + 1)))
+
     def _pool(self, number: int) -> list[dict[str, Any]]:
         c = self.config
-        per_level = -(-c.pool_size // len(c.pool_levels))
-        problems = [p for level in c.pool_levels for p in generate(level, per_level, seed=c.seed + 7_001 * number)]
+        levels = self.pool_levels(number)
+        shares = {level: levels.count(level) for level in levels}
+        problems = [
+            p
+            for level, share in shares.items()
+            for p in generate(level, -(-c.pool_size * share // len(levels)), seed=c.seed + 7_001 * number)
+        ]
         q_mode = "ppm" if number >= c.ppm_q_from_round else "terminal"
         errors = c.first_round_code_errors if number == 1 else c.code_errors
         return [
@@ -225,10 +263,12 @@ class RoundRunner:
         data = extract(trees, self.config.pair_margin)
         directory = self.rounds.directory(state.round)
         _write_jsonl(directory / "sft.jsonl", [asdict(t) for t in data.trajectories])
-        pairs = [asdict(p) for p in data.pairs]
-        cut = int(len(pairs) * self.config.heldout_pair_fraction)
-        _write_jsonl(directory / "pairs_heldout.jsonl", pairs[:cut])
-        _write_jsonl(directory / "pairs.jsonl", pairs[cut:])
+        # Held out by problem, not by pair: pairs of one problem share prefixes and would leak into training.
+        heldout = [asdict(p) for p in data.pairs if held_out(p.question, self.config.heldout_pair_fraction)]
+        training = [asdict(p) for p in data.pairs if not held_out(p.question, self.config.heldout_pair_fraction)]
+        _write_jsonl(directory / "pairs_heldout.jsonl", heldout)
+        _write_jsonl(directory / "pairs.jsonl", training)
+        pairs = heldout + training
         solved = {t.question for t in data.trajectories}
         state.metrics["pool_solved"] = len(solved) / max(1, len(trees))
         state.metrics["sft_trajectories"] = len(data.trajectories)
@@ -254,8 +294,16 @@ class RoundRunner:
         torch.manual_seed(self.config.seed + state.round)
         model = AutoModelForCausalLM.from_pretrained(base.path)
         tokenizer = AutoTokenizer.from_pretrained(base.path)
-        trajectories = [Trajectory(r["question"], tuple(r["steps"])) for r in rows]
-        metrics = train_sft(model, tokenizer, trajectories, self.config.sft, progress=False)
+        c = self.config
+        searched = [Trajectory(r["question"], tuple(r["steps"])) for r in rows]
+        replay = [
+            Trajectory(p.question, tuple(p.solution))
+            for level in REPLAY_LEVELS
+            for p in generate(level, c.sft_replay // len(REPLAY_LEVELS), seed=c.seed + 31 * state.round + level)
+        ]
+        trajectories = searched * c.sft_weight + replay
+        steps = scaled_steps(len(trajectories), c.sft_epochs, c.sft.batch_size, c.sft_min_steps, c.sft.max_steps)
+        metrics = train_sft(model, tokenizer, trajectories, replace(c.sft, max_steps=steps), progress=False)
         version = self.store.publish_pretrained(
             "policy",
             model,
@@ -264,7 +312,7 @@ class RoundRunner:
                 base_model=f"policy {base.version}",
                 round=state.round,
                 source="sft",
-                data=f"{len(trajectories)} trajectories from rounds 1-{state.round}",
+                data=f"{len(searched)} trajectories of rounds 1-{state.round} x{c.sft_weight}, {len(replay)} teacher",
                 metrics=metrics,
             ),
             make_current=False,
@@ -284,8 +332,20 @@ class RoundRunner:
         tokenizer = AutoTokenizer.from_pretrained(policy.path)
         torch.manual_seed(self.config.seed + state.round)
         model = ProcessRewardModel.from_pretrained(policy.path)
-        pairs = [StepPair(r["question"], tuple(r["prefix"]), r["chosen"], r["rejected"]) for r in rows]
-        metrics = train_ppm(model, tokenizer, pairs, self.config.ppm, progress=False) if pairs else {}
+        c = self.config
+        searched = [StepPair(r["question"], tuple(r["prefix"]), r["chosen"], r["rejected"]) for r in rows]
+        rng = random.Random(c.seed + state.round)
+        # About three corruptible steps per problem: a sixth of the wanted pairs per level is enough problems.
+        teacher = [
+            p
+            for level in PPM_REPLAY_LEVELS
+            for p in generate(level, max(1, c.ppm_replay // 6), seed=c.seed + 53 * state.round + level)
+        ]
+        replay = corrupted_pairs(teacher, rng)[: c.ppm_replay]
+        pairs = searched + replay
+        rng.shuffle(pairs)
+        steps = scaled_steps(len(pairs), c.ppm_epochs, c.ppm.batch_size, c.ppm_min_steps, c.ppm.max_steps)
+        metrics = train_ppm(model, tokenizer, pairs, replace(c.ppm, max_steps=steps), progress=False) if pairs else {}
         version = self.store.publish_pretrained(
             "ppm",
             model,
@@ -294,7 +354,7 @@ class RoundRunner:
                 base_model=f"policy {policy.version}",
                 round=state.round,
                 source="bradley-terry",
-                data=f"{len(pairs)} pairs from rounds 1-{state.round}",
+                data=f"{len(searched)} tree pairs from rounds 1-{state.round} + {len(replay)} teacher-vs-corrupted",
                 metrics=metrics,
             ),
             make_current=False,
@@ -317,11 +377,10 @@ class RoundRunner:
 
     def _stage_publish(self, state: RoundState) -> None:
         previous = self._latest_published(state.round)
-        before = previous.metrics.get("mcts_accuracy", 0.0) if previous else 0.0
-        after = state.metrics.get("mcts_accuracy", 0.0)
-        if after < before - self.config.regression_gate:
+        regressed = regressions(previous.metrics if previous else {}, state.metrics, self.config.regression_gate)
+        if regressed:
             state.state = "rejected"
-            state.message = f"MCTS accuracy {after:.3f} regressed past the gate from {before:.3f}: current models kept"
+            state.message = f"regressed past the gate ({'; '.join(regressed)}): current models kept"
         else:
             self.store.promote("policy", state.policy_version)
             self.store.promote("ppm", state.ppm_version)

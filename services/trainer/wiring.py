@@ -7,12 +7,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from services.common.channels import open_channel
 from services.common.security import TlsFiles
+from services.common.settings import load_settings
 from services.common.store import ModelStore
 from services.search.celery_app import make_celery
 from services.search.settings import SearchSettings
+from services.search.stack import LocalStack
 from services.trainer.config import RoundConfig
 from services.trainer.dispatch import CeleryDispatcher
 from services.trainer.rounds import RoundRunner
@@ -83,3 +86,15 @@ def make_runner_factory(
         return RoundRunner(store, config, dispatcher, before_search=before, on_publish=roll, **hooks)  # type: ignore[arg-type]
 
     return factory
+
+
+def local_trainer_settings(stack: LocalStack, state_dir: Path) -> TrainerSettings:
+    """Settings for a trainer that drives a `LocalStack`: its SQLite broker and results, its services."""
+    return load_settings(
+        TrainerSettings,
+        broker_url=f"sqla+sqlite:///{state_dir}/broker.sqlite",
+        result_backend=f"db+sqlite:///{state_dir}/results.sqlite",
+        policy_target=stack.address("policy"),
+        ppm_target=stack.address("ppm"),
+        sandbox_target=stack.address("sandbox"),
+    )

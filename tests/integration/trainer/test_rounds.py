@@ -129,5 +129,14 @@ def test_sft_data_keeps_only_correct_clean_trajectories(stack: tuple[ModelStore,
     for row in rows:
         per_problem[row["question"]] = per_problem.get(row["question"], 0) + 1
     assert max(per_problem.values()) <= 2  # the top-2 trajectories per problem
-    pairs = (store.root / "rounds" / "0001" / "pairs.jsonl").read_text().splitlines()
-    assert all(json.loads(p)["chosen"] != json.loads(p)["rejected"] for p in pairs)
+    pairs = [json.loads(p) for p in (store.root / "rounds" / "0001" / "pairs.jsonl").read_text().splitlines()]
+    assert all(p["chosen"] != p["rejected"] for p in pairs)
+    heldout = (store.root / "rounds" / "0001" / "pairs_heldout.jsonl").read_text().splitlines()
+    assert not {json.loads(p)["question"] for p in heldout} & {p["question"] for p in pairs}  # split by problem
+
+
+def test_training_replays_the_bootstrap_data(stack: tuple[ModelStore, CeleryDispatcher]) -> None:
+    store, _ = stack
+    policy, ppm = store.get("policy", "v2").lineage, store.get("ppm", "v2").lineage
+    assert f"{CONFIG.sft_replay} teacher" in policy.data and f"x{CONFIG.sft_weight}" in policy.data
+    assert "teacher-vs-corrupted" in ppm.data and policy.metrics["steps"] == CONFIG.sft.max_steps
