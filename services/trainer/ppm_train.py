@@ -8,7 +8,7 @@ candidate step's last token. Regressing on Q values directly works worse because
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,12 +91,15 @@ def train_ppm(
     config: PPMConfig,
     *,
     progress: bool = True,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> dict[str, float]:
     if not pairs:
         raise ValueError("no pairs to train on")
     dataset = [encode_pair(tokenizer, pair, config.max_length) for pair in pairs]
     collator = PairCollator(pad_id_of(tokenizer))
-    return run_trainer(BradleyTerryTrainer, model, dataset, collator, config, progress=progress, name="ppm")
+    return run_trainer(
+        BradleyTerryTrainer, model, dataset, collator, config, progress=progress, name="ppm", on_step=on_step
+    )
 
 
 @torch.inference_mode()

@@ -303,7 +303,14 @@ class RoundRunner:
         ]
         trajectories = searched * c.sft_weight + replay
         steps = scaled_steps(len(trajectories), c.sft_epochs, c.sft.batch_size, c.sft_min_steps, c.sft.max_steps)
-        metrics = train_sft(model, tokenizer, trajectories, replace(c.sft, max_steps=steps), progress=False)
+        metrics = train_sft(
+            model,
+            tokenizer,
+            trajectories,
+            replace(c.sft, max_steps=steps),
+            progress=False,
+            on_step=lambda done, total: self.progress("sft", done, total),
+        )
         version = self.store.publish_pretrained(
             "policy",
             model,
@@ -345,7 +352,14 @@ class RoundRunner:
         pairs = searched + replay
         rng.shuffle(pairs)
         steps = scaled_steps(len(pairs), c.ppm_epochs, c.ppm.batch_size, c.ppm_min_steps, c.ppm.max_steps)
-        metrics = train_ppm(model, tokenizer, pairs, replace(c.ppm, max_steps=steps), progress=False) if pairs else {}
+        metrics = train_ppm(
+            model,
+            tokenizer,
+            pairs,
+            replace(c.ppm, max_steps=steps),
+            progress=False,
+            on_step=lambda done, total: self.progress("ppm", done, total),
+        )
         version = self.store.publish_pretrained(
             "ppm",
             model,

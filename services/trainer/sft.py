@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 
 from services.common import stepfmt
 
@@ -100,6 +100,14 @@ def pad_id_of(tokenizer: PreTrainedTokenizerBase) -> int:
     return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
 
 
+class StepReporter(TrainerCallback):
+    def __init__(self, on_step: Callable[[int, int], None]) -> None:
+        self.on_step = on_step
+
+    def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        self.on_step(state.global_step, state.max_steps)
+
+
 def run_trainer(
     trainer_class: type[Trainer],
     model: Any,
@@ -109,8 +117,11 @@ def run_trainer(
     *,
     progress: bool,
     name: str,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> dict[str, float]:
-    """One transformers Trainer run in a scratch directory (nothing is checkpointed); its metrics."""
+    """One transformers Trainer run in a scratch directory (nothing is checkpointed); its metrics.
+
+    `on_step(done, total)` is called after every optimizer step (e.g. a round's own progress bar)."""
     with tempfile.TemporaryDirectory(prefix=f"thinkmesh-{name}-") as scratch:
         trainer = trainer_class(
             model=model,
@@ -123,6 +134,8 @@ def run_trainer(
             from transformers.trainer_callback import PrinterCallback
 
             trainer.remove_callback(PrinterCallback)
+        if on_step is not None:
+            trainer.add_callback(StepReporter(on_step))
         result = trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return {
@@ -140,11 +153,19 @@ def train_sft(
     config: SFTConfig,
     *,
     progress: bool = True,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> dict[str, float]:
     """Fine-tunes `model` in place; returns the training metrics (final loss, steps, seconds)."""
     if not trajectories:
         raise ValueError("no trajectories to train on")
     dataset = [encode_trajectory(tokenizer, t, config.max_length) for t in trajectories]
     return run_trainer(
-        Trainer, model, dataset, PadToLongest(pad_id_of(tokenizer)), config, progress=progress, name="sft"
+        Trainer,
+        model,
+        dataset,
+        PadToLongest(pad_id_of(tokenizer)),
+        config,
+        progress=progress,
+        name="sft",
+        on_step=on_step,
     )

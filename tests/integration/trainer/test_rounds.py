@@ -93,8 +93,11 @@ def test_a_round_stopped_after_its_search_resumes_and_publishes(stack: tuple[Mod
     sent_before = CountingDispatcher.sent
 
     # A new trainer process would do exactly this: look for the unfinished round and carry on.
-    resumed = RoundRunner(store, CONFIG, dispatcher).run()
+    reported: list[tuple[str, int, int]] = []
+    resumed = RoundRunner(store, CONFIG, dispatcher, progress=lambda *event: reported.append(event)).run()
     assert resumed.round == 1
+    for stage, steps in (("sft", CONFIG.sft.max_steps), ("ppm", CONFIG.ppm.max_steps)):
+        assert [done for name, done, _ in reported if name == stage] == list(range(1, steps + 1))
     assert CountingDispatcher.sent == sent_before  # no search was sent again
     assert {p.name: p.stat().st_mtime_ns for p in trees} == stamps
     assert resumed.finished == ["search", "extract", "sft", "ppm", "evaluate", "publish"]
