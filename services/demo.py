@@ -69,7 +69,7 @@ def self_evolution_round(stack: Any, demo: Path) -> None:
     from services.trainer.wiring import local_trainer_settings, make_runner_factory, wait_for_current
 
     store = ModelStore(stack.store)
-    bars: dict[str, tqdm] = {}  # type: ignore[type-arg]
+    bars: dict[str, tqdm] = {}
 
     def progress(stage: str, done: int, total: int) -> None:
         bar = bars.setdefault(stage, tqdm(total=total, desc=f"round 1 {stage}", leave=False))

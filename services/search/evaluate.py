@@ -21,7 +21,6 @@ from services.search.mcts import SearchConfig, Tree
 from services.search.orchestrator import Orchestrator, Sampling
 
 EvalMethod = Literal["greedy", "maj", "bon", "mcts"]
-EVAL_METHODS: tuple[EvalMethod, ...] = ("greedy", "maj", "bon", "mcts")
 
 
 @dataclass(frozen=True)
@@ -74,6 +73,9 @@ def _answer_rule(s: EvalSettings) -> Method:
     return {"greedy": "ppm", "maj": "majority", "bon": "ppm"}.get(s.method, s.answer_method)  # type: ignore[return-value]
 
 
+SAMPLED: tuple[EvalMethod, ...] = ("maj", "bon")  # the same N samples; only the answer rule differs
+
+
 async def evaluate(
     problems: Sequence[EvalProblem],
     backends: Backends,
@@ -81,9 +83,25 @@ async def evaluate(
     *,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[list[ProblemResult], dict[str, Any]]:
+    """Runs `settings.method` on the problems; returns per-problem results and a summary."""
+    return (await evaluate_rules(problems, backends, settings, (settings.method,), progress=progress))[settings.method]
+
+
+async def evaluate_rules(
+    problems: Sequence[EvalProblem],
+    backends: Backends,
+    settings: EvalSettings,
+    methods: Sequence[EvalMethod],
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> dict[EvalMethod, tuple[list[ProblemResult], dict[str, Any]]]:
+    """Several methods over one set of searches, when they differ only in how the answer is chosen: majority
+    vote and best-of-N by the PPM read the same N samples (half the sampling of running them apart)."""
+    if len(methods) > 1 and not set(methods) <= set(SAMPLED):
+        raise ValueError(f"only {SAMPLED} share their searches, not {tuple(methods)}")
     temperature = 0.0 if settings.method == "greedy" else settings.temperature
     orchestrator = Orchestrator(backends, Sampling(temperature=temperature, max_new_tokens=settings.max_new_tokens))
-    results: list[ProblemResult] = []
+    results: dict[EvalMethod, list[ProblemResult]] = {method: [] for method in methods}
     tokens_total = 0
     started = time.monotonic()
     for start in range(0, len(problems), settings.batch):
@@ -93,10 +111,6 @@ async def evaluate(
         stats = await orchestrator.run([t for trees in forest for t in trees], seed=settings.seed)
         seconds = (time.monotonic() - chunk_started) / len(chunk)
         tokens_total += stats.tokens
-        chosen = [choose(trees, _answer_rule(settings)) for trees in forest]
-        verdicts = await backends.grader.grade(
-            [(p.answer, c.answer if c else "") for p, c in zip(chunk, chosen, strict=True)]
-        )
         # pass@k: is any terminal answer of the problem's trees right (the search found it, chosen or not)?
         found = [sorted({n.answer or "" for t in trees for n in t.terminals()}) for trees in forest]
         hits = iter(
@@ -105,31 +119,42 @@ async def evaluate(
             )
         )
         any_right = [any([next(hits) for _ in answers]) for answers in found]
-        for problem, trees, choice, ok, anywhere in zip(chunk, forest, chosen, verdicts, any_right, strict=True):
-            results.append(
-                ProblemResult(
-                    problem.id,
-                    problem.question,
-                    problem.answer,
-                    choice.answer if choice else "",
-                    bool(ok),
-                    tokens=stats.tokens // len(chunk),
-                    rollouts=sum(t.stats.rollouts for t in trees),
-                    seconds=seconds,
-                    found=anywhere,
-                )
+        for method in methods:
+            chosen = [choose(trees, _answer_rule(replace(settings, method=method))) for trees in forest]
+            verdicts = await backends.grader.grade(
+                [(p.answer, c.answer if c else "") for p, c in zip(chunk, chosen, strict=True)]
             )
+            for problem, trees, choice, ok, anywhere in zip(chunk, forest, chosen, verdicts, any_right, strict=True):
+                results[method].append(
+                    ProblemResult(
+                        problem.id,
+                        problem.question,
+                        problem.answer,
+                        choice.answer if choice else "",
+                        bool(ok),
+                        tokens=stats.tokens // len(chunk),
+                        rollouts=sum(t.stats.rollouts for t in trees),
+                        seconds=seconds,
+                        found=anywhere,
+                    )
+                )
         if progress is not None:
             progress(len(chunk))
     wall = time.monotonic() - started
-    summary = {
-        "method": settings.method,
-        "n": len(results),
-        "accuracy": sum(r.correct for r in results) / len(results) if results else 0.0,
-        "pass_at_k": sum(r.found for r in results) / len(results) if results else 0.0,
-        "rollouts": settings.rollouts if settings.method != "greedy" else 1,
-        "tokens_per_problem": tokens_total / len(results) if results else 0.0,
-        "seconds_per_problem": wall / len(results) if results else 0.0,
+    return {method: (rows, _summary(method, rows, settings, tokens_total, wall)) for method, rows in results.items()}
+
+
+def _summary(
+    method: EvalMethod, results: list[ProblemResult], settings: EvalSettings, tokens: int, wall: float
+) -> dict[str, Any]:
+    n = len(results)
+    return {
+        "method": method,
+        "n": n,
+        "accuracy": sum(r.correct for r in results) / n if n else 0.0,
+        "pass_at_k": sum(r.found for r in results) / n if n else 0.0,
+        "rollouts": settings.rollouts if method != "greedy" else 1,
+        "tokens_per_problem": tokens / n if n else 0.0,
+        "seconds_per_problem": wall / n if n else 0.0,
         "wall_seconds": round(wall, 2),
     }
-    return results, summary

@@ -10,7 +10,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.common.store import ModelStore
-from services.search.evaluate import EVAL_METHODS, EvalProblem, EvalSettings, evaluate, trees_for
+from services.search.evaluate import (
+    SAMPLED,
+    EvalMethod,
+    EvalProblem,
+    EvalSettings,
+    ProblemResult,
+    evaluate,
+    evaluate_rules,
+    trees_for,
+)
 from services.search.local import local_backends
 from services.search.orchestrator import Orchestrator, Sampling
 from services.trainer.curriculum import generate
@@ -42,30 +51,40 @@ async def _evaluate(
     metrics: dict[str, Any] = {}
     async with local_backends(store, policy_version=policy, ppm_version=ppm) as backends:
         per_level: dict[str, float] = {}
-        for method in EVAL_METHODS:
-            settings = EvalSettings(method=method, rollouts=plan.rollouts, candidates=plan.candidates)
-            results, summary = await evaluate(problems, backends, settings)
-            metrics[f"{method}_accuracy"] = summary["accuracy"]
-            for level in plan.levels:
-                scoped = [r for r in results if r.id.startswith(f"curriculum-L{level}-")]
-                per_level[f"{method}_L{level}"] = sum(r.correct for r in scoped) / max(1, len(scoped))
+        by_method: dict[str, list[ProblemResult]] = {}
+        groups: tuple[tuple[EvalMethod, ...], ...] = (("greedy",), SAMPLED, ("mcts",))
+        for methods in groups:
+            settings = EvalSettings(method=methods[0], rollouts=plan.rollouts, candidates=plan.candidates)
+            for method, (results, summary) in (await evaluate_rules(problems, backends, settings, methods)).items():
+                by_method[method] = results
+                metrics[f"{method}_accuracy"] = summary["accuracy"]
+                for level in plan.levels:
+                    scoped = [r for r in results if r.id.startswith(f"curriculum-L{level}-")]
+                    per_level[f"{method}_L{level}"] = sum(r.correct for r in scoped) / max(1, len(scoped))
         metrics["per_level"] = per_level
         frontier = next(
             (lvl for lvl in range(1, 6) if per_level.get(f"greedy_L{lvl}", 0.0) < 0.5 and lvl in plan.levels),
             max(plan.levels),
         )
         metrics["frontier_level"] = frontier
-        metrics.update(await _frontier(backends, frontier, plan))
+        metrics.update(await _frontier(backends, frontier, plan, by_method["mcts"]))
         scorer = backends.scorer
         metrics["ppm_pair_accuracy"] = await _pair_accuracy(scorer, pairs) if pairs else None
     return metrics
 
 
-async def _frontier(backends: Any, level: int, plan: EvalPlan) -> dict[str, float]:
-    """pass@k of sampled trajectories and MCTS accuracy on the frontier level."""
-    problems = [
-        EvalProblem(p.id, p.question, p.answer) for p in generate(level, plan.frontier_problems, seed=EVAL_SEED + 1)
-    ]
+async def _frontier(backends: Any, level: int, plan: EvalPlan, mcts: list[ProblemResult]) -> dict[str, float]:
+    """pass@k of sampled trajectories and MCTS accuracy on the frontier level.
+
+    When the frontier is a held-out level, its problems are the held-out ones and their MCTS results are reused
+    (same rollouts): only the k samples per problem are new."""
+    heldout = [r for r in mcts if r.id.startswith(f"curriculum-L{level}-")][: plan.frontier_problems]
+    if len(heldout) == plan.frontier_problems:
+        problems = [EvalProblem(r.id, r.question, r.reference) for r in heldout]
+    else:
+        problems = [
+            EvalProblem(p.id, p.question, p.answer) for p in generate(level, plan.frontier_problems, seed=EVAL_SEED + 1)
+        ]
     sampling = EvalSettings(method="maj", rollouts=plan.frontier_samples)
     forest = [trees_for(p, sampling) for p in problems]
     await Orchestrator(backends, Sampling(temperature=0.8)).run([t for trees in forest for t in trees])
@@ -80,13 +99,17 @@ async def _frontier(backends: Any, level: int, plan: EvalPlan) -> dict[str, floa
     for trees in forest:
         hits = [next(verdicts) for t in trees for _ in t.terminals()]
         solved += any(hits)
-    _, mcts = await evaluate(
-        problems, backends, EvalSettings(method="mcts", rollouts=plan.rollouts, candidates=plan.candidates)
-    )
+    if len(heldout) == plan.frontier_problems:
+        mcts_accuracy = sum(r.correct for r in heldout) / max(1, len(heldout))
+    else:
+        _, summary = await evaluate(
+            problems, backends, EvalSettings(method="mcts", rollouts=plan.rollouts, candidates=plan.candidates)
+        )
+        mcts_accuracy = summary["accuracy"]
     return {
         "frontier_pass_at_k": solved / max(1, len(problems)),
         "frontier_samples": plan.frontier_samples,
-        "frontier_mcts_accuracy": mcts["accuracy"],
+        "frontier_mcts_accuracy": mcts_accuracy,
     }
 
 
