@@ -32,7 +32,7 @@ class RoundConfig:
     # most of its frontier pass@16, 0.30 → 0.05). Steps follow the data: `sft_epochs` passes, within
     # [`sft_min_steps`, `sft.max_steps`].
     sft: SFTConfig = field(
-        default_factory=lambda: SFTConfig(max_steps=500, batch_size=16, learning_rate=1e-3, warmup_steps=20)
+        default_factory=lambda: SFTConfig(max_steps=500, batch_size=16, learning_rate=2e-4, warmup_steps=20)
     )
     sft_replay: int = 1000
     sft_weight: int = 3
@@ -78,23 +78,23 @@ PRESETS: dict[str, RoundConfig] = {
         frontier_samples=2,
         regression_gate=1.0,
     ),
-    # `make demo`: one round in about a minute on 2 cores; it shows the machinery, too small to improve anything.
+    # `make demo`: one round in under a minute on 2 cores; it shows the machinery, too small to improve anything.
     "demo": RoundConfig(
         pool_size=8,
         pool_levels=(2, 3),
         rollouts=4,
         candidates=3,
         max_depth=8,
-        sft=SFTConfig(max_steps=40, batch_size=8, learning_rate=5e-4, warmup_steps=4),
+        sft=SFTConfig(max_steps=24, batch_size=8, learning_rate=2e-4, warmup_steps=3),
         sft_replay=128,
-        sft_min_steps=20,
-        ppm=PPMConfig(max_steps=30, batch_size=8, warmup_steps=3),
+        sft_min_steps=24,
+        ppm=PPMConfig(max_steps=20, batch_size=8, warmup_steps=2),
         ppm_replay=128,
         ppm_min_steps=20,
-        eval_levels=(2, 3),
-        eval_per_level=3,
+        eval_levels=(3,),
+        eval_per_level=4,
         eval_rollouts=4,
-        frontier_problems=3,
+        frontier_problems=4,
         frontier_samples=4,
     ),
 }
