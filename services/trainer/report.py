@@ -15,6 +15,7 @@ COLUMNS = (
     ("maj@N", "maj_accuracy"),
     ("best-of-N (PPM)", "bon_accuracy"),
     ("PPM pair acc", "ppm_pair_accuracy"),
+    ("held-out pairs", "heldout_pairs"),
     ("pool solved", "pool_solved"),
     ("frontier level", "frontier_level"),
     ("frontier pass@k", "frontier_pass_at_k"),

@@ -385,9 +385,11 @@ class RoundRunner:
         return evaluate_models(self.store, policy, ppm, plan, heldout)
 
     def _stage_evaluate(self, state: RoundState) -> None:
-        rows = _read_jsonl(self.rounds.directory(state.round) / "pairs_heldout.jsonl")
+        # Every round's held-out pairs so far: one round's are too few to mean much (a handful of problems).
+        rows = self._accumulated(state.round, "pairs_heldout.jsonl")
         heldout = [StepPair(r["question"], tuple(r["prefix"]), r["chosen"], r["rejected"]) for r in rows]
         state.metrics.update(self._evaluate(state.policy_version, state.ppm_version, heldout))
+        state.metrics["heldout_pairs"] = len(heldout)
 
     def _stage_publish(self, state: RoundState) -> None:
         previous = self._latest_published(state.round)

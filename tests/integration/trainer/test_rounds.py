@@ -104,6 +104,8 @@ def test_a_round_stopped_after_its_search_resumes_and_publishes(stack: tuple[Mod
     assert resumed.state == "succeeded", resumed.message
     assert resumed.metrics["pool_solved"] > 0.5 and resumed.metrics["ppm_pairs"] > 0
     assert resumed.metrics["sft_trajectories"] > 0
+    heldout = (store.root / "rounds" / "0001" / "pairs_heldout.jsonl").read_text().splitlines()
+    assert resumed.metrics["heldout_pairs"] == len(heldout)
     for key in ("greedy_accuracy", "maj_accuracy", "bon_accuracy", "mcts_accuracy", "frontier_pass_at_k"):
         assert 0.0 <= resumed.metrics[key] <= 1.0
     # Published: the candidates became current, with their lineage.
