@@ -61,25 +61,18 @@ def fresh_copy(store: ModelStore) -> Path:
 
 
 def self_evolution_round(stack: Any, demo: Path) -> None:
-    from tqdm import tqdm
-
     from services.trainer.config import preset
+    from services.trainer.progress import StageBars
     from services.trainer.report import markdown_table
     from services.trainer.rounds import Rounds
     from services.trainer.wiring import local_trainer_settings, make_runner_factory, wait_for_current
 
     store = ModelStore(stack.store)
-    bars: dict[str, tqdm] = {}
-
-    def progress(stage: str, done: int, total: int) -> None:
-        bar = bars.setdefault(stage, tqdm(total=total, desc=f"round 1 {stage}", leave=False))
-        bar.n = done
-        bar.refresh()
+    bars = StageBars(prefix="round 1 ")
 
     settings = local_trainer_settings(stack, demo)
-    state = make_runner_factory(settings, store, progress=progress)(preset("demo")).run()
-    for bar in bars.values():
-        bar.close()
+    state = make_runner_factory(settings, store, progress=bars)(preset("demo")).run()
+    bars.close()
     rounds = Rounds(store)
     print(markdown_table([s for n in rounds.numbers() if (s := rounds.state(n)) is not None]))
     say(f"round {state.round}: {state.state} ({state.message or 'published; the services switch to it'})")

@@ -51,6 +51,7 @@ def _evolve(args: argparse.Namespace) -> int:
     from services.search.stack import LocalStack
     from services.trainer.bootstrap import bootstrap, config_for
     from services.trainer.config import preset
+    from services.trainer.progress import StageBars
     from services.trainer.report import markdown_table
     from services.trainer.rounds import RoundRunner, Rounds
     from services.trainer.wiring import local_trainer_settings, make_runner_factory
@@ -61,25 +62,18 @@ def _evolve(args: argparse.Namespace) -> int:
     store = ModelStore(stack.store)
     bootstrap(store, config_for(args.bootstrap_preset, seed=0))
     config = preset(args.preset, pool_size=args.pool, rollouts=args.rollouts, seed=args.seed)
-    bars: dict[str, tqdm] = {}
-
-    def progress(stage: str, done: int, total: int) -> None:
-        bar = bars.setdefault(stage, tqdm(total=total, desc=stage, leave=False))
-        bar.n = done
-        bar.refresh()
+    bars = StageBars()
 
     try:
         stack.start(with_search=False)
         factory = make_runner_factory(
-            local_trainer_settings(stack, state_dir), store, progress=progress, stop_after=args.stop_after
+            local_trainer_settings(stack, state_dir), store, progress=bars, stop_after=args.stop_after
         )
         rounds = Rounds(store)
         for _ in tqdm(range(args.rounds), desc="rounds"):
             runner: RoundRunner = factory(replace(config))
             state = runner.run()
-            for bar in bars.values():
-                bar.close()
-            bars.clear()
+            bars.close()
             print(f"round {state.round}: {state.state} ({state.message or 'ok'})", file=sys.stderr)
             if state.state == "failed" or args.stop_after:
                 break

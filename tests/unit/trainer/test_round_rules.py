@@ -53,3 +53,16 @@ def test_the_gate_watches_greedy_as_well_as_mcts() -> None:
     assert dropped == ["greedy accuracy 0.020 < 0.100"]
     assert len(regressions(before, {"mcts_accuracy": 0.0, "greedy_accuracy": 0.0}, 0.05)) == 2
     assert regressions({}, {"mcts_accuracy": 0.0}, 0.05) == []  # nothing published yet: nothing to regress from
+
+
+def test_stage_bars_keep_one_bar_per_stage() -> None:
+    from services.trainer.progress import StageBars
+
+    bars = StageBars(prefix="round 1 ")
+    for done in range(1, 4):
+        bars("sft", done, 3)
+    bars("ppm", 1, 5)
+    sft = bars.bars["sft"]
+    assert len(bars.bars) == 2 and sft.n == 3 and sft.total == 3 and sft.desc == "round 1 sft"
+    bars.close()
+    assert bars.bars == {}
