@@ -60,7 +60,7 @@ def fresh_copy(store: ModelStore) -> Path:
     return demo
 
 
-def self_evolution_round(stack: Any, demo: Path) -> None:
+def self_evolution_round(stack: Any) -> None:
     from services.trainer.config import preset
     from services.trainer.progress import StageBars
     from services.trainer.report import markdown_table
@@ -70,11 +70,10 @@ def self_evolution_round(stack: Any, demo: Path) -> None:
     store = ModelStore(stack.store)
     bars = StageBars(prefix="round 1 ")
 
-    settings = local_trainer_settings(stack, demo)
+    settings = local_trainer_settings(stack)
     state = make_runner_factory(settings, store, progress=bars)(preset("demo")).run()
     bars.close()
-    rounds = Rounds(store)
-    print(markdown_table([s for n in rounds.numbers() if (s := rounds.state(n)) is not None]))
+    print(markdown_table(Rounds(store).states()))
     say(f"round {state.round}: {state.state} ({state.message or 'published; the services switch to it'})")
     wait_for_current(settings, store)()
 
@@ -117,7 +116,7 @@ def main() -> int:
         say("starting sandbox, policy, PPM, a Celery worker and the SearchService on 127.0.0.1")
         address = stack.start()
         say("one short self-evolution round (8 problems, 4 rollouts; `thinkmesh evolve` runs real ones)")
-        self_evolution_round(stack, demo)
+        self_evolution_round(stack)
         say(f"solving {len(problems)} unseen problems through SearchService.Solve ({ROLLOUTS} rollouts each)")
         replies = asyncio.run(solve_all(address, problems))
     except KeyboardInterrupt:

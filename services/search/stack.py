@@ -40,12 +40,20 @@ class LocalStack:
     def store(self) -> Path:
         return self.state_dir / "store"
 
+    @property
+    def broker_url(self) -> str:
+        return f"sqla+sqlite:///{self.state_dir}/broker.sqlite"
+
+    @property
+    def result_backend(self) -> str:
+        return f"db+sqlite:///{self.state_dir}/results.sqlite"
+
     def _env(self) -> dict[str, str]:
         env = {
             **os.environ,
             "THINKMESH_STORE": str(self.store),
-            "THINKMESH_SEARCH_BROKER_URL": f"sqla+sqlite:///{self.state_dir}/broker.sqlite",
-            "THINKMESH_SEARCH_RESULT_BACKEND": f"db+sqlite:///{self.state_dir}/results.sqlite",
+            "THINKMESH_SEARCH_BROKER_URL": self.broker_url,
+            "THINKMESH_SEARCH_RESULT_BACKEND": self.result_backend,
             "PYTHONUNBUFFERED": "1",
             "HF_HUB_OFFLINE": "1",
         }

@@ -66,9 +66,7 @@ def _evolve(args: argparse.Namespace) -> int:
 
     try:
         stack.start(with_search=False)
-        factory = make_runner_factory(
-            local_trainer_settings(stack, state_dir), store, progress=bars, stop_after=args.stop_after
-        )
+        factory = make_runner_factory(local_trainer_settings(stack), store, progress=bars, stop_after=args.stop_after)
         rounds = Rounds(store)
         for _ in tqdm(range(args.rounds), desc="rounds"):
             runner: RoundRunner = factory(replace(config))
@@ -77,8 +75,7 @@ def _evolve(args: argparse.Namespace) -> int:
             print(f"round {state.round}: {state.state} ({state.message or 'ok'})", file=sys.stderr)
             if state.state == "failed" or args.stop_after:
                 break
-        states = [s for n in rounds.numbers() if (s := rounds.state(n)) is not None and s.state != "running"]
-        print(markdown_table(states))
+        print(markdown_table(rounds.states()))
         print(f"report: {store.root / 'rounds' / 'report.md'}, plot: {store.root / 'rounds' / 'progress.png'}")
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume the round", file=sys.stderr)

@@ -18,10 +18,8 @@ from services.search.evaluate import (
     ProblemResult,
     evaluate,
     evaluate_rules,
-    trees_for,
 )
 from services.search.local import local_backends
-from services.search.orchestrator import Orchestrator, Sampling
 from services.trainer.curriculum import generate
 from services.trainer.ppm_train import StepPair
 
@@ -79,35 +77,23 @@ async def _frontier(backends: Any, level: int, plan: EvalPlan, mcts: list[Proble
     When the frontier is a held-out level, its problems are the held-out ones and their MCTS results are reused
     (same rollouts): only the k samples per problem are new."""
     heldout = [r for r in mcts if r.id.startswith(f"curriculum-L{level}-")][: plan.frontier_problems]
-    if len(heldout) == plan.frontier_problems:
+    reuse = len(heldout) == plan.frontier_problems
+    if reuse:
         problems = [EvalProblem(r.id, r.question, r.reference) for r in heldout]
     else:
         problems = [
             EvalProblem(p.id, p.question, p.answer) for p in generate(level, plan.frontier_problems, seed=EVAL_SEED + 1)
         ]
-    sampling = EvalSettings(method="maj", rollouts=plan.frontier_samples)
-    forest = [trees_for(p, sampling) for p in problems]
-    await Orchestrator(backends, Sampling(temperature=0.8)).run([t for trees in forest for t in trees])
-    pairs = [
-        (p.answer, n.answer or "")
-        for p, trees in zip(problems, forest, strict=True)
-        for t in trees
-        for n in t.terminals()
-    ]
-    verdicts = iter(await backends.grader.grade(pairs))
-    solved = 0
-    for trees in forest:
-        hits = [next(verdicts) for t in trees for _ in t.terminals()]
-        solved += any(hits)
-    if len(heldout) == plan.frontier_problems:
-        mcts_accuracy = sum(r.correct for r in heldout) / max(1, len(heldout))
+    _, sampled = await evaluate(problems, backends, EvalSettings(method="maj", rollouts=plan.frontier_samples))
+    if reuse:
+        mcts_accuracy = sum(r.correct for r in heldout) / len(heldout)
     else:
-        _, summary = await evaluate(
+        _, searched = await evaluate(
             problems, backends, EvalSettings(method="mcts", rollouts=plan.rollouts, candidates=plan.candidates)
         )
-        mcts_accuracy = summary["accuracy"]
+        mcts_accuracy = searched["accuracy"]
     return {
-        "frontier_pass_at_k": solved / max(1, len(problems)),
+        "frontier_pass_at_k": sampled["pass_at_k"],
         "frontier_samples": plan.frontier_samples,
         "frontier_mcts_accuracy": mcts_accuracy,
     }

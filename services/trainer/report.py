@@ -70,10 +70,7 @@ def write_reports(rounds: Rounds, state: RoundState) -> None:
 
     _write_json(rounds.directory(state.round) / "report.json", asdict(state))
     # The round being reported is taken as it is in memory: its state.json is written after the report.
-    on_disk = {n: rounds.state(n) for n in rounds.numbers() if n != state.round}
-    states = sorted(
-        [s for s in on_disk.values() if s is not None and s.state != "running"] + [state], key=lambda s: s.round
-    )
+    states = sorted([s for s in rounds.states() if s.round != state.round] + [state], key=lambda s: s.round)
     root = rounds.store.root / "rounds"
     (root / "report.md").write_text(markdown_table(states))
     plot(states, root / "progress.png")

@@ -93,6 +93,10 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     os.replace(temporary, path)
 
 
+def _step_pairs(rows: list[dict[str, Any]]) -> list[StepPair]:
+    return [StepPair(r["question"], tuple(r["prefix"]), r["chosen"], r["rejected"]) for r in rows]
+
+
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
@@ -115,6 +119,10 @@ class Rounds:
     def state(self, number: int) -> RoundState | None:
         path = self.directory(number) / "state.json"
         return RoundState(**json.loads(path.read_text())) if path.is_file() else None
+
+    def states(self) -> list[RoundState]:
+        """Every round that has finished one way or another (succeeded, rejected or failed), oldest first."""
+        return [s for n in self.numbers() if (s := self.state(n)) is not None and s.state != "running"]
 
     def save(self, state: RoundState) -> None:
         _write_json(self.directory(state.round) / "state.json", asdict(state))
@@ -264,8 +272,10 @@ class RoundRunner:
         directory = self.rounds.directory(state.round)
         _write_jsonl(directory / "sft.jsonl", [asdict(t) for t in data.trajectories])
         # Held out by problem, not by pair: pairs of one problem share prefixes and would leak into training.
-        heldout = [asdict(p) for p in data.pairs if held_out(p.question, self.config.heldout_pair_fraction)]
-        training = [asdict(p) for p in data.pairs if not held_out(p.question, self.config.heldout_pair_fraction)]
+        heldout: list[dict[str, Any]] = []
+        training: list[dict[str, Any]] = []
+        for pair in data.pairs:
+            (heldout if held_out(pair.question, self.config.heldout_pair_fraction) else training).append(asdict(pair))
         _write_jsonl(directory / "pairs_heldout.jsonl", heldout)
         _write_jsonl(directory / "pairs.jsonl", training)
         pairs = heldout + training
@@ -311,21 +321,33 @@ class RoundRunner:
             progress=False,
             on_step=lambda done, total: self.progress("sft", done, total),
         )
-        version = self.store.publish_pretrained(
+        state.policy_version = self._publish_candidate(
             "policy",
             model,
             tokenizer,
-            Lineage(
-                base_model=f"policy {base.version}",
-                round=state.round,
-                source="sft",
-                data=f"{len(searched)} trajectories of rounds 1-{state.round} x{c.sft_weight}, {len(replay)} teacher",
-                metrics=metrics,
-            ),
-            make_current=False,
+            state,
+            base=base.version,
+            source="sft",
+            data=f"{len(searched)} trajectories of rounds 1-{state.round} x{c.sft_weight}, {len(replay)} teacher",
+            metrics=metrics,
         )
-        state.policy_version = version.version
         state.metrics["sft_loss"] = metrics["final_loss"]
+
+    def _publish_candidate(
+        self,
+        kind: str,
+        model: Any,
+        tokenizer: Any,
+        state: RoundState,
+        *,
+        base: str,
+        source: str,
+        data: str,
+        metrics: dict[str, float],
+    ) -> str:
+        """Stores a trained candidate without making it current (`publish` promotes it if it passes the gate)."""
+        lineage = Lineage(base_model=f"policy {base}", round=state.round, source=source, data=data, metrics=metrics)
+        return self.store.publish_pretrained(kind, model, tokenizer, lineage, make_current=False).version
 
     def _stage_ppm(self, state: RoundState) -> None:
         import torch
@@ -340,7 +362,7 @@ class RoundRunner:
         torch.manual_seed(self.config.seed + state.round)
         model = ProcessRewardModel.from_pretrained(policy.path)
         c = self.config
-        searched = [StepPair(r["question"], tuple(r["prefix"]), r["chosen"], r["rejected"]) for r in rows]
+        searched = _step_pairs(rows)
         rng = random.Random(c.seed + state.round)
         # About three corruptible steps per problem: a sixth of the wanted pairs per level is enough problems.
         teacher = [
@@ -360,20 +382,16 @@ class RoundRunner:
             progress=False,
             on_step=lambda done, total: self.progress("ppm", done, total),
         )
-        version = self.store.publish_pretrained(
+        state.ppm_version = self._publish_candidate(
             "ppm",
             model,
             tokenizer,
-            Lineage(
-                base_model=f"policy {policy.version}",
-                round=state.round,
-                source="bradley-terry",
-                data=f"{len(searched)} tree pairs from rounds 1-{state.round} + {len(replay)} teacher-vs-corrupted",
-                metrics=metrics,
-            ),
-            make_current=False,
+            state,
+            base=policy.version,
+            source="bradley-terry",
+            data=f"{len(searched)} tree pairs from rounds 1-{state.round} + {len(replay)} teacher-vs-corrupted",
+            metrics=metrics,
         )
-        state.ppm_version = version.version
 
     def _evaluate(self, policy: str, ppm: str, heldout: list[StepPair]) -> dict[str, Any]:
         from services.trainer.evaluation import EvalPlan, evaluate_models
@@ -387,7 +405,7 @@ class RoundRunner:
     def _stage_evaluate(self, state: RoundState) -> None:
         # Every round's held-out pairs so far: one round's are too few to mean much (a handful of problems).
         rows = self._accumulated(state.round, "pairs_heldout.jsonl")
-        heldout = [StepPair(r["question"], tuple(r["prefix"]), r["chosen"], r["rejected"]) for r in rows]
+        heldout = _step_pairs(rows)
         state.metrics.update(self._evaluate(state.policy_version, state.ppm_version, heldout))
         state.metrics["heldout_pairs"] = len(heldout)
 

@@ -7,7 +7,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from services.common.channels import open_channel
 from services.common.security import TlsFiles
@@ -88,12 +87,12 @@ def make_runner_factory(
     return factory
 
 
-def local_trainer_settings(stack: LocalStack, state_dir: Path) -> TrainerSettings:
+def local_trainer_settings(stack: LocalStack) -> TrainerSettings:
     """Settings for a trainer that drives a `LocalStack`: its SQLite broker and results, its services."""
     return load_settings(
         TrainerSettings,
-        broker_url=f"sqla+sqlite:///{state_dir}/broker.sqlite",
-        result_backend=f"db+sqlite:///{state_dir}/results.sqlite",
+        broker_url=stack.broker_url,
+        result_backend=stack.result_backend,
         policy_target=stack.address("policy"),
         ppm_target=stack.address("ppm"),
         sandbox_target=stack.address("sandbox"),
