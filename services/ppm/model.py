@@ -33,9 +33,19 @@ class ProcessRewardModel(nn.Module):
         nn.init.normal_(self.value_head.weight, std=1e-3)
         nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Scores in [-1, 1] for every position: (batch, seq_len)."""
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Scores in [-1, 1] for every position: (batch, seq_len).
+
+        `attention_mask` is the usual 2D padding mask, or a 4D boolean mask (batch, 1, seq, seq) with explicit
+        `position_ids` when a row packs several continuations of one prefix (the trainer's step pairs)."""
+        hidden = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+        ).last_hidden_state
         return torch.tanh(self.value_head(hidden).squeeze(-1).float())
 
     def scores_at(

@@ -354,7 +354,7 @@ class RoundRunner:
         from transformers import AutoTokenizer
 
         from services.ppm.model import ProcessRewardModel
-        from services.trainer.ppm_train import train_ppm
+        from services.trainer.ppm_train import group_pairs, train_ppm
 
         rows = self._accumulated(state.round, "pairs.jsonl")
         policy = self.store.get("policy", state.policy_version)
@@ -373,7 +373,9 @@ class RoundRunner:
         replay = corrupted_pairs(teacher, rng)[: c.ppm_replay]
         pairs = searched + replay
         rng.shuffle(pairs)
-        steps = scaled_steps(len(pairs), c.ppm_epochs, c.ppm.batch_size, c.ppm_min_steps, c.ppm.max_steps)
+        # A batch holds groups (one prefix and its candidate steps), so the epochs count groups.
+        groups = len(group_pairs(pairs))
+        steps = scaled_steps(groups, c.ppm_epochs, c.ppm.batch_size, c.ppm_min_steps, c.ppm.max_steps)
         metrics = train_ppm(
             model,
             tokenizer,

@@ -30,6 +30,7 @@ class SFTConfig:
     learning_rate: float = 2e-3
     warmup_steps: int = 60
     weight_decay: float = 0.01
+    adam_beta2: float = 0.999  # transformers' default; the bootstrap's short schedules use 0.95
     max_length: int = 768
     seed: int = 0
 
@@ -83,6 +84,7 @@ def training_arguments(output_dir: str, config: Any, *, progress: bool, batch_si
         lr_scheduler_type="cosine",
         warmup_steps=config.warmup_steps,
         weight_decay=config.weight_decay,
+        adam_beta2=config.adam_beta2,
         logging_steps=max(1, config.max_steps // 20),
         save_strategy="no",
         report_to=[],
@@ -118,6 +120,7 @@ def run_trainer(
     progress: bool,
     name: str,
     on_step: Callable[[int, int], None] | None = None,
+    **trainer_options: Any,
 ) -> dict[str, float]:
     """One transformers Trainer run in a scratch directory (nothing is checkpointed); its metrics.
 
@@ -128,6 +131,7 @@ def run_trainer(
             args=training_arguments(scratch, config, progress=progress, batch_size=config.batch_size),
             train_dataset=dataset,
             data_collator=collator,
+            **trainer_options,
         )
         if not progress:
             # Without progress bars, Trainer prints every log line instead; keep it silent then.
