@@ -40,7 +40,7 @@ helm-check: $(STAMP)
 test: $(STAMP) system-deps lint helm-check
 	$(BIN)/pytest -q -p no:cacheprovider -m "not quality"
 
-# The embedded models' quality: trains the real bootstrap (≈ 13 minutes on 2 cores) and checks what it learnt.
+# The embedded models' quality: trains the real bootstrap (≈ 7.5 minutes on 2 cores) and checks what it learnt.
 test-quality: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider -m quality
 

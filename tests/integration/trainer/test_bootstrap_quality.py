@@ -1,6 +1,6 @@
 """The embedded models `thinkmesh bootstrap` builds are good enough to start self-evolution from:
 greedy decoding solves unseen level-1 problems, the next level up stays reachable by sampling, and the first
-PPM ranks teacher steps above their corruptions. The full bootstrap takes ≈ 13 minutes on 2 cores, so these run
+PPM ranks teacher steps above their corruptions. The full bootstrap takes ≈ 7.5 minutes on 2 cores, so these run
 with `make test-quality`, not `make test`."""
 
 from __future__ import annotations

@@ -1,0 +1,261 @@
+"""Measurements behind the bootstrap's schedule (services/trainer/bootstrap.py); not part of the product.
+
+    python scripts/bootstrap_sweep.py sft --out sft.jsonl [--parallel 16] [--device cuda]
+        The SFT grid: each configuration trains a fresh tiny policy in its own process (16 at a time fit one
+        GPU) and is scored by greedy decoding on 300 unseen level-1 problems: the program is generated up to
+        `<end_of_code>`, run, and its output compared with the answer. This proxy reads a few points lower
+        than `thinkmesh eval` (it has no answer step and no retries); compare rows, not absolute values.
+    python scripts/bootstrap_sweep.py ppm --policy DIR [--steps 250] [--center 0.1] [--per-step 3]
+        One bootstrap PPM training on teacher-vs-corrupted pairs from DIR's policy; held-out pair accuracy on
+        pairs of 100 problems never trained on, by kind of corruption.
+    python scripts/bootstrap_sweep.py table sft.jsonl
+        The SFT results as a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+from transformers import PreTrainedTokenizerFast, Qwen2ForCausalLM
+
+from services.common import stepfmt
+from services.policy.tiny import TinyPreset, tiny_config, train_tokenizer
+from services.trainer.curriculum import generate
+from services.trainer.sft import PadToLongest, Trajectory, encode_trajectory, pad_id_of
+
+HELD_OUT_SEED = 424242
+
+
+def sft_grid() -> list[dict[str, Any]]:
+    """(name, overrides) of every SFT run: batch 16, lr 2e-3, β2 0.95, 1,000 steps unless said otherwise."""
+    grid: list[tuple[str, dict[str, Any]]] = [
+        ("β2 0.999, 1500 steps (the old default)", {"steps": 1500, "beta2": 0.999}),
+        ("β2 0.999, 1000 steps", {"beta2": 0.999}),
+        ("1500 steps", {"steps": 1500}),
+        ("800 steps", {"steps": 800}),
+        ("600 steps", {"steps": 600}),
+        ("lr 3e-3, 800 steps", {"lr": 3e-3, "steps": 800}),
+        ("lr 4e-3, 800 steps", {"lr": 4e-3, "steps": 800}),
+        ("batch 8, 1500 steps", {"bs": 8, "steps": 1500}),
+        ("batch 12, 1300 steps", {"bs": 12, "steps": 1300}),
+        ("8 heads, 800 steps", {"steps": 800, "preset": {"heads": 8, "kv_heads": 4}}),
+        ("MLP 512", {"preset": {"intermediate": 512}}),
+        ("3 layers", {"preset": {"layers": 3}}),
+        ("hidden 192", {"preset": {"hidden": 192, "intermediate": 576}}),
+    ]
+    runs = [{"name": name, "seed": 0, **overrides} for name, overrides in grid]
+    runs.append({"name": "batch 12, 1300 steps", "seed": 1, "bs": 12, "steps": 1300})
+    for seed in (0, 1, 2):
+        runs.append({"name": "1000 steps", "seed": seed})
+        runs.append({"name": "1100 steps", "seed": seed, "steps": 1100})
+        runs.append({"name": "1200 steps", "seed": seed, "steps": 1200})
+        runs.append({"name": "lr 1.5e-3 (the default)", "seed": seed, "lr": 1.5e-3})
+    return runs
+
+
+def train_policy(run: dict[str, Any], tokenizer_dir: str, device: str) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    seed = run.get("seed", 0)
+    torch.manual_seed(seed)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
+    model = Qwen2ForCausalLM(tiny_config(tokenizer, TinyPreset(**run.get("preset", {})))).to(device)
+    teacher = [p for level in (1, 2) for p in generate(level, 6000, seed=seed + level)]
+    data = [encode_trajectory(tokenizer, Trajectory(p.question, tuple(p.solution)), 768) for p in teacher]
+    collate = PadToLongest(pad_id_of(tokenizer))
+    steps, batch_size, lr, warmup = run.get("steps", 1000), run.get("bs", 16), run.get("lr", 2e-3), 60
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "norm" in n]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, run.get("beta2", 0.95)),
+    )
+
+    def schedule(step: int) -> float:  # linear warm-up, then cosine to 0: what Trainer does
+        if step < warmup:
+            return step / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    rng, order, position, padded = random.Random(seed), [], 0, 0
+    started = time.time()
+    model.train()
+    for _ in range(steps):
+        if position + batch_size > len(order):
+            order, position = list(range(len(data))), 0
+            rng.shuffle(order)
+        batch = collate([data[i] for i in order[position : position + batch_size]])
+        position += batch_size
+        padded += batch["input_ids"].numel()
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16):
+            loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    result = dict(run, final_loss=round(loss.item(), 4), padded_tokens=padded, train_s=round(time.time() - started, 1))
+    for level, n in ((1, 300), (2, 150)):
+        result[f"greedy_L{level}"] = greedy_accuracy(model, tokenizer, generate(level, n, seed=HELD_OUT_SEED + level))
+    return result
+
+
+def _run_program(code: str) -> str:
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=5)
+        return done.stdout.strip()
+    except subprocess.TimeoutExpired:
+        return ""
+
+
+@torch.no_grad()
+def greedy_accuracy(model: Any, tokenizer: Any, problems: list[Any]) -> float:
+    model.eval()
+    device = next(model.parameters()).device
+    stops = [tokenizer.convert_tokens_to_ids(stepfmt.END_OF_CODE), tokenizer.eos_token_id]
+    programs = []
+    for start in range(0, len(problems), 100):
+        chunk = problems[start : start + 100]
+        prompts = [stepfmt.render_prompt(p.question, []) for p in chunk]
+        encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            out = model.generate(
+                **encoded, max_new_tokens=220, do_sample=False, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id
+            )
+        for text in tokenizer.batch_decode(out[:, encoded["input_ids"].shape[1] :]):
+            text = text.split(stepfmt.END_OF_CODE)[0]
+            for marker in (tokenizer.pad_token, tokenizer.eos_token, stepfmt.END_OF_STEP):
+                text = text.replace(marker, "")
+            programs.append(text)
+    with ThreadPoolExecutor(8) as pool:
+        outputs = list(pool.map(_run_program, programs))
+    return round(sum(o == str(p.answer).strip() for o, p in zip(outputs, problems, strict=True)) / len(problems), 3)
+
+
+def sweep_sft(args: argparse.Namespace) -> None:
+    tokenizer_dir = str(Path(args.out).with_suffix(".tokenizer"))
+    corpus = [
+        stepfmt.render_prompt(p.question, p.solution)
+        for level in range(1, 6)
+        for p in generate(level, 400, seed=7919 * level)
+    ]
+    train_tokenizer(corpus, 640).save_pretrained(tokenizer_dir)
+    pending, running = sft_grid(), []
+    with open(args.out, "a") as out:
+        while pending or running:
+            while pending and len(running) < args.parallel:
+                run = pending.pop(0)
+                command = [sys.executable, __file__, "one", json.dumps(run), tokenizer_dir, args.device]
+                running.append(subprocess.Popen(command, stdout=subprocess.PIPE, text=True))
+            for process in [p for p in running if p.poll() is not None]:
+                running.remove(process)
+                line = process.stdout.read().strip().splitlines()[-1] if process.stdout else ""
+                print(line, flush=True)
+                out.write(line + "\n")
+                out.flush()
+            time.sleep(1)
+
+
+def sweep_ppm(args: argparse.Namespace) -> None:
+    import re
+
+    from services.ppm.model import ProcessRewardModel
+    from services.trainer.bootstrap import BootstrapConfig, corrupted_pairs
+    from services.trainer.ppm_train import pairwise_accuracy, train_ppm
+
+    config = BootstrapConfig()
+    torch.manual_seed(0)
+    rng = random.Random(0)
+    problems = [p for level in (1, 2, 3) for p in generate(level, config.ppm_problems // 3, seed=101 * level)]
+    rng.shuffle(problems)
+    heldout = corrupted_pairs(problems[: config.heldout_problems], rng)
+    train = corrupted_pairs(problems[config.heldout_problems :], rng, args.per_step)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(args.policy)
+    ppm = ProcessRewardModel.from_pretrained(args.policy)
+    ppm_config = replace(config.ppm, max_steps=args.steps, center_coefficient=args.center)
+    metrics = train_ppm(ppm, tokenizer, train, ppm_config, progress=False)
+
+    def kind(pair: Any) -> str:
+        if pair.chosen.startswith(stepfmt.ANSWER_START):
+            return "answer"
+        if re.sub(r"\d", "", pair.chosen) == re.sub(r"\d", "", pair.rejected):
+            return "number"
+        if re.sub(r"[-+*/]", "", pair.chosen) == re.sub(r"[-+*/]", "", pair.rejected):
+            return "operator"
+        return "variable"
+
+    by_kind = defaultdict(list)
+    for pair in heldout:
+        by_kind[kind(pair)].append(pair)
+    report = {
+        "steps": args.steps,
+        "center": args.center,
+        "per_step": args.per_step,
+        "train_pairs": len(train),
+        "heldout_pairs": len(heldout),
+        "heldout_accuracy": round(pairwise_accuracy(ppm, tokenizer, heldout), 3),
+        "by_kind": {k: [len(v), round(pairwise_accuracy(ppm, tokenizer, v), 3)] for k, v in sorted(by_kind.items())},
+        "train_seconds": round(metrics["seconds"], 1),
+    }
+    print(json.dumps(report))
+
+
+def table(args: argparse.Namespace) -> None:
+    with open(args.results) as results:
+        rows = [json.loads(line) for line in results if line.strip()]
+    by_name: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_name[row["name"]].append(row)
+    print("| configuration | seeds | greedy L1 (proxy) | greedy L2 (proxy) | padded tokens (M) |")
+    print("|---|---|---|---|---|")
+    for name, runs in by_name.items():
+        l1 = " / ".join(f"{r['greedy_L1']:.2f}" for r in runs)
+        l2 = " / ".join(f"{r['greedy_L2']:.2f}" for r in runs)
+        print(f"| {name} | {len(runs)} | {l1} | {l2} | {runs[0]['padded_tokens'] / 1e6:.2f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sft = sub.add_parser("sft")
+    sft.add_argument("--out", required=True)
+    sft.add_argument("--parallel", type=int, default=16)
+    sft.add_argument("--device", default="cuda")
+    one = sub.add_parser("one")
+    one.add_argument("run")
+    one.add_argument("tokenizer_dir")
+    one.add_argument("device")
+    ppm = sub.add_parser("ppm")
+    ppm.add_argument("--policy", required=True)
+    ppm.add_argument("--steps", type=int, default=250)
+    ppm.add_argument("--center", type=float, default=0.1)
+    ppm.add_argument("--per-step", type=int, default=3)
+    tab = sub.add_parser("table")
+    tab.add_argument("results")
+    args = parser.parse_args()
+    if args.command == "sft":
+        sweep_sft(args)
+    elif args.command == "one":
+        print(json.dumps(train_policy(json.loads(args.run), args.tokenizer_dir, args.device)), flush=True)
+    elif args.command == "ppm":
+        sweep_ppm(args)
+    else:
+        table(args)
+
+
+if __name__ == "__main__":
+    main()
