@@ -174,16 +174,12 @@ def sweep_ppm(args: argparse.Namespace) -> None:
     import re
 
     from services.ppm.model import ProcessRewardModel
-    from services.trainer.bootstrap import BootstrapConfig, corrupted_pairs
+    from services.trainer.bootstrap import BootstrapConfig, ppm_pairs
     from services.trainer.ppm_train import pairwise_accuracy, train_ppm
 
-    config = BootstrapConfig()
+    config = replace(BootstrapConfig(), corruptions_per_step=args.per_step)
     torch.manual_seed(0)
-    rng = random.Random(0)
-    problems = [p for level in (1, 2, 3) for p in generate(level, config.ppm_problems // 3, seed=101 * level)]
-    rng.shuffle(problems)
-    heldout = corrupted_pairs(problems[: config.heldout_problems], rng)
-    train = corrupted_pairs(problems[config.heldout_problems :], rng, args.per_step)
+    heldout, train = ppm_pairs(config)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(args.policy)
     ppm = ProcessRewardModel.from_pretrained(args.policy)
     ppm_config = replace(config.ppm, max_steps=args.steps, center_coefficient=args.center)

@@ -39,6 +39,19 @@ class StepScorer(Protocol):
     async def close(self) -> None: ...
 
 
+def encode_step(tokenizer: object, step: str) -> list[int]:
+    """A step's token ids, exactly as they follow the prompt and earlier steps; an empty step is refused."""
+    piece: list[int] = list(tokenizer.encode(step, add_special_tokens=False))  # type: ignore[attr-defined]
+    if not piece:
+        raise InvalidInput("a step is empty: every step needs text")
+    return piece
+
+
+def require_fits(length: int, max_length: int) -> None:
+    if length > max_length:
+        raise InvalidInput(f"item is {length} tokens; the PPM reads at most {max_length}")
+
+
 def encode_item(tokenizer: object, item: ScoreItem, max_length: int) -> tuple[list[int], list[int]]:
     """Token ids of prompt + steps, and the index of each step's last token."""
     encode = tokenizer.encode  # type: ignore[attr-defined]
@@ -46,14 +59,10 @@ def encode_item(tokenizer: object, item: ScoreItem, max_length: int) -> tuple[li
     newline: list[int] = list(encode("\n", add_special_tokens=False))
     positions = []
     for step in item.steps:
-        piece = encode(step, add_special_tokens=False)
-        if not piece:
-            raise InvalidInput("a step is empty: every step needs text")
-        ids.extend(piece)
+        ids.extend(encode_step(tokenizer, step))
         positions.append(len(ids) - 1)  # the step's last token: its end marker
         ids.extend(newline)  # steps are separated exactly as the policy saw them (stepfmt.render_prompt)
-    if len(ids) > max_length:
-        raise InvalidInput(f"item is {len(ids)} tokens; the PPM reads at most {max_length}")
+    require_fits(len(ids), max_length)
     return ids, positions
 
 

@@ -91,13 +91,26 @@ def corrupted_pairs(problems: list, rng: random.Random, per_step: int = 1) -> li
     return pairs
 
 
+def ppm_pairs(config: BootstrapConfig) -> tuple[list[StepPair], list[StepPair]]:
+    """(held-out, training) teacher-vs-corrupted pairs for the first PPM, split by problem: a held-out pair's
+    problem never appears in training, so its accuracy says how the PPM does on problems it has not seen."""
+    rng = random.Random(config.seed)
+    problems = [
+        p
+        for level in (*config.levels, max(config.levels) + 1)
+        for p in generate(level, config.ppm_problems // (len(config.levels) + 1), seed=config.seed + 101 * level)
+    ]
+    rng.shuffle(problems)
+    heldout = corrupted_pairs(problems[: config.heldout_problems], rng)
+    return heldout, corrupted_pairs(problems[config.heldout_problems :], rng, config.corruptions_per_step)
+
+
 def bootstrap(store: ModelStore, config: BootstrapConfig, *, force: bool = False, progress: bool = True) -> dict:  # type: ignore[type-arg]
     """Builds and publishes the round-0 policy and PPM; returns a report (timings, losses, PPM accuracy)."""
     if not force and store.current_name("policy") and store.current_name("ppm"):
         return {"skipped": True, "policy": store.current_name("policy"), "ppm": store.current_name("ppm")}
     started = time.monotonic()
     torch.manual_seed(config.seed)
-    rng = random.Random(config.seed)
     preset = PRESETS[config.preset]
 
     # 1. Tokenizer over every level's text, so harder levels' words are not split into bytes later.
@@ -127,14 +140,7 @@ def bootstrap(store: ModelStore, config: BootstrapConfig, *, force: bool = False
     )
 
     # 3. The PPM: initialised from the policy, trained on teacher-vs-corrupted step pairs.
-    ppm_problems = [
-        p
-        for level in (*config.levels, max(config.levels) + 1)
-        for p in generate(level, config.ppm_problems // (len(config.levels) + 1), seed=config.seed + 101 * level)
-    ]
-    rng.shuffle(ppm_problems)
-    heldout = corrupted_pairs(ppm_problems[: config.heldout_problems], rng)
-    train_pairs = corrupted_pairs(ppm_problems[config.heldout_problems :], rng, config.corruptions_per_step)
+    heldout, train_pairs = ppm_pairs(config)
     ppm = ProcessRewardModel.from_pretrained(policy.path)
     before = pairwise_accuracy(ppm, tokenizer, heldout)
     ppm_metrics = train_ppm(ppm, tokenizer, train_pairs, config.ppm, progress=progress)

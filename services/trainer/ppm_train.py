@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase, Trainer
 
-from services.common.errors import InvalidInput
 from services.ppm.model import ProcessRewardModel
-from services.ppm.scorer import ScoreItem, encode_item
+from services.ppm.scorer import ScoreItem, encode_item, encode_step, require_fits
 from services.trainer.sft import pad_id_of, run_trainer
 
 
@@ -86,14 +85,9 @@ def encode_group(tokenizer: PreTrainedTokenizerBase, group: PairGroup, max_lengt
     about 40% fewer on the curriculum). The collator's mask keeps each step from seeing the others, and each
     step's positions restart where the prefix ends (tested against separate rows)."""
     prefix, _ = encode_item(tokenizer, ScoreItem(group.question, group.prefix), max_length)
-    steps = []
-    for step in group.steps:
-        ids = list(tokenizer.encode(step, add_special_tokens=False))
-        if not ids:
-            raise InvalidInput("a step is empty: every step needs text")
-        if len(prefix) + len(ids) > max_length:
-            raise InvalidInput(f"item is {len(prefix) + len(ids)} tokens; the PPM reads at most {max_length}")
-        steps.append(ids)
+    steps = [encode_step(tokenizer, step) for step in group.steps]
+    for ids in steps:
+        require_fits(len(prefix) + len(ids), max_length)  # each step is read as if alone
     return {"prefix": prefix, "steps": steps, "preferences": list(group.preferences)}
 
 
@@ -148,7 +142,7 @@ def pair_scores(model: ProcessRewardModel, batch: dict[str, torch.Tensor]) -> tu
 
 
 class BradleyTerryTrainer(Trainer):
-    def __init__(self, *args: Any, center_coefficient: float = 0.0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, center_coefficient: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.center_coefficient = center_coefficient
 
@@ -161,8 +155,7 @@ class BradleyTerryTrainer(Trainer):
     ) -> Any:
         better, worse = pair_scores(model, inputs)
         loss = -F.logsigmoid(better - worse).mean()  # every pair of the batch weighs the same
-        if self.center_coefficient:
-            loss = loss + self.center_coefficient * ((better + worse) ** 2).mean()
+        loss = loss + self.center_coefficient * ((better + worse) ** 2).mean()
         return (loss, {"better": better, "worse": worse}) if return_outputs else loss
 
 

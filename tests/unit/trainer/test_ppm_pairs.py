@@ -51,6 +51,7 @@ def test_each_step_of_a_packed_group_scores_as_it_would_alone(tmp_path: Path) ->
     batch = GroupCollator(pad_id_of(tokenizer))([encode_group(tokenizer, g, 10_000) for g in groups])
     with torch.no_grad():
         better, worse = pair_scores(model, batch)
+
     def score(group_index: int, step: int) -> float:
         group = groups[group_index]
         return alone(model, tokenizer, group.question, (*group.prefix, group.steps[step]))
