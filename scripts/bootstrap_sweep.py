@@ -5,9 +5,17 @@
         GPU) and is scored by greedy decoding on 300 unseen level-1 problems: the program is generated up to
         `<end_of_code>`, run, and its output compared with the answer. This proxy reads a few points lower
         than `thinkmesh eval` (it has no answer step and no retries); compare rows, not absolute values.
-    python scripts/bootstrap_sweep.py ppm --policy DIR [--steps 250] [--center 0.1] [--per-step 3]
+    python scripts/bootstrap_sweep.py ppm --policy DIR [--steps 250] [--center 0.1] [--per-step 3] [--seed 0]
         One bootstrap PPM training on teacher-vs-corrupted pairs from DIR's policy; held-out pair accuracy on
         pairs of 100 problems never trained on, by kind of corruption.
+    python scripts/bootstrap_sweep.py samples --store STORE --level 3 --n 60 --seed 777 --out own.jsonl
+        The store's policy samples 16 trajectories per problem (temperature 0.8, as best-of-16 does); each
+        finished trajectory, with its correctness, is one line: what a PPM must rank for search to help.
+    python scripts/bootstrap_sweep.py ppm ... --own own.jsonl
+        Also scores those trajectories with the new PPM: best-of-16 and the score-weighted vote over the same
+        samples, and how often a right trajectory outscores a wrong one of the same problem (AUC).
+    python scripts/bootstrap_sweep.py own --ppm DIR own.jsonl
+        The same for an existing PPM (e.g. a store's models/ppm/v1).
     python scripts/bootstrap_sweep.py table sft.jsonl
         The SFT results as a Markdown table.
 """
@@ -178,25 +186,28 @@ def sweep_ppm(args: argparse.Namespace) -> None:
     from services.trainer.ppm_train import pairwise_accuracy, train_ppm
 
     config = replace(BootstrapConfig(), corruptions_per_step=args.per_step)
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     heldout, train = ppm_pairs(config)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(args.policy)
     ppm = ProcessRewardModel.from_pretrained(args.policy)
     ppm_config = replace(config.ppm, max_steps=args.steps, center_coefficient=args.center)
     metrics = train_ppm(ppm, tokenizer, train, ppm_config, progress=False)
 
-    def kind(pair: Any) -> str:
+    def kind(pair: Any) -> str:  # services.trainer.corrupt's kinds, read back from the pair
         if pair.chosen.startswith(stepfmt.ANSWER_START):
             return "answer"
         if re.sub(r"\d", "", pair.chosen) == re.sub(r"\d", "", pair.rejected):
-            return "number"
+            code = pair.rejected.split("\n")[-2]
+            in_question = set(re.findall(r"\d+", code)) <= set(re.findall(r"\d+", pair.question))
+            return "question" if in_question else "miscopy"
         if re.sub(r"[-+*/]", "", pair.chosen) == re.sub(r"[-+*/]", "", pair.rejected):
             return "operator"
-        return "variable"
+        return "variable" if pair.chosen.split("\n")[0] == pair.rejected.split("\n")[0] else "skip"
 
     by_kind = defaultdict(list)
     for pair in heldout:
         by_kind[kind(pair)].append(pair)
+    own = own_sample_metrics(ppm, tokenizer, args.own) if args.own else {}
     report = {
         "steps": args.steps,
         "center": args.center,
@@ -206,8 +217,96 @@ def sweep_ppm(args: argparse.Namespace) -> None:
         "heldout_accuracy": round(pairwise_accuracy(ppm, tokenizer, heldout), 3),
         "by_kind": {k: [len(v), round(pairwise_accuracy(ppm, tokenizer, v), 3)] for k, v in sorted(by_kind.items())},
         "train_seconds": round(metrics["seconds"], 1),
+        **own,
     }
     print(json.dumps(report))
+
+
+def sample_own(args: argparse.Namespace) -> None:
+    import asyncio
+    import logging
+
+    from services.common.store import ModelStore
+    from services.search.evaluate import EvalProblem, EvalSettings, trees_for
+    from services.search.local import local_backends
+    from services.search.orchestrator import Orchestrator, Sampling
+
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    problems = generate(args.level, args.n, seed=args.seed)
+
+    async def run() -> list[dict[str, Any]]:
+        async with local_backends(ModelStore(args.store)) as backends:
+            settings = EvalSettings(method="maj", rollouts=args.samples)
+            forest = [trees_for(EvalProblem(p.id, p.question, p.answer), settings) for p in problems]
+            await Orchestrator(backends, Sampling(temperature=0.8, max_new_tokens=256)).run(
+                [tree for trees in forest for tree in trees], seed=0
+            )
+            finished = [
+                (p, tree, node)
+                for p, trees in zip(problems, forest, strict=True)
+                for tree in trees
+                for node in tree.terminals()
+            ]
+            verdicts = await backends.grader.grade([(p.answer, node.answer or "") for p, _, node in finished])
+            return [
+                {"id": p.id, "question": p.question, "answer": node.answer or "", "correct": bool(ok),
+                 "steps": list(tree.steps_of(node.id))}
+                for (p, tree, node), ok in zip(finished, verdicts, strict=True)
+            ]
+
+    rows = asyncio.run(run())
+    Path(args.out).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    print(json.dumps({"trajectories": len(rows), "right": sum(r["correct"] for r in rows)}))
+
+
+def own_sample_metrics(ppm: Any, tokenizer: Any, path: str) -> dict[str, Any]:
+    """Best-of-N, score-weighted vote and within-problem AUC of the PPM's final-step score on sampled rows."""
+    from services.ppm.scorer import ScoreItem, encode_item
+
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    ppm.eval()
+    pad = pad_id_of(tokenizer)
+    for start in range(0, len(rows), 64):
+        chunk = rows[start : start + 64]
+        encoded = [encode_item(tokenizer, ScoreItem(r["question"], tuple(r["steps"])), 100_000) for r in chunk]
+        width = max(len(ids) for ids, _ in encoded)
+        input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(encoded), width), dtype=torch.long)
+        for i, (ids, _) in enumerate(encoded):
+            input_ids[i, : len(ids)], mask[i, : len(ids)] = torch.tensor(ids), 1
+        with torch.inference_mode():
+            scores = ppm.scores_at(input_ids, mask, [positions for _, positions in encoded])
+        for row, score in zip(chunk, scores, strict=True):
+            row["score"] = score[-1]
+    by_problem: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_problem[row["id"]].append(row)
+    best = vote = majority = found = 0
+    aucs = []
+    for group in by_problem.values():
+        best += max(group, key=lambda r: r["score"])["correct"]
+        totals: dict[str, float] = defaultdict(float)
+        counts: dict[str, int] = defaultdict(int)
+        for r in group:
+            totals[r["answer"]] += (1 + r["score"]) / 2
+            counts[r["answer"]] += 1
+        right = {r["answer"] for r in group if r["correct"]}
+        vote += max(totals, key=totals.__getitem__) in right
+        majority += max(counts, key=counts.__getitem__) in right
+        found += bool(right)
+        good = [r["score"] for r in group if r["correct"]]
+        bad = [r["score"] for r in group if not r["correct"]]
+        if good and bad:
+            aucs.append(sum((g > b) + 0.5 * (g == b) for g in good for b in bad) / (len(good) * len(bad)))
+    n = len(by_problem)
+    return {
+        "own_problems": n,
+        "own_best_of_n": round(best / n, 3),
+        "own_vote": round(vote / n, 3),
+        "own_majority": round(majority / n, 3),
+        "own_pass": round(found / n, 3),
+        "own_auc": round(sum(aucs) / len(aucs), 3) if aucs else None,
+    }
 
 
 def table(args: argparse.Namespace) -> None:
@@ -240,6 +339,18 @@ def main() -> None:
     ppm.add_argument("--steps", type=int, default=250)
     ppm.add_argument("--center", type=float, default=0.1)
     ppm.add_argument("--per-step", type=int, default=3)
+    ppm.add_argument("--seed", type=int, default=0)
+    ppm.add_argument("--own", help="a `samples` file: also score the policy's own trajectories")
+    own = sub.add_parser("samples")
+    own.add_argument("--store", required=True)
+    own.add_argument("--level", type=int, default=3)
+    own.add_argument("--n", type=int, default=60)
+    own.add_argument("--seed", type=int, default=777)
+    own.add_argument("--samples", type=int, default=16)
+    own.add_argument("--out", required=True)
+    score = sub.add_parser("own")
+    score.add_argument("--ppm", required=True)
+    score.add_argument("samples")
     tab = sub.add_parser("table")
     tab.add_argument("results")
     args = parser.parse_args()
@@ -249,6 +360,13 @@ def main() -> None:
         print(json.dumps(train_policy(json.loads(args.run), args.tokenizer_dir, args.device)), flush=True)
     elif args.command == "ppm":
         sweep_ppm(args)
+    elif args.command == "samples":
+        sample_own(args)
+    elif args.command == "own":
+        from services.ppm.model import ProcessRewardModel
+
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(args.ppm)
+        print(json.dumps(own_sample_metrics(ProcessRewardModel.from_pretrained(args.ppm), tokenizer, args.samples)))
     else:
         table(args)
 

@@ -5,7 +5,8 @@ the paper's bootstrap model):
 1. a byte-level BPE tokenizer trained on curriculum text (markers as single tokens, one token per digit);
 2. a tiny Qwen2-architecture policy fine-tuned on teacher solutions of the curriculum's easy levels;
 3. a PPM initialised from that policy, given a first cheap training: Bradley–Terry on teacher steps against
-   corrupted versions of the same steps (a wrong number, operation or variable) that share the prefix.
+   corrupted versions of the same steps that share the prefix (the mistakes the policy makes: a miscopied
+   number, another number of the question, a wrong operation or variable, a skipped move; corrupt.py).
 The trainer's rounds later replace the PPM with ones trained on search trees, as in the paper.
 Idempotent: with a current policy and PPM in the store it does nothing (unless forced).
 """
@@ -72,20 +73,21 @@ PRESET_CONFIGS = {
 
 
 def corrupted_pairs(problems: list, rng: random.Random, per_step: int = 1) -> list[StepPair]:  # type: ignore[type-arg]
-    """Teacher steps against up to `per_step` distinct corrupted versions of themselves (a wrong number,
-    operation or variable). Several per step cost little to train: they share the step's prefix."""
+    """Teacher steps against up to `per_step` distinct corrupted versions of themselves (services.trainer.
+    corrupt's kinds). Several per step cost little to train: they share the step's prefix."""
     pairs = []
     for problem in problems:
         steps = list(problem.solution)
         for index, step in enumerate(steps):
             wrongs: list[str] = []
+            following = steps[index + 1] if index + 1 < len(steps) else None
             for _ in range(3 * per_step):  # a draw may repeat an earlier one
-                wrong = corrupt_step(step, steps[:index], rng)
+                wrong = corrupt_step(step, steps[:index], rng, question=problem.question, next_step=following)
                 if wrong is None:
                     break  # nothing in this step to corrupt
-                if wrong not in wrongs:
-                    wrongs.append(wrong)
-                    pairs.append(StepPair(problem.question, tuple(steps[:index]), step, wrong))
+                if wrong.text not in wrongs:
+                    wrongs.append(wrong.text)
+                    pairs.append(StepPair(problem.question, tuple(steps[:index]), step, wrong.text))
                 if len(wrongs) == per_step:
                     break
     return pairs

@@ -1,14 +1,24 @@
 """Plausible wrong versions of a correct step, for the PPM's first (bootstrap) training.
 
-Each corruption keeps the step's shape — same comment, valid Python — and changes one thing a weak policy gets
-wrong: a number, an operation, or which variable is used. The pair (teacher step, corrupted step) shares its
-prefix, so the PPM learns to tell a right move from a near-miss before any search tree exists.
+Each corruption keeps the step's shape — a comment, valid Python — and makes one mistake of the kinds the
+tiny policy makes when it fails (sampled on problems one level above its training, most first wrong steps
+hold a number the question does not say, a number of the question that belongs elsewhere, a wrong
+operation or variable, or a move skipped):
+- "miscopy": a number copied wrongly — a digit dropped, doubled or swapped, or off by a little;
+- "question": another number of the question used instead (a distractor, or another move's number);
+- "operator": the wrong arithmetic operation;
+- "variable": an earlier variable used instead of the right one;
+- "skip": the next step written now, the move in between left out.
+A changed number is often changed in the step's comment too, as the policy does: a PPM that only compared the
+code with its own comment would miss those. The pair (teacher step, corrupted step) shares its prefix, so the
+PPM learns to tell a right move from a near-miss before any search tree exists.
 """
 
 from __future__ import annotations
 
 import random
 import re
+from dataclasses import dataclass
 
 from services.common import stepfmt
 
@@ -17,6 +27,14 @@ _OPERATORS = {"+": "-", "-": "+", "*": "/", "/": "*"}
 _OPERATOR = re.compile(r"(?<=\s)[-+*/](?=\s)")
 _ASSIGNED = re.compile(r"^\s*([A-Za-z_]\w*)\s*=", re.MULTILINE)
 _NAME = re.compile(r"\b([A-Za-z_]\w*)\b")
+
+KINDS = ("miscopy", "question", "operator", "variable", "skip")
+
+
+@dataclass(frozen=True)
+class Corruption:
+    text: str  # the wrong step
+    kind: str  # one of KINDS, or "answer" for a wrong final answer
 
 
 def _split(step: str) -> tuple[str, str, str]:
@@ -32,14 +50,31 @@ def _join(comments: str, code: str, marker: str) -> str:
     return "\n".join(part for part in (comments, code, marker) if part)
 
 
+def miscopy(value: int, rng: random.Random) -> int:
+    """`value` as a small model miscopies it: a digit dropped, doubled or two swapped, or off by a little."""
+    digits = str(value)
+    at = rng.randrange(len(digits))
+    options = [digits[:at] + digits[at] + digits[at:]]  # a digit doubled
+    if len(digits) > 1:
+        options.append(digits[:at] + digits[at + 1 :])  # a digit dropped
+        at = rng.randrange(len(digits) - 1)
+        options.append(digits[:at] + digits[at + 1] + digits[at] + digits[at + 2 :])  # two digits swapped
+    options.append(str(value + rng.choice([-2, -1, 1, 2, 10]) if value > 2 else value + rng.choice([1, 2, 3])))
+    wrong = [int(option) for option in options if int(option) != value]  # int(): "05" becomes 5
+    return rng.choice(wrong) if wrong else value + 1
+
+
+def _replace_number(text: str, old: str, new: str) -> str:
+    return re.sub(rf"(?<![\w.]){re.escape(old)}(?![\w.])", new, text)
+
+
 def change_number(code: str, rng: random.Random) -> str | None:
+    """One number of `code` miscopied."""
     numbers = list(_NUMBER.finditer(code))
     if not numbers:
         return None
     target = rng.choice(numbers)
-    value = int(target.group())
-    wrong = value + rng.choice([-2, -1, 1, 2, 10]) if value > 2 else value + rng.choice([1, 2, 3])
-    return code[: target.start()] + str(wrong) + code[target.end() :]
+    return code[: target.start()] + str(miscopy(int(target.group()), rng)) + code[target.end() :]
 
 
 def change_operator(code: str, rng: random.Random) -> str | None:
@@ -63,23 +98,64 @@ def change_variable(code: str, earlier_names: list[str], rng: random.Random) -> 
     return code[: target.start()] + rng.choice(others) + code[target.end() :]
 
 
-def corrupt_step(step: str, earlier_steps: list[str], rng: random.Random) -> str | None:
-    """A wrong variant of a code or answer step, or None when the step offers nothing to corrupt."""
+def _wrong_number(
+    comments: str, code: str, kind: str, question_numbers: list[str], rng: random.Random
+) -> tuple[str, str] | None:
+    """(comments, code) with one number of the code replaced, in the comment too half of the time."""
+    numbers = list(_NUMBER.finditer(code))
+    if not numbers:
+        return None
+    target = rng.choice(numbers)
+    old = target.group()
+    if kind == "question":
+        others = [n for n in dict.fromkeys(question_numbers) if n != old]
+        if not others:
+            return None
+        new = rng.choice(others)
+    else:
+        new = str(miscopy(int(old), rng))
+    code = code[: target.start()] + new + code[target.end() :]
+    if rng.random() < 0.5:
+        comments = _replace_number(comments, old, new)
+    return comments, code
+
+
+def _is_code_step(step: str | None) -> bool:
+    return step is not None and step.endswith((stepfmt.END_OF_STEP, stepfmt.END_OF_CODE))
+
+
+def corrupt_step(
+    step: str,
+    earlier_steps: list[str],
+    rng: random.Random,
+    *,
+    question: str = "",
+    next_step: str | None = None,
+) -> Corruption | None:
+    """A wrong variant of a code or answer step, or None when the step offers nothing to corrupt. With the
+    question, a number may be swapped for another of its numbers; with the next step, the move may be skipped."""
     if step.startswith(stepfmt.ANSWER_START):
-        return change_number(step, rng)  # a wrong final answer
-    if not step.endswith((stepfmt.END_OF_STEP, stepfmt.END_OF_CODE)):
+        wrong_answer = change_number(step, rng)  # a wrong final answer
+        return Corruption(wrong_answer, "answer") if wrong_answer is not None else None
+    if not _is_code_step(step):
         return None
     comments, code, marker = _split(step)
     earlier = [name for s in earlier_steps for name in _ASSIGNED.findall(s)]
-    moves = ["number", "operator", "variable"]
-    rng.shuffle(moves)
-    for move in moves:
-        if move == "number":
-            wrong = change_number(code, rng)
-        elif move == "operator":
-            wrong = change_operator(code, rng)
-        else:
-            wrong = change_variable(code, earlier, rng)
-        if wrong is not None and wrong != code:
-            return _join(comments, wrong, marker)
+    kinds = list(KINDS)
+    rng.shuffle(kinds)
+    for kind in kinds:
+        wrong: str | None = None
+        if kind in ("miscopy", "question"):
+            changed = _wrong_number(comments, code, kind, _NUMBER.findall(question), rng)
+            wrong = _join(changed[0], changed[1], marker) if changed else None
+        elif kind == "operator":
+            wrong_code = change_operator(code, rng)
+            wrong = _join(comments, wrong_code, marker) if wrong_code else None
+        elif kind == "variable":
+            wrong_code = change_variable(code, earlier, rng)
+            wrong = _join(comments, wrong_code, marker) if wrong_code else None
+        elif _is_code_step(next_step):
+            wrong = next_step
+        if wrong is not None and wrong != step:
+            return Corruption(wrong, kind)
     return None

@@ -36,7 +36,8 @@ class TeacherEngine:
         right = solution[k]
         texts = [right]
         while len(texts) < n:
-            texts.append(corrupt_step(right, solution[:k], self.rng) or right)
+            wrong = corrupt_step(right, solution[:k], self.rng)
+            texts.append(wrong.text if wrong else right)
         return [GeneratedStep(t, classify_end(t, True), 8, -1.0) for t in texts]
 
     async def generate(self, prompts: Sequence[StepPrompt], params: SamplingParams) -> list[list[GeneratedStep]]:

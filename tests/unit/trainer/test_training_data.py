@@ -9,7 +9,7 @@ from transformers import AutoTokenizer
 
 from services.common import stepfmt
 from services.common.store import ModelStore
-from services.trainer.corrupt import change_operator, corrupt_step
+from services.trainer.corrupt import KINDS, change_operator, corrupt_step, miscopy
 from services.trainer.sft import IGNORE, Trajectory, encode_trajectory
 from support.tiny_models import QUESTION, STEPS, publish_micro_models
 
@@ -34,16 +34,17 @@ def test_corrupted_steps_stay_valid_python_and_differ() -> None:
     seen = set()
     for _ in range(30):
         wrong = corrupt_step(step, earlier, rng)
-        assert wrong is not None and wrong != step
-        assert wrong.startswith("# total cost\n") and wrong.endswith(stepfmt.END_OF_STEP)
-        compile(stepfmt.program_of([wrong]), "<corrupted>", "exec")
-        seen.add(wrong)
-    assert len(seen) >= 3  # numbers, operators and variables all get changed
+        assert wrong is not None and wrong.text != step
+        assert wrong.text.startswith("# total cost\n") and wrong.text.endswith(stepfmt.END_OF_STEP)
+        compile(stepfmt.program_of([wrong.text]), "<corrupted>", "exec")
+        seen.add(wrong.kind)
+    assert seen == {"operator", "variable"}  # no number in the code, no question, no next step
 
 
 def test_answer_steps_get_a_wrong_number() -> None:
     wrong = corrupt_step(stepfmt.render_answer("42"), [], random.Random(1))
-    assert wrong is not None and "\\boxed{42}" not in wrong and wrong.startswith(stepfmt.ANSWER_START)
+    assert wrong is not None and wrong.kind == "answer"
+    assert "\\boxed{42}" not in wrong.text and wrong.text.startswith(stepfmt.ANSWER_START)
 
 
 def test_steps_without_anything_to_change_are_skipped() -> None:
@@ -57,4 +58,33 @@ def test_a_reassigned_variable_is_not_swapped_with_itself() -> None:
     step = stepfmt.render_step("sell more", "rolls = rolls - 3")
     for seed in range(20):
         wrong = corrupt_step(step, earlier, random.Random(seed))
-        assert wrong is not None and wrong != step  # a number or the operator changed instead
+        assert wrong is not None and wrong.text != step  # a number or the operator changed instead
+
+
+def test_miscopied_numbers_look_like_a_small_models_slips() -> None:
+    slips = {miscopy(105, random.Random(seed)) for seed in range(200)}
+    assert 105 not in slips
+    assert {10, 15, 5} & slips  # a digit dropped ("05" reads as 5)
+    assert {1105, 1005, 1055} & slips  # a digit doubled
+    assert {15, 150} & slips  # two digits swapped
+    assert {103, 104, 106, 107, 115} & slips  # off by a little
+    assert miscopy(7, random.Random(0)) != 7 and miscopy(11, random.Random(0)) != 11
+
+
+def test_every_kind_appears_and_stays_valid_python() -> None:
+    question = "Ben has 105 mangoes. Fiona has 34 umbrellas. He gets 25 more mangoes."
+    earlier = [stepfmt.render_step("105 mangoes", "mangoes = 105")]
+    step = stepfmt.render_step("25 more mangoes", "mangoes = mangoes + 25")
+    following = stepfmt.render_step("print the answer", "print(mangoes)", last=True)
+    kinds: dict[str, set[str]] = {}
+    for seed in range(200):
+        wrong = corrupt_step(step, earlier, random.Random(seed), question=question, next_step=following)
+        assert wrong is not None and wrong.text != step
+        compile(stepfmt.program_of([*earlier, wrong.text]), "<corrupted>", "exec")
+        kinds.setdefault(wrong.kind, set()).add(wrong.text)
+    assert set(kinds) == set(KINDS) - {"variable"}  # one earlier name: nothing to swap it with
+    assert kinds["skip"] == {following}
+    assert {t.split("\n")[1] for t in kinds["question"]} == {"mangoes = mangoes + 105", "mangoes = mangoes + 34"}
+    # the comment follows a changed number some of the time, and some of the time it keeps the right one
+    comments = {t.split("\n")[0] for t in kinds["miscopy"] | kinds["question"]}
+    assert "# 25 more mangoes" in comments and len(comments) > 1
