@@ -18,11 +18,17 @@ RUNTIME_STAMP := $(VENV)/.installed-runtime
 venv: $(STAMP)
 
 # Re-installs only when pyproject.toml changes; the stamps make the targets idempotent.
+# torch comes from pip first (see TORCH); everything else from uv, which resolves and downloads in parallel
+# where pip asks the index one package at a time (the runtime extra: ≈ 5 s instead of ≈ 35 s). The byte-code is
+# compiled once at the end, on every core: processes started with PYTHONDONTWRITEBYTECODE would otherwise
+# compile torch and transformers again each time. (compileall fails on a few data files shipped as .py: ignored.)
+SITE_PACKAGES = $$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 define install_extras
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[$(1)]"
+	$(BIN)/python -m pip install -q --no-compile $(TORCH)
+	$(BIN)/python -m pip install -q --no-compile uv
+	$(BIN)/uv pip install -q --python $(BIN)/python -e ".[$(1)]"
+	-@$(BIN)/python -m compileall -q -j 0 "$(SITE_PACKAGES)" > /dev/null 2>&1
 	@touch $@
 endef
 
