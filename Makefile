@@ -28,7 +28,7 @@ define install_extras
 	$(BIN)/python -m pip install -q --no-compile $(TORCH)
 	$(BIN)/python -m pip install -q --no-compile uv
 	$(BIN)/uv pip install -q --python $(BIN)/python -e ".[$(1)]"
-	-@$(BIN)/python -m compileall -q -j 0 "$(SITE_PACKAGES)" > /dev/null 2>&1
+	@$(BIN)/python -m compileall -q -j 0 "$(SITE_PACKAGES)" > /dev/null 2>&1 || true
 	@touch $@
 endef
 
