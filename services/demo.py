@@ -34,22 +34,26 @@ def say(line: str) -> None:
 
 
 async def solve_all(address: str, problems: list) -> list[tuple[Any, float]]:  # type: ignore[type-arg]
+    from tqdm import tqdm
+
     from services.common.channels import open_channel
     from thinkmesh.v1 import search_pb2, search_pb2_grpc
 
     async with open_channel(address) as channel:
         stub = search_pb2_grpc.SearchServiceStub(channel)
 
-        async def one(problem: Any) -> tuple[Any, float]:
+        async def one(problem: Any, bar: tqdm) -> tuple[Any, float]:
             started = time.monotonic()
             reply = await stub.Solve(
                 search_pb2.SolveRequest(problem=problem.question, rollouts=ROLLOUTS),
                 timeout=900,
                 wait_for_ready=True,
             )
+            bar.update()
             return reply, time.monotonic() - started
 
-        return list(await asyncio.gather(*(one(p) for p in problems)))
+        with tqdm(total=len(problems), desc="solved", unit="problem") as bar:
+            return list(await asyncio.gather(*(one(p, bar) for p in problems)))
 
 
 def fresh_copy(store: ModelStore) -> Path:

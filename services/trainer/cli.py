@@ -42,6 +42,18 @@ def _bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _levels(text: str) -> tuple[int, ...]:
+    from services.trainer.curriculum import LEVELS
+
+    try:
+        levels = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"levels are comma-separated numbers, not {text!r}") from None
+    if not levels or any(level not in LEVELS for level in levels):
+        raise argparse.ArgumentTypeError(f"levels must be among {sorted(LEVELS)}, not {text!r}")
+    return levels
+
+
 def _evolve(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -61,7 +73,9 @@ def _evolve(args: argparse.Namespace) -> int:
     stack = LocalStack(state_dir, announce=lambda line: print(line, file=sys.stderr, flush=True))
     store = ModelStore(stack.store)
     bootstrap(store, config_for(args.bootstrap_preset, seed=0))
-    config = preset(args.preset, pool_size=args.pool, rollouts=args.rollouts, seed=args.seed)
+    config = preset(
+        args.preset, pool_size=args.pool, pool_levels=args.pool_levels, rollouts=args.rollouts, seed=args.seed
+    )
     bars = StageBars()
 
     try:
@@ -105,6 +119,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     evolve.add_argument("--rounds", type=int, default=3)
     evolve.add_argument("--preset", choices=("default", "demo", "tiny"), default="default")
     evolve.add_argument("--pool", type=int, default=None, help="problems per round (default: the preset's)")
+    evolve.add_argument(
+        "--pool-levels",
+        type=_levels,
+        default=None,
+        metavar="L[,L…]",
+        help="curriculum levels of the pool, a repeat weighting a level (default: around the frontier)",
+    )
     evolve.add_argument("--rollouts", type=int, default=None)
     evolve.add_argument("--seed", type=int, default=None)
     evolve.add_argument("--state-dir", default=".thinkmesh", help="store, broker and logs (default ./.thinkmesh)")

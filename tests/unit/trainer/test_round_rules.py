@@ -66,3 +66,19 @@ def test_stage_bars_keep_one_bar_per_stage() -> None:
     assert len(bars.bars) == 2 and sft.n == 3 and sft.total == 3 and sft.desc == "round 1 sft"
     bars.close()
     assert bars.bars == {}
+
+
+def test_evolve_takes_pool_levels_from_the_command_line() -> None:
+    import argparse
+
+    import pytest
+
+    from services.trainer.cli import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    assert parser.parse_args(["evolve", "--pool-levels", "3,3,4"]).pool_levels == (3, 3, 4)
+    assert parser.parse_args(["evolve"]).pool_levels is None  # the preset's: around the frontier
+    for bad in ("3,x", "0", "6", ""):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["evolve", "--pool-levels", bad])
