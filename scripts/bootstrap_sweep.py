@@ -261,23 +261,15 @@ def sample_own(args: argparse.Namespace) -> None:
 
 def own_sample_metrics(ppm: Any, tokenizer: Any, path: str) -> dict[str, Any]:
     """Best-of-N, score-weighted vote and within-problem AUC of the PPM's final-step score on sampled rows."""
-    from services.ppm.scorer import ScoreItem, encode_item
+    from services.ppm.scorer import ScoreItem, encode_item, score_encoded
 
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     ppm.eval()
-    pad = pad_id_of(tokenizer)
     for start in range(0, len(rows), 64):
         chunk = rows[start : start + 64]
         encoded = [encode_item(tokenizer, ScoreItem(r["question"], tuple(r["steps"])), 100_000) for r in chunk]
-        width = max(len(ids) for ids, _ in encoded)
-        input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(encoded), width), dtype=torch.long)
-        for i, (ids, _) in enumerate(encoded):
-            input_ids[i, : len(ids)], mask[i, : len(ids)] = torch.tensor(ids), 1
-        with torch.inference_mode():
-            scores = ppm.scores_at(input_ids, mask, [positions for _, positions in encoded])
-        for row, score in zip(chunk, scores, strict=True):
-            row["score"] = score[-1]
+        for row, scores in zip(chunk, score_encoded(ppm, encoded, pad_id_of(tokenizer)), strict=True):
+            row["score"] = scores[-1]
     by_problem: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_problem[row["id"]].append(row)

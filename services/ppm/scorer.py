@@ -66,6 +66,25 @@ def encode_item(tokenizer: object, item: ScoreItem, max_length: int) -> tuple[li
     return ids, positions
 
 
+def score_encoded(
+    model: ProcessRewardModel,
+    encoded: Sequence[tuple[list[int], list[int]]],
+    pad_id: int,
+    *,
+    device: str = "cpu",
+    bf16_on_cpu: bool = False,
+) -> list[list[float]]:
+    """Each item's step scores, for items from `encode_item`, run as one right-padded batch."""
+    width = max(len(ids) for ids, _ in encoded)
+    input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, (ids, _) in enumerate(encoded):
+        input_ids[row, : len(ids)] = torch.tensor(ids)  # right padding: positions stay as computed
+        mask[row, : len(ids)] = 1
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_on_cpu):
+        return model.scores_at(input_ids.to(device), mask.to(device), [p for _, p in encoded])
+
+
 class HFScorer:
     def __init__(
         self, model_dir: Path, version: str, *, device: str = "auto", batch_window_ms: float = 5.0, max_batch: int = 32
@@ -110,14 +129,7 @@ class HFScorer:
         return [e if isinstance(e, InvalidInput) else next(scores) for e in encoded]
 
     def _forward(self, encoded: list[tuple[list[int], list[int]]]) -> list[list[float]]:
-        width = max(len(ids) for ids, _ in encoded)
-        input_ids = torch.full((len(encoded), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(encoded), width), dtype=torch.long)
-        for row, (ids, _) in enumerate(encoded):
-            input_ids[row, : len(ids)] = torch.tensor(ids)  # right padding: positions stay as computed
-            mask[row, : len(ids)] = 1
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self._autocast):
-            return self.model.scores_at(input_ids.to(self.device), mask.to(self.device), [p for _, p in encoded])
+        return score_encoded(self.model, encoded, self.pad_id, device=self.device, bf16_on_cpu=self._autocast)
 
     async def close(self) -> None:
         await self.batcher.close()

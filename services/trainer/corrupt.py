@@ -68,44 +68,42 @@ def _replace_number(text: str, old: str, new: str) -> str:
     return re.sub(rf"(?<![\w.]){re.escape(old)}(?![\w.])", new, text)
 
 
+def _pick(matches: list[re.Match[str]], rng: random.Random) -> re.Match[str] | None:
+    return rng.choice(matches) if matches else None
+
+
+def _splice(text: str, target: re.Match[str], new: str) -> str:
+    return text[: target.start()] + new + text[target.end() :]
+
+
 def change_number(code: str, rng: random.Random) -> str | None:
     """One number of `code` miscopied."""
-    numbers = list(_NUMBER.finditer(code))
-    if not numbers:
-        return None
-    target = rng.choice(numbers)
-    return code[: target.start()] + str(miscopy(int(target.group()), rng)) + code[target.end() :]
+    target = _pick(list(_NUMBER.finditer(code)), rng)
+    return _splice(code, target, str(miscopy(int(target.group()), rng))) if target else None
 
 
 def change_operator(code: str, rng: random.Random) -> str | None:
-    operators = list(_OPERATOR.finditer(code))
-    if not operators:
-        return None
-    target = rng.choice(operators)
-    return code[: target.start()] + _OPERATORS[target.group()] + code[target.end() :]
+    target = _pick(list(_OPERATOR.finditer(code)), rng)
+    return _splice(code, target, _OPERATORS[target.group()]) if target else None
 
 
 def change_variable(code: str, earlier_names: list[str], rng: random.Random) -> str | None:
     names = list(dict.fromkeys(earlier_names))  # a variable reassigned in several steps is one name
     assigned = set(_ASSIGNED.findall(code))
-    used = [m for m in _NAME.finditer(code) if m.group(1) in names and m.group(1) not in assigned]
-    if not used:
+    target = _pick([m for m in _NAME.finditer(code) if m.group(1) in names and m.group(1) not in assigned], rng)
+    if target is None:
         return None
-    target = rng.choice(used)
     others = [name for name in names if name != target.group(1)]
-    if not others:
-        return None
-    return code[: target.start()] + rng.choice(others) + code[target.end() :]
+    return _splice(code, target, rng.choice(others)) if others else None
 
 
 def _wrong_number(
     comments: str, code: str, kind: str, question_numbers: list[str], rng: random.Random
 ) -> tuple[str, str] | None:
     """(comments, code) with one number of the code replaced, in the comment too half of the time."""
-    numbers = list(_NUMBER.finditer(code))
-    if not numbers:
+    target = _pick(list(_NUMBER.finditer(code)), rng)
+    if target is None:
         return None
-    target = rng.choice(numbers)
     old = target.group()
     if kind == "question":
         others = [n for n in dict.fromkeys(question_numbers) if n != old]
@@ -114,10 +112,20 @@ def _wrong_number(
         new = rng.choice(others)
     else:
         new = str(miscopy(int(old), rng))
-    code = code[: target.start()] + new + code[target.end() :]
+    code = _splice(code, target, new)
     if rng.random() < 0.5:
         comments = _replace_number(comments, old, new)
     return comments, code
+
+
+def _changed(
+    kind: str, comments: str, code: str, earlier: list[str], question_numbers: list[str], rng: random.Random
+) -> tuple[str, str] | None:
+    """(comments, code) of a code step with one mistake of `kind` (any kind but "skip"), or None."""
+    if kind in ("miscopy", "question"):
+        return _wrong_number(comments, code, kind, question_numbers, rng)
+    wrong_code = change_operator(code, rng) if kind == "operator" else change_variable(code, earlier, rng)
+    return (comments, wrong_code) if wrong_code is not None else None
 
 
 def _is_code_step(step: str | None) -> bool:
@@ -141,21 +149,15 @@ def corrupt_step(
         return None
     comments, code, marker = _split(step)
     earlier = [name for s in earlier_steps for name in _ASSIGNED.findall(s)]
+    question_numbers = _NUMBER.findall(question)
     kinds = list(KINDS)
     rng.shuffle(kinds)
     for kind in kinds:
-        wrong: str | None = None
-        if kind in ("miscopy", "question"):
-            changed = _wrong_number(comments, code, kind, _NUMBER.findall(question), rng)
-            wrong = _join(changed[0], changed[1], marker) if changed else None
-        elif kind == "operator":
-            wrong_code = change_operator(code, rng)
-            wrong = _join(comments, wrong_code, marker) if wrong_code else None
-        elif kind == "variable":
-            wrong_code = change_variable(code, earlier, rng)
-            wrong = _join(comments, wrong_code, marker) if wrong_code else None
-        elif _is_code_step(next_step):
-            wrong = next_step
+        if kind == "skip":
+            wrong = next_step if _is_code_step(next_step) else None
+        else:
+            changed = _changed(kind, comments, code, earlier, question_numbers, rng)
+            wrong = _join(*changed, marker) if changed else None
         if wrong is not None and wrong != step:
             return Corruption(wrong, kind)
     return None
