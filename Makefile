@@ -18,10 +18,10 @@ RUNTIME_STAMP := $(VENV)/.installed-runtime
 venv: $(STAMP)
 
 # Re-installs only when pyproject.toml changes; the stamps make the targets idempotent.
-# torch comes from pip first (see TORCH); everything else from uv, which resolves and downloads in parallel
-# where pip asks the index one package at a time (the runtime extra: ≈ 5 s instead of ≈ 35 s). The byte-code is
-# compiled once at the end, on every core: processes started with PYTHONDONTWRITEBYTECODE would otherwise
-# compile torch and transformers again each time. (compileall fails on a few data files shipped as .py: ignored.)
+# torch comes from pip first (see TORCH); everything else from uv, which resolves and downloads in parallel where
+# pip asks the index one package at a time (the runtime install: 36 s instead of 65 s, docs/benchmarks.md). The
+# byte-code is compiled once at the end, on every core: processes started with PYTHONDONTWRITEBYTECODE would
+# otherwise compile torch and transformers again each time. (compileall fails on a few data files shipped as .py.)
 SITE_PACKAGES = $$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 define install_extras
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
