@@ -1,9 +1,10 @@
-"""The `hf` backend: transformers generate() on CPU or GPU, with concurrent requests merged into one batch.
+"""The `hf` backend: transformers models on CPU or GPU, with concurrent requests merged into one batch.
 
-Requests that arrive within a short window (`batch_window_ms`) run as one padded generate() call (see
+Requests that arrive within a short window (`batch_window_ms`) run as one padded batch (see
 services.common.batching): on a CPU a batch of 16 sequences costs little more wall time than one, which is
-where the throughput comes from. Markers that are single tokens stop generation exactly (the tiny models);
-otherwise transformers' stop strings do.
+where the throughput comes from. When every step marker is a single token (the embedded models) the batch runs
+in our own sampling loop (services.policy.decoding: each prompt encoded once for all its candidates, finished
+candidates leave the batch); otherwise in transformers' generate() with stop strings.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from services.common import stepfmt
 from services.common.batching import MicroBatcher
 from services.common.errors import InvalidInput
+from services.policy.decoding import sample_candidates
 from services.policy.engine import GeneratedStep, SamplingParams, StepPrompt, classify_end, cut_at_stop
 
 log = logging.getLogger(__name__)
@@ -111,18 +113,64 @@ class HFEngine:
         return await self.batcher.submit(_Request(prompts, params))
 
     def _generate_group(self, group: list[_Request]) -> list[list[list[GeneratedStep]]]:
-        params = group[0].params
-        texts = [
-            self.render(prompt) for request in group for prompt in request.prompts for _ in range(request.params.n)
-        ]
+        prompts = [(self.render(prompt), request.params.n) for request in group for prompt in request.prompts]
+        seed = next((r.params.seed for r in group if r.params.seed is not None), None)
+        sample = self._sample if self._stop_ids is not None else self._sample_with_generate
+        candidates = iter(sample(prompts, group[0].params, seed))
+        # Back from the flat prompt list to request → prompt → n candidates.
+        return [[next(candidates) for _ in request.prompts] for request in group]
+
+    def _encode(self, texts: list[str], max_new_tokens: int) -> tuple[dict[str, torch.Tensor], int]:
         encoded = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         prompt_length = encoded["input_ids"].shape[1]
-        budget = min(params.max_new_tokens, self.max_positions - prompt_length)
+        budget = min(max_new_tokens, self.max_positions - prompt_length)
         if budget <= 0:
             raise InvalidInput(
                 f"prompt is {prompt_length} tokens; the model's context is {self.max_positions}: no room to generate"
             )
-        seed = next((r.params.seed for r in group if r.params.seed is not None), None)
+        return {name: tensor.to(self.device) for name, tensor in encoded.items()}, budget
+
+    def _sample(
+        self, prompts: list[tuple[str, int]], params: SamplingParams, seed: int | None
+    ) -> list[list[GeneratedStep]]:
+        """Our own loop (services.policy.decoding): each distinct prompt encoded once, finished rows dropped."""
+        first_row: dict[str, int] = {}
+        for text, _ in prompts:
+            first_row.setdefault(text, len(first_row))
+        counts = [0] * len(first_row)
+        for text, n in prompts:
+            counts[first_row[text]] += n
+        encoded, budget = self._encode(list(first_row), params.max_new_tokens)
+        generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self._autocast):
+            sampled = sample_candidates(
+                self.model,
+                encoded["input_ids"],
+                encoded["attention_mask"],
+                counts=counts,
+                max_new_tokens=budget,
+                stop_ids=self._stop_ids or [],
+                temperature=params.temperature,
+                top_p=params.top_p,
+                generator=generator,
+            )
+        # A distinct prompt's rows are consecutive; hand them out in order to the prompts that asked for them.
+        next_row = [0] * len(counts)
+        for index in range(1, len(counts)):
+            next_row[index] = next_row[index - 1] + counts[index - 1]
+        candidates = []
+        for text, n in prompts:
+            row = next_row[first_row[text]]
+            next_row[first_row[text]] += n
+            candidates.append([self._to_step(s.token_ids, s.logprob) for s in sampled[row : row + n]])
+        return candidates
+
+    def _sample_with_generate(
+        self, prompts: list[tuple[str, int]], params: SamplingParams, seed: int | None
+    ) -> list[list[GeneratedStep]]:
+        """transformers' generate() with stop strings: for tokenizers whose step markers span several tokens."""
+        texts = [text for text, n in prompts for _ in range(n)]
+        encoded, budget = self._encode(texts, params.max_new_tokens)
         if seed is not None:
             torch.manual_seed(seed)
         sampling: dict[str, Any] = (
@@ -130,52 +178,32 @@ class HFEngine:
             if params.temperature > 0
             else {"do_sample": False}
         )
-        stopping: dict[str, Any] = (
-            {"eos_token_id": self._stop_ids}
-            if self._stop_ids is not None
-            else {"stop_strings": list(stepfmt.STOP_STRINGS), "tokenizer": self.tokenizer}
-        )
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self._autocast):
             output = self.model.generate(
-                input_ids=encoded["input_ids"].to(self.device),
-                attention_mask=encoded["attention_mask"].to(self.device),
+                **encoded,
                 max_new_tokens=budget,
                 pad_token_id=self.tokenizer.pad_token_id,
                 return_dict_in_generate=True,
                 output_scores=True,
+                stop_strings=list(stepfmt.STOP_STRINGS),
+                tokenizer=self.tokenizer,
                 **sampling,
-                **stopping,
             )
-        generated = output.sequences[:, prompt_length:]
+        prompt_length = encoded["input_ids"].shape[1]
         scores = self.model.compute_transition_scores(output.sequences, output.scores, normalize_logits=True)
-        steps = [self._to_step(generated[row], scores[row]) for row in range(generated.shape[0])]
-        # Split the flat rows back into request → prompt → n candidates.
-        results: list[list[list[GeneratedStep]]] = []
-        cursor = 0
-        for request in group:
-            per_prompt = []
-            for _ in request.prompts:
-                per_prompt.append(steps[cursor : cursor + request.params.n])
-                cursor += request.params.n
-            results.append(per_prompt)
-        return results
+        steps = []
+        for row in range(len(texts)):
+            ids = output.sequences[row, prompt_length:].tolist()
+            if self.tokenizer.pad_token_id in ids:  # finished early in the batch: the rest is padding
+                ids = ids[: ids.index(self.tokenizer.pad_token_id)]
+            steps.append(self._to_step(ids, float(scores[row, : len(ids)].float().sum())))
+        rows = iter(steps)
+        return [[next(rows) for _ in range(n)] for _, n in prompts]
 
-    def _to_step(self, tokens: torch.Tensor, scores: torch.Tensor) -> GeneratedStep:
-        ids = tokens.tolist()
-        pad = self.tokenizer.pad_token_id
-        stops = set(self._stop_ids or [])
-        length = len(ids)
-        for index, token in enumerate(ids):
-            if token in stops:
-                length = index + 1
-                break
-            if token == pad:  # finished early in the batch: the rest is padding
-                length = index
-                break
-        text = str(self.tokenizer.decode(ids[:length], skip_special_tokens=False))
+    def _to_step(self, ids: list[int], logprob: float) -> GeneratedStep:
+        text = str(self.tokenizer.decode(ids, skip_special_tokens=False))
         text, by_marker = cut_at_stop(text)
-        logprob = float(scores[:length].float().sum()) if length else 0.0
-        return GeneratedStep(text=text, end=classify_end(text, by_marker), num_tokens=length, logprob=logprob)
+        return GeneratedStep(text=text, end=classify_end(text, by_marker), num_tokens=len(ids), logprob=logprob)
 
     async def close(self) -> None:
         await self.batcher.close()

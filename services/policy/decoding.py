@@ -1,0 +1,119 @@
+"""A sampling loop for one batch of step prompts, n candidates each, that does only the work the search needs.
+
+transformers' `generate()` would encode each prompt n times (`num_return_sequences` repeats the rows before
+the forward pass) and keep computing every row until the longest candidate ends. A search tick sends dozens
+of prompts of 100–300 tokens, each for n candidate steps of 10–40 tokens, so on a CPU both costs dominate:
+this loop encodes each prompt once, copies its key/value cache once per candidate, and drops a row from the
+batch as soon as its candidate draws a stop token. It needs stop markers that are single tokens (the embedded
+models'); otherwise the engine falls back to `generate()` with stop strings.
+
+Sampling is the same as `generate()`'s: temperature, then nucleus (top-p) filtering, then one multinomial draw;
+a temperature of 0 is greedy. Each token's log-probability is taken from the filtered distribution it was drawn
+from (what `compute_transition_scores(normalize_logits=True)` reports).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class Sampled:
+    token_ids: list[int]  # up to and including the stop token, if one was drawn
+    logprob: float  # sum over token_ids
+
+
+def filter_logits(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """Scaled by temperature, with the tokens outside the top-p nucleus set to -inf (at least one kept)."""
+    scaled = logits / temperature
+    if top_p >= 1.0:
+        return scaled
+    ordered, order = torch.sort(scaled, dim=-1, descending=False)
+    cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
+    outside = cumulative <= 1 - top_p
+    outside[..., -1] = False  # the most likely token always stays
+    return scaled.masked_fill(outside.scatter(-1, order, outside), float("-inf"))
+
+
+def _cache_argument(model: torch.nn.Module) -> str:
+    """transformers ≥ 5.24 names the key/value cache `cache`; earlier versions `past_key_values`."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _draw(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per row and its log-probability."""
+    if temperature <= 0:
+        logprobs = logits.log_softmax(dim=-1)
+        tokens = logprobs.argmax(dim=-1)
+    else:
+        logprobs = filter_logits(logits, temperature, top_p).log_softmax(dim=-1)
+        tokens = torch.multinomial(logprobs.exp(), 1, generator=generator).squeeze(1)
+    return tokens, logprobs.gather(1, tokens[:, None]).squeeze(1)
+
+
+def sample_candidates(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    counts: Sequence[int],
+    max_new_tokens: int,
+    stop_ids: Sequence[int],
+    temperature: float,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> list[Sampled]:
+    """counts[i] sampled continuations of left-padded prompt row i, in row order (a prompt's in a row).
+
+    Call under `torch.inference_mode()` (and autocast, if wanted).
+    """
+    # Positions count real tokens only, so a left-padded row reads exactly as it would alone.
+    positions = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
+    prefill = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True, logits_to_keep=1
+    )
+    cache_name = _cache_argument(model)
+    cache: Any = getattr(prefill, cache_name)
+    device = input_ids.device
+    # Each prompt's cache and last logits, copied once per candidate.
+    copies = torch.repeat_interleave(torch.tensor(list(counts), device=device))
+    cache.batch_select_indices(copies)
+    logits = prefill.logits[copies, -1, :].float()
+    mask = attention_mask[copies]
+    next_position = mask.sum(dim=-1)
+
+    rows = copies.shape[0]
+    token_ids: list[list[int]] = [[] for _ in range(rows)]
+    logprobs = [0.0] * rows
+    live = torch.arange(rows, device=device)  # the original row of each row still in the batch
+    stops = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
+    for step in range(max_new_tokens):
+        tokens, token_logprobs = _draw(logits, temperature, top_p, generator)
+        for row, token, logprob in zip(live.tolist(), tokens.tolist(), token_logprobs.tolist(), strict=True):
+            token_ids[row].append(token)
+            logprobs[row] += logprob
+        going_on = ~torch.isin(tokens, stops)
+        if step == max_new_tokens - 1 or not bool(going_on.any()):
+            break
+        if not bool(going_on.all()):
+            keep = going_on.nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            live, tokens, mask, next_position = live[keep], tokens[keep], mask[keep], next_position[keep]
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+        output = model(
+            input_ids=tokens[:, None],
+            attention_mask=mask,
+            position_ids=next_position[:, None],
+            use_cache=True,
+            **{cache_name: cache},
+        )
+        next_position = next_position + 1
+        logits = output.logits[:, -1, :].float()
+    return [Sampled(ids, logprob) for ids, logprob in zip(token_ids, logprobs, strict=True)]
