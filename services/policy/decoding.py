@@ -69,16 +69,21 @@ def sample_candidates(
     temperature: float,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
+    bf16_prefill_on_cpu: bool = False,
 ) -> list[Sampled]:
     """counts[i] sampled continuations of left-padded prompt row i, in row order (a prompt's in a row).
 
-    Call under `torch.inference_mode()` (and autocast, if wanted).
+    Call under `torch.inference_mode()`. `bf16_prefill_on_cpu` encodes the prompts under bf16 autocast: on CPUs
+    with bf16 matrix units that is faster for the prompts' long sequences, while the one-token steps after it are
+    faster in fp32 (2-core Xeon, 3.3M model: a call for 8 prompts × 4 candidates 290 ms all-bf16, 250 ms all-fp32,
+    202 ms mixed). The bf16 keys and values of the prompts become fp32 at the first step's concatenation.
     """
     # Positions count real tokens only, so a left-padded row reads exactly as it would alone.
     positions = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
-    prefill = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True, logits_to_keep=1
-    )
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_prefill_on_cpu):
+        prefill = model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True, logits_to_keep=1
+        )
     cache_name = _cache_argument(model)
     cache: Any = getattr(prefill, cache_name)
     device = input_ids.device
