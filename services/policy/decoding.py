@@ -75,8 +75,8 @@ def sample_candidates(
 
     Call under `torch.inference_mode()`. `bf16_prefill_on_cpu` encodes the prompts under bf16 autocast: on CPUs
     with bf16 matrix units that is faster for the prompts' long sequences, while the one-token steps after it are
-    faster in fp32 (2-core Xeon, 3.3M model: a call for 8 prompts × 4 candidates 290 ms all-bf16, 250 ms all-fp32,
-    202 ms mixed). The bf16 keys and values of the prompts become fp32 at the first step's concatenation.
+    faster in fp32 (docs/benchmarks.md). The prompts' bf16 keys and values become fp32 at the first step's
+    concatenation.
     """
     # Positions count real tokens only, so a left-padded row reads exactly as it would alone.
     positions = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
