@@ -261,14 +261,14 @@ def sample_own(args: argparse.Namespace) -> None:
 
 def own_sample_metrics(ppm: Any, tokenizer: Any, path: str) -> dict[str, Any]:
     """Best-of-N, score-weighted vote and within-problem AUC of the PPM's final-step score on sampled rows."""
-    from services.ppm.scorer import ScoreItem, encode_item, score_encoded
+    from services.ppm.scorer import ScoreItem, encode_packable, score_packed
 
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     ppm.eval()
     for start in range(0, len(rows), 64):
         chunk = rows[start : start + 64]
-        encoded = [encode_item(tokenizer, ScoreItem(r["question"], tuple(r["steps"])), 100_000) for r in chunk]
-        for row, scores in zip(chunk, score_encoded(ppm, encoded, pad_id_of(tokenizer)), strict=True):
+        encoded = [encode_packable(tokenizer, ScoreItem(r["question"], tuple(r["steps"])), 100_000) for r in chunk]
+        for row, scores in zip(chunk, score_packed(ppm, encoded, pad_id_of(tokenizer)), strict=True):
             row["score"] = scores[-1]
     by_problem: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:

@@ -1,8 +1,9 @@
 """Step scoring in domain terms, and the transformers-based scorer.
 
-One forward pass per item scores every step: the input is the prompt followed by each step, tokenised piece by
-piece so the position of each step's last token is exact, and the value head is read there. Concurrent
-requests are merged into one padded batch (services.common.batching).
+One forward pass scores every step of an item: the input is the prompt followed by each step, tokenised piece
+by piece so the position of each step's last token is exact, and the value head is read there. Concurrent
+requests are merged into one padded batch (services.common.batching), in which items that differ only in their
+last step (a search node's new children) share one row (services.ppm.packing).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from services.common.batching import MicroBatcher
 from services.common.errors import InvalidInput
 from services.policy.hf_engine import cpu_supports_bf16, pick_device
 from services.ppm.model import ProcessRewardModel
+from services.ppm.packing import PackedRow, pack
 
 
 @dataclass(frozen=True)
@@ -66,23 +68,45 @@ def encode_item(tokenizer: object, item: ScoreItem, max_length: int) -> tuple[li
     return ids, positions
 
 
-def score_encoded(
+def encode_packable(tokenizer: object, item: ScoreItem, max_length: int) -> tuple[list[int], list[int], list[int]]:
+    """An item as (prefix ids, its steps' last-token indices, the last step's ids): prefix + last step is exactly
+    `encode_item`'s sequence, so items that differ only in their last step can share the prefix in one row."""
+    if not item.steps:
+        raise InvalidInput("an item has no steps: there is nothing to score")
+    prefix, positions = encode_item(tokenizer, ScoreItem(item.question, item.steps[:-1]), max_length)
+    last = encode_step(tokenizer, item.steps[-1])
+    require_fits(len(prefix) + len(last), max_length)
+    return prefix, positions, last
+
+
+def score_packed(
     model: ProcessRewardModel,
-    encoded: Sequence[tuple[list[int], list[int]]],
+    encoded: Sequence[tuple[list[int], list[int], list[int]]],
     pad_id: int,
     *,
     device: str = "cpu",
     bf16_on_cpu: bool = False,
 ) -> list[list[float]]:
-    """Each item's step scores, for items from `encode_item`, run as one right-padded batch."""
-    width = max(len(ids) for ids, _ in encoded)
-    input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for row, (ids, _) in enumerate(encoded):
-        input_ids[row, : len(ids)] = torch.tensor(ids)  # right padding: positions stay as computed
-        mask[row, : len(ids)] = 1
+    """Each item's step scores, for items from `encode_packable`: items with the same prefix (a node's new
+    children) share one row (services.ppm.packing)."""
+    row_of: dict[tuple[int, ...], int] = {}
+    rows: list[PackedRow] = []
+    placement = []  # per item: its row and its continuation's index there
+    for prefix, _, last in encoded:
+        row = row_of.setdefault(tuple(prefix), len(rows))
+        if row == len(rows):
+            rows.append(PackedRow(prefix, []))
+        placement.append((row, len(rows[row].continuations)))
+        rows[row].continuations.append(last)
+    packed = pack(rows, pad_id)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_on_cpu):
-        return model.scores_at(input_ids.to(device), mask.to(device), [p for _, p in encoded])
+        per_token = model(
+            packed.input_ids.to(device), packed.attention_mask.to(device), packed.position_ids.to(device)
+        ).cpu()
+    return [
+        [float(per_token[row, p]) for p in positions] + [float(per_token[row, packed.ends[row][index]])]
+        for (_, positions, _), (row, index) in zip(encoded, placement, strict=True)
+    ]
 
 
 class HFScorer:
@@ -118,18 +142,18 @@ class HFScorer:
 
     def _score_batch(self, items: list[ScoreItem]) -> list[list[float] | InvalidInput]:
         """Scores for each item; an item that cannot be encoded gets its error, the others their scores."""
-        encoded: list[tuple[list[int], list[int]] | InvalidInput] = []
+        encoded: list[tuple[list[int], list[int], list[int]] | InvalidInput] = []
         for item in items:
             try:
-                encoded.append(encode_item(self.tokenizer, item, self.max_length))
+                encoded.append(encode_packable(self.tokenizer, item, self.max_length))
             except InvalidInput as exc:
                 encoded.append(exc)
         valid = [e for e in encoded if not isinstance(e, InvalidInput)]
         scores = iter(self._forward(valid) if valid else [])
         return [e if isinstance(e, InvalidInput) else next(scores) for e in encoded]
 
-    def _forward(self, encoded: list[tuple[list[int], list[int]]]) -> list[list[float]]:
-        return score_encoded(self.model, encoded, self.pad_id, device=self.device, bf16_on_cpu=self._autocast)
+    def _forward(self, encoded: list[tuple[list[int], list[int], list[int]]]) -> list[list[float]]:
+        return score_packed(self.model, encoded, self.pad_id, device=self.device, bf16_on_cpu=self._autocast)
 
     async def close(self) -> None:
         await self.batcher.close()

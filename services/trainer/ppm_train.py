@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase, Trainer
 
 from services.ppm.model import ProcessRewardModel
+from services.ppm.packing import PackedRow, pack
 from services.ppm.scorer import ScoreItem, encode_item, encode_step, require_fits
 from services.trainer.sft import pad_id_of, run_trainer
 
@@ -92,43 +93,23 @@ def encode_group(tokenizer: PreTrainedTokenizerBase, group: PairGroup, max_lengt
 
 
 class GroupCollator:
-    """Right-pads `prefix + step_1 + … + step_k` rows; builds their 4D masks, positions and the pairs to compare.
-
-    Every token sees the prefix and the earlier tokens of its own step; padding sees only itself (a row with
-    nothing to attend to would give NaN)."""
+    """Packs groups into `prefix + step_1 + … + step_k` rows (services.ppm.packing) and lists the pairs to compare."""
 
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        width = max(len(f["prefix"]) + sum(len(step) for step in f["steps"]) for f in features)
-        ids = torch.full((len(features), width), self.pad_id, dtype=torch.long)
-        positions = torch.zeros((len(features), width), dtype=torch.long)
-        mask = torch.eye(width, dtype=torch.bool).repeat(len(features), 1, 1, 1)
-        causal = torch.ones((width, width), dtype=torch.bool).tril()
+        packed = pack([PackedRow(f["prefix"], f["steps"]) for f in features], self.pad_id)
         rows, better_at, worse_at = [], [], []
-        for row, f in enumerate(features):
-            p = len(f["prefix"])
-            ids[row, :p] = torch.tensor(f["prefix"])
-            positions[row, :p] = torch.arange(p)
-            mask[row, 0, :p, :p] = causal[:p, :p]
-            start, ends = p, []
-            for step in f["steps"]:
-                n = len(step)
-                ids[row, start : start + n] = torch.tensor(step)
-                positions[row, start : start + n] = torch.arange(p, p + n)
-                mask[row, 0, start : start + n, :p] = True
-                mask[row, 0, start : start + n, start : start + n] = causal[:n, :n]
-                ends.append(start + n - 1)
-                start += n
+        for row, (f, ends) in enumerate(zip(features, packed.ends, strict=True)):
             for better, worse in f["preferences"]:
                 rows.append(row)
                 better_at.append(ends[better])
                 worse_at.append(ends[worse])
         return {
-            "input_ids": ids,
-            "attention_mask": mask,
-            "position_ids": positions,
+            "input_ids": packed.input_ids,
+            "attention_mask": packed.attention_mask,
+            "position_ids": packed.position_ids,
             "pair_rows": torch.tensor(rows),
             "better_at": torch.tensor(better_at),
             "worse_at": torch.tensor(worse_at),
