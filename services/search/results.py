@@ -36,6 +36,10 @@ class ResultStore:
     def path(self, job: str, problem: str) -> Path:
         return self._job_dir(job) / f"{_checked(problem, 'problem id')}.json"
 
+    def has(self, job: str, problem: str) -> bool:
+        """Whether a result is stored, without reading it (a tree with its nodes can be hundreds of kilobytes)."""
+        return self.path(job, problem).is_file()
+
     def get(self, job: str, problem: str) -> dict[str, Any] | None:
         try:
             result: dict[str, Any] = json.loads(self.path(job, problem).read_text())
