@@ -98,7 +98,7 @@ def main() -> int:
 
     from services.common.grading import Grader
     from services.common.logs import configure_logging
-    from services.search.stack import LocalStack
+    from services.search.stack import LocalStack, interrupt_on_sigterm
     from services.trainer.bootstrap import bootstrap, config_for
     from services.trainer.curriculum import generate
 
@@ -116,6 +116,7 @@ def main() -> int:
     problems = [p for level in LEVELS for p in generate(level, PER_LEVEL, seed=777)]
     demo = fresh_copy(store)
     stack = LocalStack(demo, announce=lambda line: say(line))
+    interrupt_on_sigterm()
     try:
         say("starting sandbox, policy, PPM, a Celery worker and the SearchService on 127.0.0.1")
         address = stack.start()

@@ -14,7 +14,7 @@ from typing import Any
 
 def _up(args: argparse.Namespace) -> int:
     from services.common.store import ModelStore
-    from services.search.stack import LocalStack
+    from services.search.stack import LocalStack, interrupt_on_sigterm
 
     state = Path(args.state_dir).resolve()
     store = ModelStore(state / "store")
@@ -24,14 +24,7 @@ def _up(args: argparse.Namespace) -> int:
 
         bootstrap(store, config_for(args.preset, seed=0))
 
-    stopping = False
-
-    def stop(signum: int, frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
+    interrupt_on_sigterm()
     stack = LocalStack(state, announce=lambda line: print(line, file=sys.stderr, flush=True))
     try:
         address = stack.start()

@@ -22,6 +22,17 @@ from pathlib import Path
 THINKMESH = [sys.executable, "-m", "services.cli"]
 
 
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM raise KeyboardInterrupt, as Ctrl-C does, so a command's `finally: stack.stop()` runs either way.
+
+    SIGTERM's default action ends the process at once and would leave every service it started running."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 @dataclass
 class Child:
     name: str

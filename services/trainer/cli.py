@@ -60,7 +60,7 @@ def _evolve(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from services.common.store import ModelStore
-    from services.search.stack import LocalStack
+    from services.search.stack import LocalStack, interrupt_on_sigterm
     from services.trainer.bootstrap import bootstrap, config_for
     from services.trainer.config import preset
     from services.trainer.progress import StageBars
@@ -78,6 +78,7 @@ def _evolve(args: argparse.Namespace) -> int:
     )
     bars = StageBars()
 
+    interrupt_on_sigterm()
     try:
         stack.start(with_search=False)
         factory = make_runner_factory(local_trainer_settings(stack), store, progress=bars, stop_after=args.stop_after)
