@@ -14,7 +14,9 @@ class RoundConfig:
     # the search sometimes solves, so by default the pool sits around the frontier (the first held-out level the
     # current policy solves less than half of, greedily): one share of the level below it, two of the frontier
     # level, one of the level above. A non-empty `pool_levels` fixes the levels instead (repeats weight a level).
-    pool_size: int = 80
+    # 240 problems: a pool of 80 gave 22–29 SFT trajectories a round, too few to move the policy; since the
+    # sampling loop and the dispatcher fix, a round's search of 240 takes about what 80 did before.
+    pool_size: int = 240
     pool_levels: tuple[int, ...] = ()
     # Search budget per problem. Paper: 8 candidates × 16 rollouts (round 1: 5 × 8); scaled to a 2-core CPU.
     rollouts: int = 8
