@@ -39,7 +39,8 @@ def test_pairs_sharing_a_prefix_form_one_group_with_each_step_once() -> None:
 
 def alone(model: ProcessRewardModel, tokenizer: object, question: str, steps: tuple[str, ...]) -> float:
     ids, positions = encode_item(tokenizer, ScoreItem(question, steps), 10_000)
-    return float(model(torch.tensor([ids]))[0, positions[-1]])
+    with torch.no_grad():
+        return float(model(torch.tensor([ids]))[0, positions[-1]])
 
 
 def test_each_step_of_a_packed_group_scores_as_it_would_alone(tmp_path: Path) -> None:
