@@ -48,6 +48,7 @@ proto: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check services tests
+	$(BIN)/ruff format --check services tests scripts
 	$(BIN)/mypy services
 
 helm-check: $(STAMP)

@@ -1,23 +1,23 @@
 """Measurements behind the bootstrap's schedule (services/trainer/bootstrap.py); not part of the product.
 
-    python scripts/bootstrap_sweep.py sft --out sft.jsonl [--parallel 16] [--device cuda]
-        The SFT grid: each configuration trains a fresh tiny policy in its own process (16 at a time fit one
-        GPU) and is scored by greedy decoding on 300 unseen level-1 problems: the program is generated up to
-        `<end_of_code>`, run, and its output compared with the answer. This proxy reads a few points lower
-        than `thinkmesh eval` (it has no answer step and no retries); compare rows, not absolute values.
-    python scripts/bootstrap_sweep.py ppm --policy DIR [--steps 250] [--center 0.1] [--per-step 3] [--seed 0]
-        One bootstrap PPM training on teacher-vs-corrupted pairs from DIR's policy; held-out pair accuracy on
-        pairs of 100 problems never trained on, by kind of corruption.
-    python scripts/bootstrap_sweep.py samples --store STORE --level 3 --n 60 --seed 777 --out own.jsonl
-        The store's policy samples 16 trajectories per problem (temperature 0.8, as best-of-16 does); each
-        finished trajectory, with its correctness, is one line: what a PPM must rank for search to help.
-    python scripts/bootstrap_sweep.py ppm ... --own own.jsonl
-        Also scores those trajectories with the new PPM: best-of-16 and the score-weighted vote over the same
-        samples, and how often a right trajectory outscores a wrong one of the same problem (AUC).
-    python scripts/bootstrap_sweep.py own --ppm DIR own.jsonl
-        The same for an existing PPM (e.g. a store's models/ppm/v1).
-    python scripts/bootstrap_sweep.py table sft.jsonl
-        The SFT results as a Markdown table.
+python scripts/bootstrap_sweep.py sft --out sft.jsonl [--parallel 16] [--device cuda]
+    The SFT grid: each configuration trains a fresh tiny policy in its own process (16 at a time fit one
+    GPU) and is scored by greedy decoding on 300 unseen level-1 problems: the program is generated up to
+    `<end_of_code>`, run, and its output compared with the answer. This proxy reads a few points lower
+    than `thinkmesh eval` (it has no answer step and no retries); compare rows, not absolute values.
+python scripts/bootstrap_sweep.py ppm --policy DIR [--steps 250] [--center 0.1] [--per-step 3] [--seed 0]
+    One bootstrap PPM training on teacher-vs-corrupted pairs from DIR's policy; held-out pair accuracy on
+    pairs of 100 problems never trained on, by kind of corruption.
+python scripts/bootstrap_sweep.py samples --store STORE --level 3 --n 60 --seed 777 --out own.jsonl
+    The store's policy samples 16 trajectories per problem (temperature 0.8, as best-of-16 does); each
+    finished trajectory, with its correctness, is one line: what a PPM must rank for search to help.
+python scripts/bootstrap_sweep.py ppm ... --own own.jsonl
+    Also scores those trajectories with the new PPM: best-of-16 and the score-weighted vote over the same
+    samples, and how often a right trajectory outscores a wrong one of the same problem (AUC).
+python scripts/bootstrap_sweep.py own --ppm DIR own.jsonl
+    The same for an existing PPM (e.g. a store's models/ppm/v1).
+python scripts/bootstrap_sweep.py table sft.jsonl
+    The SFT results as a Markdown table.
 """
 
 from __future__ import annotations
@@ -249,8 +249,13 @@ def sample_own(args: argparse.Namespace) -> None:
             ]
             verdicts = await backends.grader.grade([(p.answer, node.answer or "") for p, _, node in finished])
             return [
-                {"id": p.id, "question": p.question, "answer": node.answer or "", "correct": bool(ok),
-                 "steps": list(tree.steps_of(node.id))}
+                {
+                    "id": p.id,
+                    "question": p.question,
+                    "answer": node.answer or "",
+                    "correct": bool(ok),
+                    "steps": list(tree.steps_of(node.id)),
+                }
                 for (p, tree, node), ok in zip(finished, verdicts, strict=True)
             ]
 

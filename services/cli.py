@@ -42,8 +42,9 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         module = importlib.import_module(SERVICES[args.service])
     except ModuleNotFoundError as exc:
-        print(f"thinkmesh: cannot serve {args.service}: {exc} (is the '{args.service}' extra installed?)",
-              file=sys.stderr)
+        print(
+            f"thinkmesh: cannot serve {args.service}: {exc} (is the '{args.service}' extra installed?)", file=sys.stderr
+        )
         return 2
     try:
         asyncio.run(module.run(port=args.port, host=args.host))

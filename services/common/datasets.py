@@ -85,14 +85,26 @@ def _math_level(value: object) -> int | None:
 
 def _read_math500(path: Path, source: str) -> Iterator[Problem]:
     for row in _jsonl(path):
-        yield Problem(row["unique_id"], row["problem"], _answer_text(row["answer"]), source,
-                      _math_level(row["level"]), row["subject"])
+        yield Problem(
+            row["unique_id"],
+            row["problem"],
+            _answer_text(row["answer"]),
+            source,
+            _math_level(row["level"]),
+            row["subject"],
+        )
 
 
 def _read_math_full(path: Path, source: str) -> Iterator[Problem]:
     for row in _jsonl(path):
-        yield Problem(row["unique_id"], row["problem"], _answer_text(row["answer"]), source,
-                      _math_level(row["level"]), row["type"])
+        yield Problem(
+            row["unique_id"],
+            row["problem"],
+            _answer_text(row["answer"]),
+            source,
+            _math_level(row["level"]),
+            row["type"],
+        )
 
 
 def _read_gsm8k(path: Path, source: str) -> Iterator[Problem]:
@@ -114,8 +126,7 @@ def _read_rstar(path: Path, source: str) -> Iterator[Problem]:
     for row in rows:
         answer = row["answer"]
         answers = [_answer_text(a) for a in answer] if isinstance(answer, list) else [_answer_text(answer)]
-        yield Problem(f"{source}/{row['index']}", row["question"], answers[0], source,
-                      alternatives=tuple(answers[1:]))
+        yield Problem(f"{source}/{row['index']}", row["question"], answers[0], source, alternatives=tuple(answers[1:]))
 
 
 @dataclass(frozen=True)
@@ -124,10 +135,26 @@ class _Spec:
     reader: Reader
 
 
-_MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
-                  "prealgebra", "precalculus")
-_RSTAR_FILES = ("math500_test", "aime2024_test", "amc23_test", "GSM8K_test", "MATH_test", "collegemath_test",
-                "gaokao2023en_test", "olympiadbench_test", "omni_test")
+_MATH_SUBJECTS = (
+    "algebra",
+    "counting_and_probability",
+    "geometry",
+    "intermediate_algebra",
+    "number_theory",
+    "prealgebra",
+    "precalculus",
+)
+_RSTAR_FILES = (
+    "math500_test",
+    "aime2024_test",
+    "amc23_test",
+    "GSM8K_test",
+    "MATH_test",
+    "collegemath_test",
+    "gaokao2023en_test",
+    "olympiadbench_test",
+    "omni_test",
+)
 
 _SPECS: dict[str, _Spec] = {
     "math500": _Spec("math500/test.jsonl", _read_math500),
@@ -137,8 +164,11 @@ _SPECS: dict[str, _Spec] = {
     "amc23": _Spec("amc23/test.jsonl", _read_qwen_eval),
     "math_train": _Spec("math_full/train_*.jsonl", _read_math_full),
     "math_test": _Spec("math_full/test_*.jsonl", _read_math_full),
-    **{f"math_{split}/{subject}": _Spec(f"math_full/{split}_{subject}.jsonl", _read_math_full)
-       for split in ("train", "test") for subject in _MATH_SUBJECTS},
+    **{
+        f"math_{split}/{subject}": _Spec(f"math_full/{split}_{subject}.jsonl", _read_math_full)
+        for split in ("train", "test")
+        for subject in _MATH_SUBJECTS
+    },
     **{f"rstar/{stem}": _Spec(f"rstar_eval/{stem}.json", _read_rstar) for stem in _RSTAR_FILES},
 }
 

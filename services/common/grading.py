@@ -79,7 +79,7 @@ def extract_answer(text: str) -> str:
     matches = list(_ANSWER_IS.finditer(text))
     if matches:  # the last "answer is" / "answer:" wins
         last = matches[-1]
-        rest = text[last.end():].strip().rstrip(".").strip()
+        rest = text[last.end() :].strip().rstrip(".").strip()
         if rest:
             return rest
     return text.strip()
@@ -172,6 +172,7 @@ def _show(value: Fraction) -> str:
 
 # ------------------------------------------------------------------------------------- math-verify (worker)
 
+
 def _latex(answer: str) -> str:
     text = extract_answer(answer).strip()
     return text if "$" in text else f"${text}$"
@@ -207,8 +208,13 @@ def math_verify_check(reference: str, prediction: str, timeout_s: int) -> tuple[
 
 
 _READY = "ready"
-_WARM_UP = (("1", "1"), ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3, \\pi/2)"), ("3\\sqrt{13}", "4\\sqrt{13}"),
-            ("[1, 2)", "\\{1, 2\\}"), ("x^2 + 1", "y = x^2 + 1"))
+_WARM_UP = (
+    ("1", "1"),
+    ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3, \\pi/2)"),
+    ("3\\sqrt{13}", "4\\sqrt{13}"),
+    ("[1, 2)", "\\{1, 2\\}"),
+    ("x^2 + 1", "y = x^2 + 1"),
+)
 
 
 def _worker_main(conn: Connection, check: Check, timeout_s: int, memory_limit_mb: int) -> None:
@@ -249,6 +255,7 @@ def _worker_main(conn: Connection, check: Check, timeout_s: int, memory_limit_mb
 
 # ------------------------------------------------------------------------------------------ the worker pool
 
+
 @dataclass
 class _Worker:
     process: BaseProcess
@@ -278,8 +285,12 @@ class _Pool:
 
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe(duplex=True)
-        process = self._ctx.Process(target=_worker_main, name="thinkmesh-grader", daemon=True,
-                                    args=(child, self._check, self._timeout_s, self._memory_limit_mb))
+        process = self._ctx.Process(
+            target=_worker_main,
+            name="thinkmesh-grader",
+            daemon=True,
+            args=(child, self._check, self._timeout_s, self._memory_limit_mb),
+        )
         process.start()
         child.close()  # so the parent sees EOF when the worker dies
         return _Worker(process, parent, time.monotonic())
@@ -335,8 +346,11 @@ class _Pool:
 
     def _collect(self, results: list[GradeResult | None]) -> None:
         now = time.monotonic()
-        limits = [w.started + self.BOOT_TIMEOUT_S if not w.ready else w.deadline
-                  for w in self._workers if not w.ready or w.job is not None]
+        limits = [
+            w.started + self.BOOT_TIMEOUT_S if not w.ready else w.deadline
+            for w in self._workers
+            if not w.ready or w.job is not None
+        ]
         timeout = max(0.0, min(limits) - now) if limits else 0.0
         ready = set(wait([w.conn for w in self._workers], timeout=timeout))
         for worker in list(self._workers):
@@ -400,6 +414,7 @@ class _Pool:
 
 # ----------------------------------------------------------------------------------------------- the API
 
+
 def _available_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
@@ -425,8 +440,14 @@ class Grader:
     first answer that needs math-verify, so a grader that only sees numbers never starts one.
     """
 
-    def __init__(self, *, workers: int | None = None, deadline_s: float = 5.0,
-                 check: Check = math_verify_check, memory_limit_mb: int = 2048) -> None:
+    def __init__(
+        self,
+        *,
+        workers: int | None = None,
+        deadline_s: float = 5.0,
+        check: Check = math_verify_check,
+        memory_limit_mb: int = 2048,
+    ) -> None:
         if deadline_s <= 0:
             raise ValueError("deadline_s must be positive")
         if workers is not None and workers < 1:

@@ -47,8 +47,12 @@ def _terminates(value: Fraction) -> bool:
 def equivalent_forms(answer: str) -> list[str]:
     """Ways to write `answer` that a grader must accept."""
     answer = answer.strip()
-    forms = [answer, f"\\boxed{{{answer}}}", f"The answer is ${answer}$.",
-             f"So the final answer is $\\boxed{{{answer}}}$."]
+    forms = [
+        answer,
+        f"\\boxed{{{answer}}}",
+        f"The answer is ${answer}$.",
+        f"So the final answer is $\\boxed{{{answer}}}$.",
+    ]
     compact = answer.replace(",", "") if re.fullmatch(r"-?\d{1,3}(,\d{3})+", answer) else answer
     if _INT.match(compact):
         n = int(compact)
@@ -60,8 +64,7 @@ def equivalent_forms(answer: str) -> list[str]:
         return forms
     value = _as_fraction(answer)
     if value is not None:
-        forms += [f"{value.numerator}/{value.denominator}",
-                  f"\\dfrac{{{value.numerator}}}{{{value.denominator}}}"]
+        forms += [f"{value.numerator}/{value.denominator}", f"\\dfrac{{{value.numerator}}}{{{value.denominator}}}"]
         if _terminates(value):
             forms.append(str(float(value)))
         return forms
@@ -91,7 +94,7 @@ def wrong_forms(answer: str) -> list[str]:
     if digit is None:
         return [f"{answer}+1"]
     changed = str(int(digit.group()) + 1) if digit.group() != "9" else "8"
-    return [answer[: digit.start()] + changed + answer[digit.end():]]
+    return [answer[: digit.start()] + changed + answer[digit.end() :]]
 
 
 def pairs_for(answers: list[str]) -> list[Pair]:
@@ -124,9 +127,14 @@ def _measure(args: argparse.Namespace, pairs: list[Pair], *, one_by_one: bool) -
         elapsed = time.perf_counter() - started
     agree = sum(r.equal == want for r, (*_, want) in zip(results, pairs, strict=True))
     fast = sum(1 for ref, pred, _ in pairs if fast_grade(ref, pred) is not None)
-    return {"pairs": len(pairs), "gradings_per_s": round(len(pairs) / elapsed, 1),
-            "fast_path_share": round(fast / len(pairs), 3), "agree_with_expected": f"{agree}/{len(pairs)}",
-            "timeouts": sum(1 for r in results if r.method == "timeout"), "worker_boot_s": round(boot_s, 2)}
+    return {
+        "pairs": len(pairs),
+        "gradings_per_s": round(len(pairs) / elapsed, 1),
+        "fast_path_share": round(fast / len(pairs), 3),
+        "agree_with_expected": f"{agree}/{len(pairs)}",
+        "timeouts": sum(1 for r in results if r.method == "timeout"),
+        "worker_boot_s": round(boot_s, 2),
+    }
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -150,7 +158,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(bench_subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     bench = bench_subparsers.add_parser(
-        "grading", help="answer gradings per second on real dataset answers (needs ../shared/data)")
+        "grading", help="answer gradings per second on real dataset answers (needs ../shared/data)"
+    )
     bench.add_argument("--pairs", type=int, default=4000, help="typical pairs: a random sample of the whole pool")
     bench.add_argument("--workers", type=int, default=2, help="grading worker processes")
     bench.add_argument("--deadline", type=float, default=5.0, help="per-item deadline in seconds")

@@ -115,9 +115,7 @@ def _rejecting(handler: Handler, message: str) -> Handler:
         return grpc.unary_stream_rpc_method_handler(
             reject_stream, handler.request_deserializer, handler.response_serializer
         )
-    return grpc.unary_unary_rpc_method_handler(
-        reject, handler.request_deserializer, handler.response_serializer
-    )
+    return grpc.unary_unary_rpc_method_handler(reject, handler.request_deserializer, handler.response_serializer)
 
 
 class BearerTokenInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]

@@ -123,17 +123,25 @@ def _curriculum_sample(args: argparse.Namespace) -> int:
         return 2
     for problem in problems:
         record = problem.to_json()
-        print(json.dumps({key: record[key] for key in ("id", "question", "answer", "level", "family", "solution")}
-                         | {"template": problem.template, "moves": problem.moves, "distractors": problem.distractors},
-                         ensure_ascii=False))
+        print(
+            json.dumps(
+                {key: record[key] for key in ("id", "question", "answer", "level", "family", "solution")}
+                | {"template": problem.template, "moves": problem.moves, "distractors": problem.distractors},
+                ensure_ascii=False,
+            )
+        )
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     grade = subparsers.add_parser(
-        "grade", help="grade predicted answers against references (JSONL in, one JSON line out per line)")
-    grade.add_argument("--input", required=True,
-                       help="JSONL file, '-' for stdin; each line has 'reference' and 'prediction' (and maybe 'id')")
+        "grade", help="grade predicted answers against references (JSONL in, one JSON line out per line)"
+    )
+    grade.add_argument(
+        "--input",
+        required=True,
+        help="JSONL file, '-' for stdin; each line has 'reference' and 'prediction' (and maybe 'id')",
+    )
     grade.add_argument("--deadline", type=float, default=5.0, help="seconds per answer before it counts as wrong")
     grade.add_argument("--workers", type=int, default=None, help="grading processes (default: one per core)")
     grade.set_defaults(func=_grade)
@@ -150,7 +158,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sample.add_argument("--level", type=int, required=True, help="difficulty level, 1..5")
     sample.add_argument("--n", type=int, default=10, help="how many problems")
     sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--family", action="append", default=None,
-                        help="only this family (repeatable): arithmetic, ratios, percentages, linear, systems, "
-                             "number_theory, counting")
+    sample.add_argument(
+        "--family",
+        action="append",
+        default=None,
+        help="only this family (repeatable): arithmetic, ratios, percentages, linear, systems, number_theory, counting",
+    )
     sample.set_defaults(func=_curriculum_sample)

@@ -40,9 +40,7 @@ def server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
         raise ConfigError("TLS needs both a certificate and a key")
     pair = (_read(tls.key, "TLS key"), _read(tls.cert, "TLS certificate"))
     client_ca = _read(tls.ca, "client CA") if tls.ca is not None else None
-    return grpc.ssl_server_credentials(
-        [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
-    )
+    return grpc.ssl_server_credentials([pair], root_certificates=client_ca, require_client_auth=client_ca is not None)
 
 
 def channel_credentials(tls: TlsFiles) -> grpc.ChannelCredentials:

@@ -71,12 +71,8 @@ class ServerSettings:
         require(self.max_concurrent_rpcs > 0, self, "max_concurrent_rpcs", "must be positive")
         require(self.drain_seconds >= 0, self, "drain_seconds", "must not be negative")
         require(self.log_format in ("json", "text"), self, "log_format", "must be 'json' or 'text'")
-        require(
-            (self.tls_cert is None) == (self.tls_key is None), self, "tls_key", "set tls_cert and tls_key together"
-        )
-        require(
-            self.tls_ca is None or self.tls_cert is not None, self, "tls_ca", "mutual TLS needs tls_cert too"
-        )
+        require((self.tls_cert is None) == (self.tls_key is None), self, "tls_key", "set tls_cert and tls_key together")
+        require(self.tls_ca is None or self.tls_cert is not None, self, "tls_ca", "mutual TLS needs tls_cert too")
         require(
             self.tls_cert is not None or self.insecure or is_loopback(self.host),
             self,
@@ -140,8 +136,10 @@ class GrpcServer:
         names = [s.name for s in self.services]
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server)
         await self.set_serving(False)
-        bind = f"[{self.settings.host}]:{self.settings.port}" if ":" in self.settings.host else (
-            f"{self.settings.host}:{self.settings.port}"
+        bind = (
+            f"[{self.settings.host}]:{self.settings.port}"
+            if ":" in self.settings.host
+            else (f"{self.settings.host}:{self.settings.port}")
         )
         if self.settings.tls.enabled:
             self.port = self._server.add_secure_port(bind, server_credentials(self.settings.tls))

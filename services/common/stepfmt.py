@@ -77,6 +77,7 @@ class ParsedStep:
 
 # ----------------------------------------------------------------------------------------------- rendering
 
+
 def render_prompt(question: str, steps: Sequence[str] = ()) -> str:
     """The exact text the policy sees: the question, the assistant's opening line, `<code>`, the steps so far."""
     return PROMPT_TEMPLATE.format(question=question.strip()) + _render_steps(steps)
@@ -138,6 +139,7 @@ def close_step(text: str, stop: str | None) -> str:
 
 # ------------------------------------------------------------------------------------------------- parsing
 
+
 def parse_step(text: str) -> ParsedStep:
     """Classify one step; never raises. See the module docstring for the grammar."""
     body = text.rstrip()
@@ -145,7 +147,7 @@ def parse_step(text: str) -> ParsedStep:
         return ParsedStep(StepKind.MALFORMED, text, error="empty step")
     stripped = body.lstrip()
     if stripped.startswith(CODE_START):  # tolerate a model that repeats the opening marker
-        body = stripped[len(CODE_START):]
+        body = stripped[len(CODE_START) :]
     if body.lstrip().startswith(OUTPUT_START):
         return _parse_output(text, body.lstrip())
     if body.lstrip().startswith(ANSWER_START) or body.endswith(END_OF_ANSWER):
@@ -161,7 +163,7 @@ def _parse_output(text: str, body: str) -> ParsedStep:
     counts = _counts(body)
     if not body.endswith(END_OF_OUTPUT) or counts != {OUTPUT_START: 1, END_OF_OUTPUT: 1}:
         return ParsedStep(StepKind.MALFORMED, text, error="an output block must be <output>...<end_of_output>")
-    return ParsedStep(StepKind.OUTPUT, text, output=body[len(OUTPUT_START):-len(END_OF_OUTPUT)])
+    return ParsedStep(StepKind.OUTPUT, text, output=body[len(OUTPUT_START) : -len(END_OF_OUTPUT)])
 
 
 def _parse_answer(text: str, body: str) -> ParsedStep:
@@ -174,8 +176,7 @@ def _parse_answer(text: str, body: str) -> ParsedStep:
     if any(marker in inner for marker in MARKERS):
         return ParsedStep(StepKind.MALFORMED, text, error="marker inside the answer")
     boxed = extract_boxed(inner)
-    return ParsedStep(StepKind.ANSWER, text, answer=boxed,
-                      error=None if boxed is not None else "no \\boxed{} answer")
+    return ParsedStep(StepKind.ANSWER, text, answer=boxed, error=None if boxed is not None else "no \\boxed{} answer")
 
 
 def _parse_code(text: str, body: str) -> ParsedStep:
@@ -184,8 +185,7 @@ def _parse_code(text: str, body: str) -> ParsedStep:
     if not ends:
         if counts:
             return ParsedStep(StepKind.MALFORMED, text, error=f"unexpected {', '.join(counts)} in a code step")
-        return ParsedStep(StepKind.INCOMPLETE, text, code=body, comments=_comments(body),
-                          error="no end-of-step marker")
+        return ParsedStep(StepKind.INCOMPLETE, text, code=body, comments=_comments(body), error="no end-of-step marker")
     end = ends[0]
     if counts != {end: 1}:
         others = ", ".join(f"{m}×{n}" for m, n in counts.items())
@@ -209,10 +209,10 @@ def parse_solution(text: str) -> list[str]:
     """
     head = text.rfind(ASSISTANT_PREFIX)
     if head >= 0:
-        text = text[head + len(ASSISTANT_PREFIX):]
+        text = text[head + len(ASSISTANT_PREFIX) :]
     text = text.lstrip()
     if text.startswith(CODE_START):
-        text = text[len(CODE_START):]
+        text = text[len(CODE_START) :]
     steps: list[str] = []
     ends = (END_OF_STEP, END_OF_CODE, END_OF_OUTPUT, END_OF_ANSWER)
     while True:
@@ -221,7 +221,7 @@ def parse_solution(text: str) -> list[str]:
             break
         index, marker = min(hits)
         piece = text[: index + len(marker)].strip("\n")
-        text = text[index + len(marker):]
+        text = text[index + len(marker) :]
         if piece.strip():
             steps.append(piece)
     if text.strip():
@@ -257,7 +257,7 @@ def extract_boxed(text: str) -> str | None:
     for open_index in reversed(starts):
         close_index = closing.get(open_index)
         if close_index is not None:
-            return text[open_index + 1: close_index].strip()
+            return text[open_index + 1 : close_index].strip()
     return None
 
 

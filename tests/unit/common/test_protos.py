@@ -19,15 +19,29 @@ def test_generated_stubs_match_the_protos(tmp_path: Path) -> None:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     protos = sorted(str(p.relative_to(REPO / "protos")) for p in PROTO_DIR.glob("*.proto"))
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", "-I", ".", f"--python_out={out}", f"--grpc_python_out={out}",
-         f"--mypy_out={out}", f"--mypy_grpc_out={out}", *protos],
-        cwd=REPO / "protos", env=env, check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            "-I",
+            ".",
+            f"--python_out={out}",
+            f"--grpc_python_out={out}",
+            f"--mypy_out={out}",
+            f"--mypy_grpc_out={out}",
+            *protos,
+        ],
+        cwd=REPO / "protos",
+        env=env,
+        check=True,
+        capture_output=True,
     )
     generated = sorted(p.name for p in (out / "thinkmesh" / "v1").iterdir())
     committed = sorted(p.name for p in PROTO_DIR.iterdir() if "_pb2" in p.name)
     assert generated == committed, "stubs missing or extra: run `make proto`"
-    drifted = [name for name in generated if not filecmp.cmp(out / "thinkmesh" / "v1" / name, PROTO_DIR / name,
-                                                             shallow=False)]
+    drifted = [
+        name for name in generated if not filecmp.cmp(out / "thinkmesh" / "v1" / name, PROTO_DIR / name, shallow=False)
+    ]
     assert not drifted, f"stubs differ from the .proto files: run `make proto` ({drifted})"
     shutil.rmtree(out)
 

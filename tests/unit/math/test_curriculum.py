@@ -34,7 +34,8 @@ def _run(program: str) -> str:
 
 @pytest.mark.parametrize("level", sorted(LEVELS))
 def test_every_teacher_solution_runs_and_grades_equal(
-        problems: dict[int, list[CurriculumProblem]], grader: Grader, level: int) -> None:
+    problems: dict[int, list[CurriculumProblem]], grader: Grader, level: int
+) -> None:
     batch = problems[level]
     printed, boxed = [], []
     for problem in batch:
@@ -58,8 +59,9 @@ def test_solutions_are_in_exactly_the_step_format(problems: dict[int, list[Curri
         for step in problem.solution[: problem.moves]:
             parsed = parse_step(step)
             assert len(parsed.comments) == 1, step  # one short comment says the move ...
-            assignments = [line for line in parsed.code.splitlines()
-                           if line and not line.startswith(("#", "from ", "import "))]
+            assignments = [
+                line for line in parsed.code.splitlines() if line and not line.startswith(("#", "from ", "import "))
+            ]
             assert len(assignments) == 1 and "=" in assignments[0], step  # ... and one assignment makes it
         assert re.fullmatch(r"-?\d+(/\d+)?", problem.answer), problem.answer
 
@@ -149,13 +151,16 @@ def _shape(line: str) -> str:
     return re.sub(r"\b(?!(?:%s)\b)[A-Za-z_]\w*|\b\d+\b" % "|".join(_FUNCTIONS), "X", line)  # noqa: UP031
 
 
-def test_each_level_composes_moves_that_level_one_already_teaches(
-        problems: dict[int, list[CurriculumProblem]]) -> None:
+def test_each_level_composes_moves_that_level_one_already_teaches(problems: dict[int, list[CurriculumProblem]]) -> None:
     # "Composition, not novelty": a policy trained on the easy levels has seen every kind of move that the
     # harder levels chain together (measured: one unseen kind of clause took a 3.4M model from 87% to 0%).
     def shapes(batch: list[CurriculumProblem]) -> set[str]:
-        return {_shape(line) for p in batch for line in stepfmt.program_of(p.solution).splitlines()
-                if line and not line.startswith(("#", "from ", "import "))}
+        return {
+            _shape(line)
+            for p in batch
+            for line in stepfmt.program_of(p.solution).splitlines()
+            if line and not line.startswith(("#", "from ", "import "))
+        }
 
     level_one = shapes(problems[1])
     assert "X = X + X" in level_one and "X = X * X // X" in level_one

@@ -12,10 +12,23 @@ from services.common.errors import InvalidInput, NotFound
 
 # Row counts from ../shared/data/README.md.
 EXPECTED_ROWS = {
-    "math500": 500, "gsm8k_test": 1319, "gsm8k_train": 7473, "aime24": 30, "amc23": 40, "math_train": 7500,
-    "math_test": 5000, "math_train/algebra": 1744, "math_test/precalculus": 546, "rstar/math500_test": 500,
-    "rstar/aime2024_test": 30, "rstar/amc23_test": 40, "rstar/GSM8K_test": 1319, "rstar/MATH_test": 5000,
-    "rstar/collegemath_test": 2818, "rstar/gaokao2023en_test": 385, "rstar/olympiadbench_test": 675,
+    "math500": 500,
+    "gsm8k_test": 1319,
+    "gsm8k_train": 7473,
+    "aime24": 30,
+    "amc23": 40,
+    "math_train": 7500,
+    "math_test": 5000,
+    "math_train/algebra": 1744,
+    "math_test/precalculus": 546,
+    "rstar/math500_test": 500,
+    "rstar/aime2024_test": 30,
+    "rstar/amc23_test": 40,
+    "rstar/GSM8K_test": 1319,
+    "rstar/MATH_test": 5000,
+    "rstar/collegemath_test": 2818,
+    "rstar/gaokao2023en_test": 385,
+    "rstar/olympiadbench_test": 675,
     "rstar/omni_test": 4428,
 }
 # Rows whose answer is empty in the source files themselves (kept, so that row counts match the README).
@@ -28,8 +41,21 @@ def test_every_file_is_listed_with_its_row_count() -> None:
     assert set(listed) == set(dataset_names())  # every dataset's files are present
     for name, rows in EXPECTED_ROWS.items():
         assert listed[name].rows == rows, name
-    assert sum(listed[f"math_train/{s}"].rows for s in ("algebra", "counting_and_probability", "geometry",
-               "intermediate_algebra", "number_theory", "prealgebra", "precalculus")) == 7500
+    assert (
+        sum(
+            listed[f"math_train/{s}"].rows
+            for s in (
+                "algebra",
+                "counting_and_probability",
+                "geometry",
+                "intermediate_algebra",
+                "number_theory",
+                "prealgebra",
+                "precalculus",
+            )
+        )
+        == 7500
+    )
     assert listed["math500"].path == str(data_dir() / "math500/test.jsonl")
 
 
@@ -75,7 +101,8 @@ def test_a_missing_data_directory_says_how_to_fix_it(monkeypatch: pytest.MonkeyP
 def test_the_data_directory_can_be_moved(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     (tmp_path / "amc23").mkdir()
     (tmp_path / "amc23" / "test.jsonl").write_text(
-        json.dumps({"id": 7, "problem": "What is 2+3?", "answer": 5.0}) + "\n\n", encoding="utf-8")
+        json.dumps({"id": 7, "problem": "What is 2+3?", "answer": 5.0}) + "\n\n", encoding="utf-8"
+    )
     monkeypatch.setenv("THINKMESH_DATA_DIR", str(tmp_path))
     assert load_dataset("amc23") == [Problem("amc23/7", "What is 2+3?", "5", "amc23")]
     assert [(i.name, i.rows) for i in list_datasets()] == [("amc23", 1)]

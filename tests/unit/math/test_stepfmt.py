@@ -40,8 +40,9 @@ def test_stop_strings_end_one_step_each() -> None:
 class _ChatTokenizer:
     chat_template = "{{ messages }}"
 
-    def apply_chat_template(self, messages: list[dict[str, str]], *, tokenize: bool,
-                            add_generation_prompt: bool) -> str:
+    def apply_chat_template(
+        self, messages: list[dict[str, str]], *, tokenize: bool, add_generation_prompt: bool
+    ) -> str:
         assert not tokenize and add_generation_prompt
         return f"<|user|>{messages[0]['content']}<|assistant|>"
 
