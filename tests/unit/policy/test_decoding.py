@@ -135,3 +135,18 @@ async def test_engine_serves_merged_requests_with_repeated_prompts(engine: HFEng
         assert (step.text, step.end, step.num_tokens) == (expected.text, expected.end, expected.num_tokens)
         assert step.logprob == pytest.approx(expected.logprob, abs=1e-4)
     assert expected.num_tokens > 0 and expected.logprob < 0
+
+
+def test_the_generate_fallback_serves_the_same_greedy_steps(policy_dir: Path, engine: HFEngine) -> None:
+    # Tokenizers whose markers span several tokens go through generate() with stop strings instead.
+    fallback = HFEngine(policy_dir, "v1", device="cpu")
+    fallback._autocast = False
+    fallback._stop_ids = None
+    request = _Request(
+        [StepPrompt(QUESTION), StepPrompt(QUESTION, STEPS[:1])], SamplingParams(n=2, temperature=0, max_new_tokens=8)
+    )
+    [ours], [theirs] = engine._generate_group([request]), fallback._generate_group([request])
+    assert [len(candidates) for candidates in theirs] == [2, 2]
+    for mine, other in zip((s for c in ours for s in c), (s for c in theirs for s in c), strict=True):
+        assert (mine.text, mine.end, mine.num_tokens) == (other.text, other.end, other.num_tokens)
+        assert mine.logprob == pytest.approx(other.logprob, abs=1e-4)
