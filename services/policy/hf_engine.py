@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -134,13 +135,11 @@ class HFEngine:
         self, prompts: list[tuple[str, int]], params: SamplingParams, seed: int | None
     ) -> list[list[GeneratedStep]]:
         """Our own loop (services.policy.decoding): each distinct prompt encoded once, finished rows dropped."""
-        first_row: dict[str, int] = {}
-        for text, _ in prompts:
-            first_row.setdefault(text, len(first_row))
-        counts = [0] * len(first_row)
-        for text, n in prompts:
-            counts[first_row[text]] += n
-        encoded, budget = self._encode(list(first_row), params.max_new_tokens)
+        asking: dict[str, list[int]] = {}  # each distinct prompt → the indices of the prompts that are it
+        for index, (text, _) in enumerate(prompts):
+            asking.setdefault(text, []).append(index)
+        counts = [sum(prompts[index][1] for index in indices) for indices in asking.values()]
+        encoded, budget = self._encode(list(asking), params.max_new_tokens)
         generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
         with torch.inference_mode():
             sampled = sample_candidates(
@@ -155,15 +154,12 @@ class HFEngine:
                 generator=generator,
                 bf16_prefill_on_cpu=self._autocast,
             )
-        # A distinct prompt's rows are consecutive; hand them out in order to the prompts that asked for them.
-        next_row = [0] * len(counts)
-        for index in range(1, len(counts)):
-            next_row[index] = next_row[index - 1] + counts[index - 1]
-        candidates = []
-        for text, n in prompts:
-            row = next_row[first_row[text]]
-            next_row[first_row[text]] += n
-            candidates.append([self._to_step(s.token_ids, s.logprob) for s in sampled[row : row + n]])
+        # A distinct prompt's rows are consecutive: hand them out, n at a time, to the prompts that asked.
+        rows = iter(sampled)
+        candidates: list[list[GeneratedStep]] = [[] for _ in prompts]
+        for indices in asking.values():
+            for index in indices:
+                candidates[index] = [self._to_step(s.token_ids, s.logprob) for s in islice(rows, prompts[index][1])]
         return candidates
 
     def _sample_with_generate(

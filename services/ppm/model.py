@@ -42,18 +42,11 @@ class ProcessRewardModel(nn.Module):
         """Scores in [-1, 1] for every position: (batch, seq_len).
 
         `attention_mask` is the usual 2D padding mask, or a 4D boolean mask (batch, 1, seq, seq) with explicit
-        `position_ids` when a row packs several continuations of one prefix (the trainer's step pairs)."""
+        `position_ids` when a row packs several continuations of one prefix (services.ppm.packing)."""
         hidden = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
         ).last_hidden_state
         return torch.tanh(self.value_head(hidden).squeeze(-1).float())
-
-    def scores_at(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: list[list[int]]
-    ) -> list[list[float]]:
-        """Scores at the given positions of each row (each step's last token)."""
-        per_token = self.forward(input_ids, attention_mask)
-        return [[float(per_token[row, p]) for p in row_positions] for row, row_positions in enumerate(positions)]
 
     # --- persistence -------------------------------------------------------------------------------------
 

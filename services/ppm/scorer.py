@@ -93,11 +93,13 @@ def score_packed(
     rows: list[PackedRow] = []
     placement = []  # per item: its row and its continuation's index there
     for prefix, _, last in encoded:
-        row = row_of.setdefault(tuple(prefix), len(rows))
-        if row == len(rows):
+        key = tuple(prefix)
+        if key not in row_of:
+            row_of[key] = len(rows)
             rows.append(PackedRow(prefix, []))
-        placement.append((row, len(rows[row].continuations)))
-        rows[row].continuations.append(last)
+        row = rows[row_of[key]]
+        placement.append((row_of[key], len(row.continuations)))
+        row.continuations.append(last)
     packed = pack(rows, pad_id)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_on_cpu):
         per_token = model(

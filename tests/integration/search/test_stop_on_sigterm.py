@@ -17,7 +17,7 @@ from support.processes import REPO, THINKMESH
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
 
-def _children() -> dict[int, int]:
+def _parents() -> dict[int, int]:
     """pid → parent pid of every process on the machine."""
     parents = {}
     for entry in filter(str.isdigit, os.listdir("/proc")):
@@ -30,7 +30,7 @@ def _children() -> dict[int, int]:
 
 
 def _descendants(root: int) -> set[int]:
-    parents = _children()
+    parents = _parents()
     found, frontier = set(), {root}
     while frontier:
         frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
