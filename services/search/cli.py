@@ -105,7 +105,7 @@ def load_problems(args: argparse.Namespace) -> list[Any]:
     if args.dataset == "curriculum":
         from services.trainer.curriculum import generate
 
-        return [EvalProblem(p.id, p.question, p.answer) for p in generate(args.level, args.n, seed=args.seed)]
+        return [EvalProblem(p.id, p.question, p.answer, p.shape) for p in generate(args.level, args.n, seed=args.seed)]
     path = Path(args.dataset)
     if path.is_file():
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -161,6 +161,9 @@ def _eval(args: argparse.Namespace) -> int:
                 f"n={summary['n']}  tokens/problem={summary['tokens_per_problem']:.0f}  "
                 f"s/problem={summary['seconds_per_problem']:.2f}"
             )
+        if args.by_kind and not args.json:
+            for kind, row in summary.get("by_kind", {}).items():
+                print(f"  {kind:<28} n={row['n']:<4} accuracy={row['accuracy']:.3f} pass@k={row['pass_at_k']:.3f}")
         if args.show:
             for r in results:
                 print(f"  {'✓' if r.correct else '✗'} {r.id}: {r.answer!r} (reference {r.reference!r})")
@@ -254,6 +257,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     evaluation.add_argument("--plot", default=None, help="write accuracy against rollouts to this PNG")
     evaluation.add_argument("--store", default=None)
     evaluation.add_argument("--show", action="store_true", help="print every problem's answer")
+    evaluation.add_argument(
+        "--by-kind", action="store_true", help="accuracy per kind of problem (curriculum: moves and number length)"
+    )
     evaluation.add_argument("--json", action="store_true")
     client_options(evaluation)
     evaluation.set_defaults(target=None, func=_eval)

@@ -28,6 +28,7 @@ class EvalProblem:
     id: str
     question: str
     answer: str
+    kind: str = ""  # a group to break accuracy down by (curriculum: "4 moves, 3-digit numbers"); "" for none
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class EvalSettings:
 @dataclass
 class ProblemResult:
     id: str
+    kind: str
     question: str
     reference: str
     answer: str
@@ -128,6 +130,7 @@ async def evaluate_rules(
                 results[method].append(
                     ProblemResult(
                         problem.id,
+                        problem.kind,
                         problem.question,
                         problem.answer,
                         choice.answer if choice else "",
@@ -148,7 +151,7 @@ def _summary(
     method: EvalMethod, results: list[ProblemResult], settings: EvalSettings, tokens: int, wall: float
 ) -> dict[str, Any]:
     n = len(results)
-    return {
+    summary = {
         "method": method,
         "n": n,
         "accuracy": sum(r.correct for r in results) / n if n else 0.0,
@@ -157,4 +160,22 @@ def _summary(
         "tokens_per_problem": tokens / n if n else 0.0,
         "seconds_per_problem": wall / n if n else 0.0,
         "wall_seconds": round(wall, 2),
+    }
+    if any(r.kind for r in results):
+        summary["by_kind"] = by_kind(results)
+    return summary
+
+
+def by_kind(results: Sequence[ProblemResult]) -> dict[str, dict[str, float]]:
+    """Accuracy and pass@k per kind of problem: which kinds a policy reaches, and which it never solves."""
+    groups: dict[str, list[ProblemResult]] = {}
+    for r in results:
+        groups.setdefault(r.kind, []).append(r)
+    return {
+        kind: {
+            "n": len(rows),
+            "accuracy": sum(r.correct for r in rows) / len(rows),
+            "pass_at_k": sum(r.found for r in rows) / len(rows),
+        }
+        for kind, rows in sorted(groups.items())
     }

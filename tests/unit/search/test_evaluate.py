@@ -36,3 +36,22 @@ async def test_shared_samples_give_each_rule_what_it_gives_alone_for_half_the_sa
 async def test_only_sampled_methods_share() -> None:
     with pytest.raises(ValueError, match="share"):
         await evaluate_rules(PROBLEMS, _backends(ScriptedBackends()), EvalSettings("greedy"), ("greedy", "mcts"))
+
+
+async def test_accuracy_is_broken_down_by_kind_when_problems_have_one() -> None:
+    kinds = [EvalProblem(p.id, p.question, p.answer, kind) for p, kind in zip(PROBLEMS, ("easy", "hard"), strict=True)]
+    results, summary = await evaluate(kinds, _backends(ScriptedBackends()), EvalSettings("maj", 4, seed=3))
+    assert [(r.kind, r.correct) for r in results] == [("easy", True), ("hard", False)]
+    assert summary["by_kind"] == {
+        "easy": {"n": 1, "accuracy": 1.0, "pass_at_k": 1.0},
+        "hard": {"n": 1, "accuracy": 0.0, "pass_at_k": 0.0},
+    }
+    _, plain = await evaluate(PROBLEMS, _backends(ScriptedBackends()), EvalSettings("maj", 4, seed=3))
+    assert "by_kind" not in plain
+
+
+def test_a_curriculum_problem_names_its_shape() -> None:
+    from services.trainer.curriculum import CurriculumProblem
+
+    problem = CurriculumProblem("p", "Ann has 105 pens. She buys 7 more.", "112", 3, "arithmetic", "toys", (), 4, 0)
+    assert problem.shape == "4 moves, 3-digit numbers"
