@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import replace
 
 from services.trainer.curriculum.draft import Draft
 from services.trainer.curriculum.families import FAMILIES
 from services.trainer.curriculum.family import Family, Template
-from services.trainer.curriculum.levels import level_spec
+from services.trainer.curriculum.levels import LevelSpec, level_spec
 from services.trainer.curriculum.problem import CurriculumProblem
 
 
@@ -25,7 +26,7 @@ def generate(level: int, n: int, seed: int = 0, *, families: Sequence[str] | Non
         family = rng.choice(chosen)
         moves = rng.randint(*spec.moves)
         template, chain = _template(rng, family, moves)
-        draft = Draft(rng, spec)
+        draft = Draft(rng, _limits(rng, level))
         written = draft.finish(template.build(draft, chain))
         problems.append(
             CurriculumProblem(
@@ -41,6 +42,16 @@ def generate(level: int, n: int, seed: int = 0, *, families: Sequence[str] | Non
             )
         )
     return problems
+
+
+def _limits(rng: random.Random, level: int) -> LevelSpec:
+    """The problem's number limits: its level's, or with the level's `preview_numbers` chance the level
+    above's. A level without previews draws nothing more, so its problems do not depend on this."""
+    spec = level_spec(level)
+    if spec.preview_numbers and rng.random() < spec.preview_numbers:
+        above = level_spec(level + 1)
+        spec = replace(spec, max_value=above.max_value, max_addend=above.max_addend, max_factor=above.max_factor)
+    return spec
 
 
 def _families(names: Sequence[str] | None) -> list[Family]:
