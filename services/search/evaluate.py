@@ -151,7 +151,7 @@ def _summary(
     method: EvalMethod, results: list[ProblemResult], settings: EvalSettings, tokens: int, wall: float
 ) -> dict[str, Any]:
     n = len(results)
-    summary = {
+    summary: dict[str, Any] = {
         "method": method,
         "n": n,
         "accuracy": sum(r.correct for r in results) / n if n else 0.0,
