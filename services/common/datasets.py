@@ -83,28 +83,21 @@ def _math_level(value: object) -> int | None:
     return int(digits) if digits.isdigit() else None  # a few MATH problems say "Level ?"
 
 
-def _read_math500(path: Path, source: str) -> Iterator[Problem]:
-    for row in _jsonl(path):
-        yield Problem(
-            row["unique_id"],
-            row["problem"],
-            _answer_text(row["answer"]),
-            source,
-            _math_level(row["level"]),
-            row["subject"],
-        )
+def _math_reader(subject_field: str) -> Reader:
+    """MATH-500 and the full MATH files have the same rows, except for the field naming the subject."""
+
+    def read(path: Path, source: str) -> Iterator[Problem]:
+        for row in _jsonl(path):
+            answer = _answer_text(row["answer"])
+            yield Problem(
+                row["unique_id"], row["problem"], answer, source, _math_level(row["level"]), row[subject_field]
+            )
+
+    return read
 
 
-def _read_math_full(path: Path, source: str) -> Iterator[Problem]:
-    for row in _jsonl(path):
-        yield Problem(
-            row["unique_id"],
-            row["problem"],
-            _answer_text(row["answer"]),
-            source,
-            _math_level(row["level"]),
-            row["type"],
-        )
+_read_math500 = _math_reader("subject")
+_read_math_full = _math_reader("type")
 
 
 def _read_gsm8k(path: Path, source: str) -> Iterator[Problem]:

@@ -139,7 +139,7 @@ class GrpcServer:
         bind = (
             f"[{self.settings.host}]:{self.settings.port}"
             if ":" in self.settings.host
-            else (f"{self.settings.host}:{self.settings.port}")
+            else f"{self.settings.host}:{self.settings.port}"
         )
         if self.settings.tls.enabled:
             self.port = self._server.add_secure_port(bind, server_credentials(self.settings.tls))

@@ -26,7 +26,7 @@ def generate(level: int, n: int, seed: int = 0, *, families: Sequence[str] | Non
         family = rng.choice(chosen)
         moves = rng.randint(*spec.moves)
         template, chain = _template(rng, family, moves)
-        draft = Draft(rng, _limits(rng, level))
+        draft = Draft(rng, _limits(rng, spec))
         written = draft.finish(template.build(draft, chain))
         problems.append(
             CurriculumProblem(
@@ -44,12 +44,11 @@ def generate(level: int, n: int, seed: int = 0, *, families: Sequence[str] | Non
     return problems
 
 
-def _limits(rng: random.Random, level: int) -> LevelSpec:
+def _limits(rng: random.Random, spec: LevelSpec) -> LevelSpec:
     """The problem's number limits: its level's, or with the level's `preview_numbers` chance the level
     above's. A level without previews draws nothing more, so its problems do not depend on this."""
-    spec = level_spec(level)
     if spec.preview_numbers and rng.random() < spec.preview_numbers:
-        above = level_spec(level + 1)
+        above = level_spec(spec.level + 1)
         spec = replace(spec, max_value=above.max_value, max_addend=above.max_addend, max_factor=above.max_factor)
     return spec
 

@@ -9,7 +9,7 @@ easy levels has seen them before they become the rule at levels 4 and 5.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -33,17 +33,13 @@ class LevelSpec:
             raise ValueError(f"level {self.level}: preview_numbers must be a probability, not {self.preview_numbers}")
 
 
-def _previewing(spec: LevelSpec) -> LevelSpec:
-    """Levels 2-4 preview the numbers of the level above in one problem in five; level 1 needs none (levels 1
-    and 2 are learnt together, and both have 2-digit numbers) and level 5 has nothing above it."""
-    return replace(spec, preview_numbers=0.2)
-
-
+# Levels 2-4 preview the next level's numbers in one problem in five; level 1 needs none (levels 1 and 2 are
+# learnt together, both with 2-digit numbers), and level 5 has nothing above it.
 LEVELS: dict[int, LevelSpec] = {
     1: LevelSpec(1, moves=(1, 2), max_value=60, max_addend=20, max_factor=3, distractors=()),
-    2: _previewing(LevelSpec(2, moves=(2, 3), max_value=100, max_addend=30, max_factor=4, distractors=(0.25,))),
-    3: _previewing(LevelSpec(3, moves=(3, 4), max_value=200, max_addend=50, max_factor=5, distractors=(0.5,))),
-    4: _previewing(LevelSpec(4, moves=(4, 5), max_value=500, max_addend=90, max_factor=6, distractors=(1.0,))),
+    2: LevelSpec(2, moves=(2, 3), max_value=100, max_addend=30, max_factor=4, distractors=(0.25,), preview_numbers=0.2),
+    3: LevelSpec(3, moves=(3, 4), max_value=200, max_addend=50, max_factor=5, distractors=(0.5,), preview_numbers=0.2),
+    4: LevelSpec(4, moves=(4, 5), max_value=500, max_addend=90, max_factor=6, distractors=(1.0,), preview_numbers=0.2),
     5: LevelSpec(5, moves=(5, 6), max_value=1000, max_addend=200, max_factor=9, distractors=(1.0, 0.5)),
 }
 
