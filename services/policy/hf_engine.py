@@ -46,9 +46,22 @@ class _Request:
 
 
 def pick_device(requested: str) -> str:
-    if requested != "auto":
-        return requested
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """The device to run on ("auto": the GPU if there is one), with torch set up for it."""
+    device = requested if requested != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        avoid_cudnn_attention()
+    return device
+
+
+def avoid_cudnn_attention() -> None:
+    """Take cuDNN out of torch's attention backends (process-wide; the others stay in their order).
+
+    torch sends attention with a padding mask to cuDNN first on Hopper GPUs, and cuDNN builds an execution plan
+    for every shape it has not seen: ≈ 35 ms each on an H200, measured. A search never repeats a shape (prompts
+    of every length, a cache one token longer each step), so every decoding step paid for a new plan and the
+    GPU ran slower than two CPU cores (docs/benchmarks.md). The other fused kernels take any shape.
+    """
+    torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 def cpu_supports_bf16() -> bool:

@@ -150,3 +150,19 @@ def test_the_generate_fallback_serves_the_same_greedy_steps(policy_dir: Path, en
     for mine, other in zip((s for c in ours for s in c), (s for c in theirs for s in c), strict=True):
         assert (mine.text, mine.end, mine.num_tokens) == (other.text, other.end, other.num_tokens)
         assert mine.logprob == pytest.approx(other.logprob, abs=1e-4)
+
+
+def test_a_cuda_device_takes_cudnn_out_of_the_attention_backends() -> None:
+    # cuDNN builds an attention plan per unseen shape (~35 ms on an H200); decoding never repeats a shape.
+    from services.policy.hf_engine import pick_device
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        assert pick_device("cpu") == "cpu"
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+        assert pick_device("cuda:0") == "cuda:0"
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
