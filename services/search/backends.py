@@ -27,6 +27,7 @@ class Sampled:
     text: str
     finished: bool  # ended at a step marker
     num_tokens: int
+    logprob: float = 0.0  # sum over its tokens, under the distribution they were sampled from
 
 
 class Generator(Protocol):
@@ -102,10 +103,11 @@ class GrpcGenerator:
         )
         reply = await self._stub.GenerateSteps(request, timeout=self._deadline_s)
         unfinished = policy_pb2.STEP_END_LENGTH
-        return (
-            [[Sampled(c.text, c.end != unfinished, c.num_tokens) for c in s.candidates] for s in reply.results],
-            reply.model_version,
-        )
+        sampled = [
+            [Sampled(c.text, c.end != unfinished, c.num_tokens, c.logprob) for c in result.candidates]
+            for result in reply.results
+        ]
+        return sampled, reply.model_version
 
 
 class GrpcRunner:
@@ -160,7 +162,7 @@ class LocalGenerator:
             SamplingParams(n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed or None),
         )
         return (
-            [[Sampled(c.text, c.end is not StepEnd.LENGTH, c.num_tokens) for c in row] for row in results],
+            [[Sampled(c.text, c.end is not StepEnd.LENGTH, c.num_tokens, c.logprob) for c in row] for row in results],
             self.engine.version,
         )
 

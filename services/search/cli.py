@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from services.search.answers import DEFAULT_METHOD, METHODS
+
 # --------------------------------------------------------------------------------------------------- up
 
 
@@ -250,9 +252,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     evaluation.add_argument("--rollouts", type=int, default=16)
     evaluation.add_argument("--candidates", type=int, default=4)
     evaluation.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (not greedy)")
-    evaluation.add_argument(
-        "--answer", choices=("vote", "ppm", "q", "majority"), default="vote", help="how MCTS picks its answer"
-    )
+    evaluation.add_argument("--answer", choices=METHODS, default=DEFAULT_METHOD, help="how MCTS picks its answer")
     evaluation.add_argument("--sweep", default=None, help="comma-separated rollout counts, e.g. 1,2,4,8,16")
     evaluation.add_argument("--plot", default=None, help="write accuracy against rollouts to this PNG")
     evaluation.add_argument("--store", default=None)

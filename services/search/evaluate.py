@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from services.search.answers import Method, choose
+from services.search.answers import DEFAULT_METHOD, Method, choose
 from services.search.backends import Backends
 from services.search.mcts import SearchConfig, Tree
 from services.search.orchestrator import Orchestrator, Sampling
@@ -39,7 +39,7 @@ class EvalSettings:
     max_depth: int = 16
     temperature: float = 0.8
     max_new_tokens: int = 256
-    answer_method: Method = "vote"
+    answer_method: Method = DEFAULT_METHOD
     q_mode: Literal["terminal", "ppm"] = "ppm"
     seed: int = 0
     batch: int = 64  # problems searched together

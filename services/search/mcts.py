@@ -69,6 +69,8 @@ class Node:
     stdout: str | None = None  # output of a CODE_END step's program
     code_errors: int = 0  # consecutive, along the path
     error: str | None = None  # why a terminal node is −1 (malformed, code error, depth)
+    tokens: int = 0  # the step's, as the policy generated it
+    logprob: float = 0.0  # the policy's log-probability of the step, summed over its tokens
 
     def q(self, mode: QMode) -> float:
         if mode == "ppm":
@@ -108,6 +110,8 @@ Need = Expand | Execute | Score | Grade
 class Candidate:
     text: str
     finished: bool  # ended at a step marker (not the token limit)
+    tokens: int = 0
+    logprob: float = 0.0  # the policy's, summed over the step's tokens
 
 
 @dataclass(frozen=True)
@@ -247,7 +251,13 @@ class Tree:
                 continue
             seen.add(text)
             child = Node(
-                id=len(self.nodes), parent=parent.id, step=text, depth=parent.depth + 1, code_errors=parent.code_errors
+                id=len(self.nodes),
+                parent=parent.id,
+                step=text,
+                depth=parent.depth + 1,
+                code_errors=parent.code_errors,
+                tokens=candidate.tokens,
+                logprob=candidate.logprob,
             )
             self.nodes.append(child)
             parent.children.append(child.id)

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from prometheus_client import Histogram
 
-from services.search.answers import Choice, Method, choose
+from services.search.answers import DEFAULT_METHOD, Choice, Method, choose
 from services.search.backends import Backends, Prompt
 from services.search.mcts import Candidate, Execute, Expand, Grade, Score, SearchConfig, Tree
 
@@ -172,7 +172,7 @@ class Orchestrator:
             began = time.monotonic()
             for (tree, _), row in zip(group, rows, strict=True):
                 stats.tokens += sum(s.num_tokens for s in row)
-                tree.deliver_candidates([Candidate(s.text, s.finished) for s in row])
+                tree.deliver_candidates([Candidate(s.text, s.finished, s.num_tokens, s.logprob) for s in row])
             stats.engine_seconds += time.monotonic() - began
 
     async def _execute(self, waiting: list[tuple[Tree, Execute]], stats: RunStats) -> None:
@@ -264,7 +264,7 @@ async def solve_many(
     tasks: Sequence[SolveTask],
     config: SearchConfig,
     *,
-    method: Method = "vote",
+    method: Method = DEFAULT_METHOD,
     deadline: float | None = None,
     cancelled: asyncio.Event | None = None,
     progress: Progress | None = None,

@@ -10,6 +10,7 @@ from typing import ClassVar
 from services.common.security import TlsFiles
 from services.common.server import ServerSettings
 from services.common.settings import require
+from services.search.answers import DEFAULT_METHOD, METHODS
 
 SEARCH_QUEUE = "search"
 
@@ -48,7 +49,7 @@ class SearchSettings(ServerSettings):
     exec_timeout_ms: int = 10_000
     c: float = 2.0
     q_mode: str = "ppm"
-    answer_method: str = "vote"
+    answer_method: str = DEFAULT_METHOD
     # A Solve without a client deadline is bounded by this.
     default_deadline_s: float = 600.0
 
@@ -62,7 +63,7 @@ class SearchSettings(ServerSettings):
         require(0 < self.searches <= self.max_searches, self, "searches", "must be between 1 and max_searches")
         require(self.max_depth > 0, self, "max_depth", "must be at least 1")
         require(self.q_mode in ("terminal", "ppm"), self, "q_mode", "must be 'terminal' or 'ppm'")
-        require(self.answer_method in ("ppm", "vote", "q"), self, "answer_method", "must be ppm, vote or q")
+        require(self.answer_method in METHODS, self, "answer_method", f"must be one of {', '.join(METHODS)}")
 
     @property
     def client_tls(self) -> TlsFiles | None:

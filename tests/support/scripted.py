@@ -45,7 +45,7 @@ class ScriptedBackends:
         self, prompts: Sequence[Prompt], n: int, temperature: float, max_new_tokens: int, seed: int
     ) -> tuple[list[list[Sampled]], str]:
         self.calls["policy"].append(len(prompts))
-        return [[Sampled(c.text, c.finished, 5) for c in scripted(p.steps)][:n] for p in prompts], "scripted-v1"
+        return [[Sampled(c.text, c.finished, 5, -1.5) for c in scripted(p.steps)][:n] for p in prompts], "scripted-v1"
 
     async def run(self, programs: Sequence[str], timeout_ms: int) -> list[Execution]:
         self.calls["sandbox"].append(len(programs))

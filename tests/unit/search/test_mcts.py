@@ -202,3 +202,22 @@ def test_an_empty_candidate_is_terminal_and_never_sent_to_the_ppm() -> None:
     kinds = drive(tree, lambda steps: [Candidate("", True)])
     assert kinds == ["Expand"]  # nothing to run, nothing to score
     assert tree.nodes[1].terminal and tree.nodes[1].reward == -1.0
+
+
+def test_confidence_picks_the_path_the_policy_found_likeliest_whatever_the_ppm_says() -> None:
+    # The policy was sure of the right first move (-0.1 per token) and unsure of the wrong one (-2 per token);
+    # the PPM prefers the wrong path. Program outputs are not generated, so they carry no tokens.
+    def policy(steps: tuple[str, ...]) -> list[Candidate]:
+        return [
+            Candidate(c.text, c.finished, tokens=5, logprob=(-10.0 if c.text == BAD else -0.5)) for c in scripted(steps)
+        ]
+
+    tree = Tree("q", SearchConfig(rollouts=6, q_mode="ppm"))
+    drive(tree, policy, score=lambda steps: 0.9 if any("3 - 5" in s for s in steps) else 0.1)
+    assert {n.answer for n in tree.terminals()} == {"8", "-2"}
+    assert {(n.tokens, n.logprob) for n in tree.nodes[1:]} == {(5, -0.5), (5, -10.0)}
+    by_ppm, by_confidence = choose([tree], "ppm"), choose([tree], "confidence")
+    assert by_ppm is not None and by_ppm.answer == "-2"
+    assert by_confidence is not None and by_confidence.answer == "8"
+    # Three generated steps of 5 tokens at -0.5 each: a mean of -0.1 per token, reported as its exp.
+    assert by_confidence.score == pytest.approx(math.exp(-0.1))

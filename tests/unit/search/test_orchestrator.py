@@ -30,6 +30,8 @@ async def test_batched_ticks_make_one_call_per_service_across_trees() -> None:
     assert stats.policy.items == sum(scripted.calls["policy"])
     assert (stats.policy_version, stats.ppm_version) == ("scripted-v1", "rules-v1")
     assert all(t.stats.rollouts == 4 for s in solved for t in s.trees)
+    # What the policy said of each step reaches its node (the "confidence" answer rule reads it).
+    assert {(n.tokens, n.logprob) for s in solved for t in s.trees for n in t.nodes[1:]} == {(5, -1.5)}
 
 
 async def test_unbatched_mode_makes_one_call_per_node_with_the_same_trees() -> None:
