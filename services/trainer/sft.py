@@ -73,11 +73,9 @@ class PadToLongest:
 
 def training_arguments(output_dir: str, config: Any, *, progress: bool, batch_size: int) -> TrainingArguments:
     """Arguments shared by the SFT and PPM trainers: CPU or GPU, bf16 where the hardware has it, no checkpoints."""
-    from services.policy.hf_engine import avoid_cudnn_attention, cpu_supports_bf16
+    from services.policy.hf_engine import cpu_supports_bf16, pick_device
 
-    on_gpu = torch.cuda.is_available()
-    if on_gpu:
-        avoid_cudnn_attention()  # batches of every padded length: see its docstring
+    on_gpu = pick_device("auto") != "cpu"  # sets torch up for the GPU as the engines do
     return TrainingArguments(
         output_dir=output_dir,
         max_steps=config.max_steps,
