@@ -120,6 +120,11 @@ def render_output(stdout: str) -> str:
     return f"{OUTPUT_START}{truncate_output(stdout)}{END_OF_OUTPUT}"
 
 
+def written_by_policy(step: str) -> bool:
+    """Whether the model wrote this step: every step but the `<output>` blocks the search appends."""
+    return not step.startswith(OUTPUT_START)
+
+
 def render_answer(answer: str) -> str:
     """The terminal step, written by the model after the output block."""
     return f"{ANSWER_START}The answer is \\boxed{{{answer}}} {END_OF_ANSWER}"

@@ -10,7 +10,7 @@ separate rows, about 350 packed).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -19,6 +19,10 @@ import torch
 class PackedRow:
     prefix: list[int]
     continuations: list[list[int]]
+    # Which tokens the policy wrote (read by a likelihood PPM, services.ppm.model): per prefix token, and per
+    # continuation one flag for all of its tokens (a continuation is one step). Empty: none.
+    prefix_counted: list[bool] = field(default_factory=list)
+    continuations_counted: list[bool] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,7 @@ class PackedBatch:
     input_ids: torch.Tensor  # (rows, width), right-padded
     attention_mask: torch.Tensor  # (rows, 1, width, width) boolean
     position_ids: torch.Tensor  # (rows, width)
+    counted: torch.Tensor  # (rows, width) bool: tokens the policy wrote
     ends: list[list[int]]  # per row, the index of each continuation's last token
 
 
@@ -36,6 +41,7 @@ def pack(rows: Sequence[PackedRow], pad_id: int) -> PackedBatch:
     width = max(len(row.prefix) + sum(map(len, row.continuations)) for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     positions = torch.zeros((len(rows), width), dtype=torch.long)
+    counted = torch.zeros((len(rows), width), dtype=torch.bool)
     mask = torch.eye(width, dtype=torch.bool).repeat(len(rows), 1, 1, 1)
     causal = torch.ones((width, width), dtype=torch.bool).tril()
     ends: list[list[int]] = []
@@ -43,15 +49,19 @@ def pack(rows: Sequence[PackedRow], pad_id: int) -> PackedBatch:
         p = len(row.prefix)
         ids[index, :p] = torch.tensor(row.prefix, dtype=torch.long)
         positions[index, :p] = torch.arange(p)
+        if row.prefix_counted:
+            counted[index, :p] = torch.tensor(row.prefix_counted, dtype=torch.bool)
         mask[index, 0, :p, :p] = causal[:p, :p]
         start, row_ends = p, []
-        for continuation in row.continuations:
+        for number, continuation in enumerate(row.continuations):
             n = len(continuation)
             ids[index, start : start + n] = torch.tensor(continuation, dtype=torch.long)
+            if row.continuations_counted:
+                counted[index, start : start + n] = row.continuations_counted[number]
             positions[index, start : start + n] = torch.arange(p, p + n)
             mask[index, 0, start : start + n, :p] = True
             mask[index, 0, start : start + n, start : start + n] = causal[:n, :n]
             row_ends.append(start + n - 1)
             start += n
         ends.append(row_ends)
-    return PackedBatch(ids, mask, positions, ends)
+    return PackedBatch(ids, mask, positions, counted, ends)

@@ -54,60 +54,83 @@ def require_fits(length: int, max_length: int) -> None:
         raise InvalidInput(f"item is {length} tokens; the PPM reads at most {max_length}")
 
 
-def encode_item(tokenizer: object, item: ScoreItem, max_length: int) -> tuple[list[int], list[int]]:
-    """Token ids of prompt + steps, and the index of each step's last token."""
+@dataclass(frozen=True)
+class EncodedItem:
+    ids: list[int]  # prompt + steps, each step followed by the newline that separates it from the next
+    positions: list[int]  # the index of each step's last token (its end marker), where its score is read
+    counted: list[bool]  # per token: the policy wrote it (its steps, not the prompt, newlines or <output> blocks)
+
+
+@dataclass(frozen=True)
+class PackableItem:
+    """An item as its prefix (every step but the last) and its last step: items that differ only in their last
+    step (a node's new children) can share the prefix in one row."""
+
+    prefix: EncodedItem
+    last: list[int]
+    last_counted: bool
+
+
+def encode_item(tokenizer: object, item: ScoreItem, max_length: int) -> EncodedItem:
     encode = tokenizer.encode  # type: ignore[attr-defined]
     ids: list[int] = list(encode(stepfmt.render_prompt(item.question, []), add_special_tokens=False))
+    counted = [False] * len(ids)
     newline: list[int] = list(encode("\n", add_special_tokens=False))
     positions = []
     for step in item.steps:
-        ids.extend(encode_step(tokenizer, step))
+        piece = encode_step(tokenizer, step)
+        ids.extend(piece)
+        counted.extend([stepfmt.written_by_policy(step)] * len(piece))
         positions.append(len(ids) - 1)  # the step's last token: its end marker
         ids.extend(newline)  # steps are separated exactly as the policy saw them (stepfmt.render_prompt)
+        counted.extend([False] * len(newline))
     require_fits(len(ids), max_length)
-    return ids, positions
+    return EncodedItem(ids, positions, counted)
 
 
-def encode_packable(tokenizer: object, item: ScoreItem, max_length: int) -> tuple[list[int], list[int], list[int]]:
-    """An item as (prefix ids, its steps' last-token indices, the last step's ids): prefix + last step is exactly
-    `encode_item`'s sequence, so items that differ only in their last step can share the prefix in one row."""
+def encode_packable(tokenizer: object, item: ScoreItem, max_length: int) -> PackableItem:
+    """prefix + last step is exactly `encode_item`'s sequence (without the final newline)."""
     if not item.steps:
         raise InvalidInput("an item has no steps: there is nothing to score")
-    prefix, positions = encode_item(tokenizer, ScoreItem(item.question, item.steps[:-1]), max_length)
+    prefix = encode_item(tokenizer, ScoreItem(item.question, item.steps[:-1]), max_length)
     last = encode_step(tokenizer, item.steps[-1])
-    require_fits(len(prefix) + len(last), max_length)
-    return prefix, positions, last
+    require_fits(len(prefix.ids) + len(last), max_length)
+    return PackableItem(prefix, last, stepfmt.written_by_policy(item.steps[-1]))
 
 
 def score_packed(
     model: ProcessRewardModel,
-    encoded: Sequence[tuple[list[int], list[int], list[int]]],
+    encoded: Sequence[PackableItem],
     pad_id: int,
     *,
     device: str = "cpu",
     bf16_on_cpu: bool = False,
 ) -> list[list[float]]:
-    """Each item's step scores, for items from `encode_packable`: items with the same prefix (a node's new
-    children) share one row (services.ppm.packing)."""
+    """Each item's step scores: items with the same prefix (a node's new children) share one row
+    (services.ppm.packing)."""
     row_of: dict[tuple[int, ...], int] = {}
     rows: list[PackedRow] = []
     placement = []  # per item: its row and its continuation's index there
-    for prefix, _, last in encoded:
-        key = tuple(prefix)
+    for item in encoded:
+        key = tuple(item.prefix.ids)
         if key not in row_of:
             row_of[key] = len(rows)
-            rows.append(PackedRow(prefix, []))
+            rows.append(PackedRow(item.prefix.ids, [], prefix_counted=item.prefix.counted))
         row = rows[row_of[key]]
         placement.append((row_of[key], len(row.continuations)))
-        row.continuations.append(last)
+        row.continuations.append(item.last)
+        row.continuations_counted.append(item.last_counted)
     packed = pack(rows, pad_id)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_on_cpu):
         per_token = model(
-            packed.input_ids.to(device), packed.attention_mask.to(device), packed.position_ids.to(device)
+            packed.input_ids.to(device),
+            packed.attention_mask.to(device),
+            packed.position_ids.to(device),
+            packed.counted.to(device),
         ).cpu()
     return [
-        [float(per_token[row, p]) for p in positions] + [float(per_token[row, packed.ends[row][index]])]
-        for (_, positions, _), (row, index) in zip(encoded, placement, strict=True)
+        [float(per_token[row, p]) for p in item.prefix.positions] + [float(per_token[row, packed.ends[row][index]])]
+        for item, (row, index) in zip(encoded, placement, strict=True)
     ]
 
 
@@ -144,7 +167,7 @@ class HFScorer:
 
     def _score_batch(self, items: list[ScoreItem]) -> list[list[float] | InvalidInput]:
         """Scores for each item; an item that cannot be encoded gets its error, the others their scores."""
-        encoded: list[tuple[list[int], list[int], list[int]] | InvalidInput] = []
+        encoded: list[PackableItem | InvalidInput] = []
         for item in items:
             try:
                 encoded.append(encode_packable(self.tokenizer, item, self.max_length))
@@ -154,7 +177,7 @@ class HFScorer:
         scores = iter(self._forward(valid) if valid else [])
         return [e if isinstance(e, InvalidInput) else next(scores) for e in encoded]
 
-    def _forward(self, encoded: list[tuple[list[int], list[int], list[int]]]) -> list[list[float]]:
+    def _forward(self, encoded: list[PackableItem]) -> list[list[float]]:
         return score_packed(self.model, encoded, self.pad_id, device=self.device, bf16_on_cpu=self._autocast)
 
     async def close(self) -> None:

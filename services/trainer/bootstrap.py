@@ -143,7 +143,7 @@ def bootstrap(store: ModelStore, config: BootstrapConfig, *, force: bool = False
 
     # 3. The PPM: initialised from the policy, trained on teacher-vs-corrupted step pairs.
     heldout, train_pairs = ppm_pairs(config)
-    ppm = ProcessRewardModel.from_pretrained(policy.path)
+    ppm = ProcessRewardModel.from_pretrained(policy.path, likelihood=config.ppm.likelihood)
     before = pairwise_accuracy(ppm, tokenizer, heldout)
     ppm_metrics = train_ppm(ppm, tokenizer, train_pairs, config.ppm, progress=progress)
     after = pairwise_accuracy(ppm, tokenizer, heldout)

@@ -53,7 +53,8 @@ class RoundConfig:
     eval_rollouts: int = 8
     frontier_problems: int = 20
     frontier_samples: int = 16
-    heldout_pair_fraction: float = 0.15  # of the problems: their pairs are held out, never trained on
+    # Of the pool's problems: their pairs and trajectories are held out, never trained on (PPM or policy).
+    heldout_pair_fraction: float = 0.15
     # A round whose MCTS or greedy accuracy drops more than this below the current models' is not published.
     regression_gate: float = 0.05
     seed: int = 0

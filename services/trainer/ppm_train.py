@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase, Trainer
 
+from services.common import stepfmt
 from services.ppm.model import ProcessRewardModel
 from services.ppm.packing import PackedRow, pack
 from services.ppm.scorer import ScoreItem, encode_item, encode_step, require_fits
@@ -47,6 +48,9 @@ class PPMConfig:
     center_coefficient: float = 0.1
     max_length: int = 768
     seed: int = 0
+    # Read the policy's likelihood of the path next to the value head (services.ppm.model): a round's PPM ranked
+    # held-out tree pairs at 0.52-0.56 without it (docs/results.md).
+    likelihood: bool = True
 
 
 @dataclass(frozen=True)
@@ -85,11 +89,17 @@ def encode_group(tokenizer: PreTrainedTokenizerBase, group: PairGroup, max_lengt
     node's candidates gives the same scores as one row per candidate for a fraction of the tokens (a pair:
     about 40% fewer on the curriculum). The collator's mask keeps each step from seeing the others, and each
     step's positions restart where the prefix ends (tested against separate rows)."""
-    prefix, _ = encode_item(tokenizer, ScoreItem(group.question, group.prefix), max_length)
+    prefix = encode_item(tokenizer, ScoreItem(group.question, group.prefix), max_length)
     steps = [encode_step(tokenizer, step) for step in group.steps]
     for ids in steps:
-        require_fits(len(prefix) + len(ids), max_length)  # each step is read as if alone
-    return {"prefix": prefix, "steps": steps, "preferences": list(group.preferences)}
+        require_fits(len(prefix.ids) + len(ids), max_length)  # each step is read as if alone
+    return {
+        "prefix": prefix.ids,
+        "prefix_counted": prefix.counted,
+        "steps": steps,
+        "steps_counted": [stepfmt.written_by_policy(step) for step in group.steps],
+        "preferences": list(group.preferences),
+    }
 
 
 class GroupCollator:
@@ -99,7 +109,9 @@ class GroupCollator:
         self.pad_id = pad_id
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        packed = pack([PackedRow(f["prefix"], f["steps"]) for f in features], self.pad_id)
+        packed = pack(
+            [PackedRow(f["prefix"], f["steps"], f["prefix_counted"], f["steps_counted"]) for f in features], self.pad_id
+        )
         rows, better_at, worse_at = [], [], []
         for row, (f, ends) in enumerate(zip(features, packed.ends, strict=True)):
             for better, worse in f["preferences"]:
@@ -110,6 +122,7 @@ class GroupCollator:
             "input_ids": packed.input_ids,
             "attention_mask": packed.attention_mask,
             "position_ids": packed.position_ids,
+            "counted": packed.counted,
             "pair_rows": torch.tensor(rows),
             "better_at": torch.tensor(better_at),
             "worse_at": torch.tensor(worse_at),
@@ -118,7 +131,7 @@ class GroupCollator:
 
 def pair_scores(model: ProcessRewardModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores of the better and the worse step of every pair in the batch."""
-    per_token = model(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+    per_token = model(batch["input_ids"], batch["attention_mask"], batch["position_ids"], batch["counted"])
     return per_token[batch["pair_rows"], batch["better_at"]], per_token[batch["pair_rows"], batch["worse_at"]]
 
 

@@ -270,18 +270,22 @@ class RoundRunner:
         trees = self._trees(state.round)
         data = extract(trees, self.config.pair_margin)
         directory = self.rounds.directory(state.round)
-        _write_jsonl(directory / "sft.jsonl", [asdict(t) for t in data.trajectories])
         # Held out by problem, not by pair: pairs of one problem share prefixes and would leak into training.
+        # The held-out problems' trajectories stay out of the policy's SFT too: the PPM starts from the policy
+        # and reads its likelihood, so a policy trained on those steps would make the held-out pairs easy.
+        fraction = self.config.heldout_pair_fraction
+        trajectories = [t for t in data.trajectories if not held_out(t.question, fraction)]
+        _write_jsonl(directory / "sft.jsonl", [asdict(t) for t in trajectories])
         heldout: list[dict[str, Any]] = []
         training: list[dict[str, Any]] = []
         for pair in data.pairs:
-            (heldout if held_out(pair.question, self.config.heldout_pair_fraction) else training).append(asdict(pair))
+            (heldout if held_out(pair.question, fraction) else training).append(asdict(pair))
         _write_jsonl(directory / "pairs_heldout.jsonl", heldout)
         _write_jsonl(directory / "pairs.jsonl", training)
         pairs = heldout + training
         solved = {t.question for t in data.trajectories}
         state.metrics["pool_solved"] = len(solved) / max(1, len(trees))
-        state.metrics["sft_trajectories"] = len(data.trajectories)
+        state.metrics["sft_trajectories"] = len(trajectories)
         state.metrics["ppm_pairs"] = len(pairs)
 
     def _accumulated(self, number: int, name: str) -> list[dict[str, Any]]:
@@ -360,8 +364,8 @@ class RoundRunner:
         policy = self.store.get("policy", state.policy_version)
         tokenizer = AutoTokenizer.from_pretrained(policy.path)
         torch.manual_seed(self.config.seed + state.round)
-        model = ProcessRewardModel.from_pretrained(policy.path)
         c = self.config
+        model = ProcessRewardModel.from_pretrained(policy.path, likelihood=c.ppm.likelihood)
         searched = _step_pairs(rows)
         rng = random.Random(c.seed + state.round)
         # About three corruptible steps per problem: a sixth of the wanted pairs per level is enough problems.

@@ -46,7 +46,7 @@ def encode_trajectory(tokenizer: PreTrainedTokenizerBase, trajectory: Trajectory
     labels = [IGNORE] * len(ids)
     for step in trajectory.steps:
         piece = tokenizer.encode(step + "\n", add_special_tokens=False)
-        written_by_model = not step.startswith(stepfmt.OUTPUT_START)
+        written_by_model = stepfmt.written_by_policy(step)
         ids.extend(piece)
         labels.extend(piece if written_by_model else [IGNORE] * len(piece))
     return {"input_ids": ids[:max_length], "labels": labels[:max_length]}

@@ -18,7 +18,7 @@ from services.search.settings import SearchSettings
 from services.trainer.config import preset
 from services.trainer.curriculum import generate
 from services.trainer.dispatch import CeleryDispatcher
-from services.trainer.rounds import RoundRunner, Rounds
+from services.trainer.rounds import RoundRunner, Rounds, held_out
 from support.processes import REPO, THINKMESH, server_process, wait_serving
 from support.tiny_models import publish_micro_models
 
@@ -138,6 +138,8 @@ def test_sft_data_keeps_only_correct_clean_trajectories(stack: tuple[ModelStore,
     assert all(p["chosen"] != p["rejected"] for p in pairs)
     heldout = (store.root / "rounds" / "0001" / "pairs_heldout.jsonl").read_text().splitlines()
     assert not {json.loads(p)["question"] for p in heldout} & {p["question"] for p in pairs}  # split by problem
+    # a held-out problem's trajectories stay out of the policy's SFT as well
+    assert not any(held_out(row["question"], CONFIG.heldout_pair_fraction) for row in rows)
 
 
 def test_training_replays_the_bootstrap_data(stack: tuple[ModelStore, CeleryDispatcher]) -> None:

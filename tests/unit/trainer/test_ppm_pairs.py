@@ -38,9 +38,9 @@ def test_pairs_sharing_a_prefix_form_one_group_with_each_step_once() -> None:
 
 
 def alone(model: ProcessRewardModel, tokenizer: object, question: str, steps: tuple[str, ...]) -> float:
-    ids, positions = encode_item(tokenizer, ScoreItem(question, steps), 10_000)
+    item = encode_item(tokenizer, ScoreItem(question, steps), 10_000)
     with torch.no_grad():
-        return float(model(torch.tensor([ids]))[0, positions[-1]])
+        return float(model(torch.tensor([item.ids]), counted=torch.tensor([item.counted]))[0, item.positions[-1]])
 
 
 def test_each_step_of_a_packed_group_scores_as_it_would_alone(tmp_path: Path) -> None:
@@ -48,6 +48,9 @@ def test_each_step_of_a_packed_group_scores_as_it_would_alone(tmp_path: Path) ->
     tokenizer = AutoTokenizer.from_pretrained(ppm.path)
     model = ProcessRewardModel.from_pretrained(ppm.path).eval()
     torch.nn.init.normal_(model.value_head.weight, std=0.5)  # scores far from 0, so a difference would show
+    with torch.no_grad():  # an untrained micro policy's tokens are unlikely: keep the term out of saturation
+        model.likelihood_weight.fill_(0.1)
+        model.value_head.bias.zero_()
     groups = group_pairs(PAIRS)
     batch = GroupCollator(pad_id_of(tokenizer))([encode_group(tokenizer, g, 10_000) for g in groups])
     with torch.no_grad():
