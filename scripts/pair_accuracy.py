@@ -23,7 +23,7 @@ import torch
 from transformers import AutoTokenizer
 
 from services.ppm.model import ProcessRewardModel
-from services.trainer.ppm_train import StepPair, pairwise_accuracy
+from services.trainer.ppm_train import pairwise_accuracy, step_pairs
 
 
 def main() -> None:
@@ -33,11 +33,7 @@ def main() -> None:
     source.add_argument("--policy", type=Path, help="a policy directory: its likelihood alone")
     parser.add_argument("pairs", nargs="+", type=Path)
     args = parser.parse_args()
-    pairs = [
-        StepPair(row["question"], tuple(row["prefix"]), row["chosen"], row["rejected"])
-        for path in args.pairs
-        for row in map(json.loads, path.read_text().splitlines())
-    ]
+    pairs = step_pairs([json.loads(line) for path in args.pairs for line in path.read_text().splitlines()])
     directory = args.ppm or args.policy
     model = ProcessRewardModel.from_pretrained(directory)
     if args.policy is not None:

@@ -46,15 +46,17 @@ class ProcessRewardModel(nn.Module):
         self.likelihood = likelihood
         self.model = AutoModel.from_config(config)  # type: ignore[no-untyped-call]
         self.value_head = nn.Linear(config.hidden_size, 1)
-        # Near-zero start: an untrained head says "no opinion" (0) rather than random confident scores.
+        # Near-zero start: an untrained head says "no opinion" (0) rather than random confident scores; with the
+        # likelihood term, its bias centres that term instead.
         nn.init.normal_(self.value_head.weight, std=1e-3)
-        nn.init.zeros_(self.value_head.bias)
+        nn.init.constant_(
+            self.value_head.bias, -INITIAL_LIKELIHOOD_WEIGHT * TYPICAL_MEAN_LOGPROB if likelihood else 0.0
+        )
         if likelihood:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
             if getattr(config, "tie_word_embeddings", False):
                 self.lm_head.weight = self.model.get_input_embeddings().weight
             self.likelihood_weight = nn.Parameter(torch.tensor(INITIAL_LIKELIHOOD_WEIGHT))
-            nn.init.constant_(self.value_head.bias, -INITIAL_LIKELIHOOD_WEIGHT * TYPICAL_MEAN_LOGPROB)
 
     def forward(
         self,
@@ -75,7 +77,7 @@ class ProcessRewardModel(nn.Module):
         if self.likelihood:
             if counted is None:
                 raise ValueError("this PPM reads the path's likelihood: say which tokens count (`counted`)")
-            paths = _paths(attention_mask, input_ids.shape)
+            paths = _paths(attention_mask, input_ids)
             logits = logits + self.likelihood_weight * self._mean_logprob(hidden, input_ids, paths, counted)
         return torch.tanh(logits)
 
@@ -144,16 +146,16 @@ class ProcessRewardModel(nn.Module):
         return model.to(dtype)
 
 
-def _paths(attention_mask: torch.Tensor | None, shape: torch.Size) -> torch.Tensor:
+def _paths(attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor:
     """(batch, seq, seq) bool: which tokens lie on each position's path, i.e. what it attends to."""
-    batch, width = shape
-    causal = torch.ones((width, width), dtype=torch.bool).tril()
-    if attention_mask is None:
-        return causal.expand(batch, width, width)
-    if attention_mask.dim() == 4:
+    if attention_mask is not None and attention_mask.dim() == 4:
         return attention_mask[:, 0].bool()
+    batch, width = input_ids.shape
+    causal = torch.ones((width, width), dtype=torch.bool, device=input_ids.device).tril().expand(batch, width, width)
+    if attention_mask is None:
+        return causal
     present = attention_mask.bool()
-    return causal.to(present.device) & present[:, None, :] & present[:, :, None]
+    return causal & present[:, None, :] & present[:, :, None]
 
 
 def _load_state(directory: Path) -> dict[str, torch.Tensor]:

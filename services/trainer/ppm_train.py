@@ -34,6 +34,11 @@ class StepPair:
     rejected: str
 
 
+def step_pairs(rows: Sequence[dict[str, Any]]) -> list[StepPair]:
+    """Pairs from the rows of a round's pair files (`pairs.jsonl`, `pairs_heldout.jsonl`: a StepPair's fields)."""
+    return [StepPair(r["question"], tuple(r["prefix"]), r["chosen"], r["rejected"]) for r in rows]
+
+
 @dataclass(frozen=True)
 class PPMConfig:
     max_steps: int = 400

@@ -34,7 +34,7 @@ from services.trainer.config import RoundConfig
 from services.trainer.curriculum import generate
 from services.trainer.dispatch import CeleryDispatcher, SearchJob
 from services.trainer.extract import extract
-from services.trainer.ppm_train import StepPair
+from services.trainer.ppm_train import StepPair, step_pairs
 from services.trainer.sft import Trajectory
 
 log = logging.getLogger(__name__)
@@ -91,10 +91,6 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
     temporary.write_text("".join(json.dumps(row) + "\n" for row in rows))
     os.replace(temporary, path)
-
-
-def _step_pairs(rows: list[dict[str, Any]]) -> list[StepPair]:
-    return [StepPair(r["question"], tuple(r["prefix"]), r["chosen"], r["rejected"]) for r in rows]
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -366,7 +362,7 @@ class RoundRunner:
         torch.manual_seed(self.config.seed + state.round)
         c = self.config
         model = ProcessRewardModel.from_pretrained(policy.path, likelihood=c.ppm.likelihood)
-        searched = _step_pairs(rows)
+        searched = step_pairs(rows)
         rng = random.Random(c.seed + state.round)
         # About three corruptible steps per problem: a sixth of the wanted pairs per level is enough problems.
         teacher = [
@@ -411,7 +407,7 @@ class RoundRunner:
     def _stage_evaluate(self, state: RoundState) -> None:
         # Every round's held-out pairs so far: one round's are too few to mean much (a handful of problems).
         rows = self._accumulated(state.round, "pairs_heldout.jsonl")
-        heldout = _step_pairs(rows)
+        heldout = step_pairs(rows)
         state.metrics.update(self._evaluate(state.policy_version, state.ppm_version, heldout))
         state.metrics["heldout_pairs"] = len(heldout)
 
