@@ -15,22 +15,49 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 THINKMESH = [sys.executable, "-m", "services.cli"]
 
 
+class _Interrupts:
+    """While a child is being started, an interrupt waits: `Popen` returns only after the child runs, and a
+    KeyboardInterrupt raised in between would leave the child untracked, alive after `stop()`."""
+
+    deferred = 0
+    pending = False
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    if _Interrupts.deferred:
+        _Interrupts.pending = True
+        return
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _interrupts_deferred(*, discard: bool = False) -> Iterator[None]:
+    """Interrupts inside the block wait for its end (`discard`: are dropped, e.g. a second Ctrl-C while stopping)."""
+    _Interrupts.deferred += 1
+    try:
+        yield
+    finally:
+        _Interrupts.deferred -= 1
+        if not _Interrupts.deferred and _Interrupts.pending:
+            _Interrupts.pending = False
+            if not discard:
+                raise KeyboardInterrupt
+
+
 def interrupt_on_sigterm() -> None:
     """Make SIGTERM raise KeyboardInterrupt, as Ctrl-C does, so a command's `finally: stack.stop()` runs either way.
 
-    SIGTERM's default action ends the process at once and would leave every service it started running."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
+    SIGTERM's default action ends the process at once and would leave every service it started running. Both
+    signals wait while a child is being started (`_Interrupts`)."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
 
 
 @dataclass
@@ -73,11 +100,12 @@ class LocalStack:
 
     def _spawn(self, name: str, argv: list[str], env: Mapping[str, str], *, listens: bool) -> Child:
         log = open(self.state_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - kept open by the child
-        process = subprocess.Popen(
-            argv, stdout=subprocess.PIPE if listens else log, stderr=log, env=dict(env), start_new_session=True
-        )
-        child = Child(name, process)
-        self.children.append(child)
+        with _interrupts_deferred():
+            process = subprocess.Popen(
+                argv, stdout=subprocess.PIPE if listens else log, stderr=log, env=dict(env), start_new_session=True
+            )
+            child = Child(name, process)
+            self.children.append(child)
         if listens:
             child.address = self._first_line(child, timeout=300).removeprefix("listening on ")
             self.announce(f"{name} listening on {child.address}")
@@ -121,7 +149,13 @@ class LocalStack:
         return next(child.address for child in self.children if child.name == name)
 
     def stop(self, grace: float = 25.0) -> None:
-        """SIGTERM every process group (newest first), then SIGKILL whatever is left after `grace` seconds."""
+        """SIGTERM every process group (newest first), then SIGKILL whatever is left after `grace` seconds.
+
+        Another Ctrl-C or SIGTERM meanwhile does not cut this short: `grace` bounds it."""
+        with _interrupts_deferred(discard=True):
+            self._stop(grace)
+
+    def _stop(self, grace: float) -> None:
         for child in reversed(self.children):
             _signal_group(child.process, signal.SIGTERM)
         deadline = time.monotonic() + grace
