@@ -19,8 +19,16 @@ from services.common.errors import DeadlineExceeded, InvalidInput, Overloaded, T
 from services.search.settings import SearchSettings
 from services.search.tasks import SOLVE, cancel_key
 
-# Time kept back from the caller's deadline for the result's way back.
+# Time kept back from the caller's deadline for the result's way back: a share of it, at least a second (the worker
+# looks at its deadline between ticks, and one tick on a busy CPU can take most of a second), at most half of it.
 _RESULT_MARGIN = 0.15
+_RESULT_MARGIN_MIN_S = 1.0
+
+
+def _search_time(budget: float) -> float:
+    return budget - min(max(budget * _RESULT_MARGIN, _RESULT_MARGIN_MIN_S), budget / 2)
+
+
 _POLL_S = 0.05
 
 
@@ -80,7 +88,7 @@ class SearchCore:
         if budget <= _RESULT_MARGIN:
             raise DeadlineExceeded("the deadline leaves no time to search")
         job = f"jobs/{uuid.uuid4().hex}"
-        task.update(job=job, problem_id="solve", deadline=time.time() + budget * (1 - _RESULT_MARGIN))
+        task.update(job=job, problem_id="solve", deadline=time.time() + _search_time(budget))
         self._running += 1
         result = self.app.send_task(SOLVE, args=[task])
         finished = False
