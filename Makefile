@@ -58,10 +58,8 @@ test: $(STAMP) system-deps lint helm-check
 	$(BIN)/pytest -q -p no:cacheprovider -m "not quality"
 
 # The embedded models' quality: trains the real bootstrap (≈ 7.5 minutes on 2 cores) and checks what it learnt.
-# Only tests/integration is collected: the chart tests under tests/e2e render with helm as they are collected, and
-# helm is installed by `make test` (helm-check), not here.
 test-quality: $(STAMP)
-	$(BIN)/pytest -q -p no:cacheprovider -m quality tests/integration
+	$(BIN)/pytest -q -p no:cacheprovider -m quality
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,8 +116,3 @@ def render_text(*args: str, helm: Path = HELM) -> str:
 def render(*args: str, helm: Path = HELM) -> Rendered:
     """`helm template` with these arguments (e.g. "-f", file, "--set", "a.b=c"), parsed."""
     return Rendered([doc for doc in yaml.safe_load_all(render_text(*args, helm=helm)) if doc])
-
-
-def render_sets(sets: Sequence[str] = VALUE_SETS) -> Iterator[tuple[str, Rendered]]:
-    for value_set in sets:
-        yield value_set, render(*values_args(value_set))

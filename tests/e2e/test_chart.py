@@ -29,7 +29,6 @@ from e2e.helmchart import (
     RenderError,
     name,
     render,
-    render_sets,
     render_text,
     validate,
     values_args,
@@ -254,8 +253,9 @@ def test_values_that_must_be_set_are_required(settings: list[str], message: str)
 # --- pods ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("value_set", "r"), list(render_sets()))
-def test_every_pod_is_hardened(value_set: str, r: Rendered) -> None:
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_every_pod_is_hardened(value_set: str) -> None:
+    r = render(*values_args(value_set))
     for workload in r.workloads():
         where = f"{value_set}: {workload['metadata']['name']}"
         pod = workload["spec"]["template"]["spec"]
