@@ -16,6 +16,15 @@ REPO = Path(__file__).resolve().parents[2]
 THINKMESH = str(Path(sys.executable).with_name("thinkmesh"))
 
 
+def alive(pid: int) -> bool:
+    """Whether the process runs (a zombie, dead but not yet reaped, does not count)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def read_first_line(proc: subprocess.Popen[str], timeout: float) -> str:
     assert proc.stdout is not None
     selector = selectors.DefaultSelector()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from support.processes import REPO, THINKMESH
+from support.processes import REPO, THINKMESH, alive
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -43,14 +43,6 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _wait_for_line(proc: subprocess.Popen[str], marker: str, timeout: float) -> None:
@@ -103,9 +95,9 @@ def test_sigterm_stops_every_process_the_command_started(tmp_path: Path, command
             proc.kill()
             proc.wait()
     deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and any(map(_alive, started)):
+    while time.monotonic() < deadline and any(map(alive, started)):
         time.sleep(0.2)
-    left = [pid for pid in started if _alive(pid)]
+    left = [pid for pid in started if alive(pid)]
     described = ", ".join(_cmdline(pid) for pid in left)
     for pid in left:  # a failing run must not leave them to the next test
         with contextlib.suppress(OSError):

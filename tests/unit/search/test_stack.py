@@ -14,6 +14,7 @@ import pytest
 
 from services.search import stack as stack_module
 from services.search.stack import LocalStack, interrupt_on_sigterm
+from support.processes import alive
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 
@@ -25,14 +26,6 @@ def interrupts() -> Iterator[None]:
     yield
     for signum, handler in saved.items():
         signal.signal(signum, handler)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def test_a_sigterm_while_a_child_starts_still_stops_that_child(
@@ -85,5 +78,5 @@ def test_a_second_interrupt_does_not_cut_the_stop_short(tmp_path: Path, interrup
         if process.poll() is None:
             process.kill()
             real_wait()
-    assert not _alive(process.pid)
+    assert not alive(process.pid)
     assert stack.children == []
