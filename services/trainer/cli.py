@@ -42,6 +42,15 @@ def _bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _retries(text: str) -> tuple[tuple[int, int], ...]:
+    from services.trainer.config import parse_retries
+
+    try:
+        return parse_retries(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _levels(text: str) -> tuple[int, ...]:
     from services.trainer.curriculum import LEVELS
 
@@ -74,7 +83,12 @@ def _evolve(args: argparse.Namespace) -> int:
     store = ModelStore(stack.store)
     bootstrap(store, config_for(args.bootstrap_preset, seed=0))
     config = preset(
-        args.preset, pool_size=args.pool, pool_levels=args.pool_levels, rollouts=args.rollouts, seed=args.seed
+        args.preset,
+        pool_size=args.pool,
+        pool_levels=args.pool_levels,
+        rollouts=args.rollouts,
+        seed=args.seed,
+        unsolved_retries=args.unsolved_retries,
     )
     bars = StageBars()
 
@@ -128,6 +142,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="curriculum levels of the pool, a repeat weighting a level (default: around the frontier)",
     )
     evolve.add_argument("--rollouts", type=int, default=None)
+    evolve.add_argument(
+        "--unsolved-retries",
+        type=_retries,
+        default=None,
+        metavar="R:C[,R:C]",
+        help="search the unsolved problems again with R rollouts and C candidates, once per pass (e.g. 64:16,128:16)",
+    )
     evolve.add_argument("--seed", type=int, default=None)
     evolve.add_argument("--state-dir", default=".thinkmesh", help="store, broker and logs (default ./.thinkmesh)")
     evolve.add_argument("--bootstrap-preset", choices=("small", "micro"), default="small")

@@ -22,6 +22,10 @@ class RoundConfig:
     rollouts: int = 8
     candidates: int = 4
     max_depth: int = 12
+    # What the first search did not solve is searched again, once per entry (rollouts, candidates), each pass on
+    # the problems still unsolved: the paper's round 4 gives them 64, then 128 rollouts with 16 candidates. Off
+    # here: on 2 cores a pass with more candidates costs several times the first search (docs/results.md).
+    unsolved_retries: tuple[tuple[int, int], ...] = ()
     # Rounds 1–2: terminal-guided Q; from this round on: PPM-augmented (paper: rounds 3–4).
     ppm_q_from_round: int = 3
     # Consecutive code errors tolerated (authors' code: 2 in round 1, 1 afterwards).
@@ -102,6 +106,21 @@ PRESETS: dict[str, RoundConfig] = {
         frontier_samples=4,
     ),
 }
+
+
+def parse_retries(text: str) -> tuple[tuple[int, int], ...]:
+    """ "64:16,128:16" → ((64, 16), (128, 16)): rollouts and candidates of each retry of the unsolved problems."""
+    passes = []
+    for part in filter(None, (piece.strip() for piece in text.split(","))):
+        rollouts, sep, candidates = part.partition(":")
+        try:
+            numbers = (int(rollouts), int(candidates)) if sep else None
+        except ValueError:
+            numbers = None
+        if numbers is None or min(numbers) < 1:
+            raise ValueError(f"a retry is ROLLOUTS:CANDIDATES with both at least 1, not {part!r}")
+        passes.append(numbers)
+    return tuple(passes)
 
 
 def preset(name: str, **overrides: object) -> RoundConfig:

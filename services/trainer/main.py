@@ -8,7 +8,7 @@ from services.common.logs import configure_logging
 from services.common.server import Service, serve, service_name
 from services.common.settings import load_settings
 from services.common.store import ModelStore
-from services.trainer.config import preset
+from services.trainer.config import parse_retries, preset
 from services.trainer.core import TrainerCore
 from services.trainer.servicer import TrainerServicer
 from services.trainer.settings import TrainerSettings
@@ -20,7 +20,8 @@ async def run(**overrides: Any) -> None:
     settings = load_settings(TrainerSettings, **overrides)
     configure_logging(settings.log_format, settings.log_level)
     store = ModelStore()
-    core = TrainerCore(store, preset(settings.preset), make_runner_factory(settings, store))
+    retries = parse_retries(settings.unsolved_retries) or None
+    core = TrainerCore(store, preset(settings.preset, unsolved_retries=retries), make_runner_factory(settings, store))
     servicer = TrainerServicer(core)
     await serve(
         settings,

@@ -14,6 +14,7 @@ never sent again. Candidates are published as non-current versions and only prom
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -42,6 +43,15 @@ log = logging.getLogger(__name__)
 STAGES = ("search", "extract", "sft", "ppm", "evaluate", "publish")
 REPLAY_LEVELS = (1, 2)  # the bootstrap policy's teacher levels
 PPM_REPLAY_LEVELS = (1, 2, 3)  # the bootstrap PPM's levels
+
+
+def _solved(results: dict[str, dict[str, Any]]) -> set[str]:
+    """The problems (ids) whose search reached the reference answer in some tree."""
+    return {
+        problem_id
+        for problem_id, result in results.items()
+        if any(node.get("reward") == 1.0 for tree in result.get("trees", []) for node in tree["nodes"])
+    }
 
 
 def held_out(question: str, fraction: float) -> bool:
@@ -246,21 +256,51 @@ class RoundRunner:
         self.rounds.save(state)
         self._report(state)
 
+    def _search_jobs(self, number: int) -> list[str]:
+        """The round's searches: the first over the pool, then one per configured retry of the unsolved."""
+        retries = [
+            f"rounds/{number:04d}/retry-{attempt}" for attempt in range(1, len(self.config.unsolved_retries) + 1)
+        ]
+        return [f"rounds/{number:04d}/trees", *retries]
+
     def _stage_search(self, state: RoundState) -> None:
         if self.before_search is not None:
             self.before_search()
-        job = SearchJob(f"rounds/{state.round:04d}/trees", self._pool(state.round))
-        state.problems_total = len(job.problems)
+        pool = self._pool(state.round)
+        first, *retries = self._search_jobs(state.round)
+        state.problems_total = len(pool)
 
         def progress(done: int, total: int) -> None:
             state.problems_done = done
             self.progress("search", done, total)
 
-        self.dispatcher.run(job, progress)
+        solved = _solved(self.dispatcher.run(SearchJob(first, pool), progress))
+        first_solved = len(solved)
+        passes = zip(retries, self.config.unsolved_retries, strict=True)
+        for attempt, (job, (rollouts, candidates)) in enumerate(passes, start=1):
+            # Each pass's problems follow from the stored results, so a resumed round sends the same ones.
+            unsolved = [
+                {**p, "rollouts": rollouts, "candidates": candidates, "seed": p["seed"] + 1_000 * attempt}
+                for p in pool
+                if p["problem_id"] not in solved
+            ]
+            if not unsolved:
+                break
+            results = self.dispatcher.run(
+                SearchJob(job, unsolved), functools.partial(self.progress, f"retry {attempt}")
+            )
+            solved |= _solved(results)
+        if retries:
+            state.metrics["retried"] = len(pool) - first_solved
+            state.metrics["solved_by_retries"] = len(solved) - first_solved
 
     def _trees(self, number: int) -> list[Tree]:
-        results = self.dispatcher.results.job(f"rounds/{number:04d}/trees")
-        return [Tree.from_json(t) for r in results.values() for t in r.get("trees", [])]
+        return [
+            Tree.from_json(t)
+            for job in self._search_jobs(number)
+            for r in self.dispatcher.results.job(job).values()
+            for t in r.get("trees", [])
+        ]
 
     def _stage_extract(self, state: RoundState) -> None:
         trees = self._trees(state.round)
@@ -280,7 +320,8 @@ class RoundRunner:
         _write_jsonl(directory / "pairs.jsonl", training)
         pairs = heldout + training
         solved = {t.question for t in data.trajectories}
-        state.metrics["pool_solved"] = len(solved) / max(1, len(trees))
+        # A retried problem has a tree from each pass: count problems, not trees.
+        state.metrics["pool_solved"] = len(solved) / max(1, len({tree.question for tree in trees}))
         state.metrics["sft_trajectories"] = len(trajectories)
         state.metrics["ppm_pairs"] = len(pairs)
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from services.common.store import ModelStore
+from services.search.mcts import SearchConfig, Tree
 from services.trainer.config import preset
+from services.trainer.dispatch import SearchJob
 from services.trainer.rounds import RoundRunner, Rounds, RoundState, held_out, regressions, scaled_steps
 
 
@@ -82,3 +86,85 @@ def test_evolve_takes_pool_levels_from_the_command_line() -> None:
     for bad in ("3,x", "0", "6", ""):
         with pytest.raises(SystemExit):
             parser.parse_args(["evolve", "--pool-levels", bad])
+
+
+class _ScriptedDispatcher:
+    """Stands in for Celery: a problem counts as solved when `solves(job, problem)` says so."""
+
+    def __init__(self, solves: Callable[[str, dict[str, Any]], bool]) -> None:
+        self.solves = solves
+        self.sent: dict[str, list[dict[str, Any]]] = {}
+        self.stored: dict[str, dict[str, dict[str, Any]]] = {}
+        self.results = self
+
+    def run(self, job: SearchJob, progress: object = None) -> dict[str, dict[str, Any]]:
+        stored = self.stored.setdefault(job.job, {})
+        for problem in job.problems:
+            if problem["problem_id"] in stored:
+                continue  # as the real dispatcher: a stored result is never searched again
+            self.sent.setdefault(job.job, []).append(problem)
+            tree = Tree(problem["question"], SearchConfig()).to_json()
+            if self.solves(job.job, problem):
+                tree["nodes"].append({**tree["nodes"][0], "id": 1, "parent": 0, "terminal": True, "reward": 1.0})
+            stored[problem["problem_id"]] = {"trees": [tree]}
+        return stored
+
+    def job(self, name: str) -> dict[str, dict[str, Any]]:
+        return self.stored.get(name, {})
+
+
+def test_unsolved_problems_are_searched_again_with_each_retrys_budget(tmp_path: Path) -> None:
+    from services.trainer.config import parse_retries
+
+    def solves(job: str, problem: dict[str, Any]) -> bool:
+        index = int(str(problem["problem_id"]).rsplit("-", 1)[1])
+        return index % 3 == 0 if job.endswith("/trees") else job.endswith("retry-1") and index % 3 == 1
+
+    dispatcher = _ScriptedDispatcher(solves)
+    chosen = RoundRunner(
+        ModelStore(tmp_path),
+        preset("default", pool_size=9, pool_levels=(2,), unsolved_retries=parse_retries("16:8,32:16")),
+        dispatcher=dispatcher,  # type: ignore[arg-type]
+    )
+    state = RoundState(round=1)
+    chosen._stage_search(state)
+    sent = dispatcher.sent
+    first, retry1, retry2 = (sent[f"rounds/0001/{name}"] for name in ("trees", "retry-1", "retry-2"))
+    assert len(first) == 9 and {(p["rollouts"], p["candidates"]) for p in first} == {(8, 4)}
+    assert [p["problem_id"] for p in retry1] == [p["problem_id"] for p in first if not solves("x/trees", p)]
+    assert {(p["rollouts"], p["candidates"]) for p in retry1} == {(16, 8)}
+    assert [int(str(p["problem_id"]).rsplit("-", 1)[1]) % 3 for p in retry2] == [2, 2, 2]
+    assert {(p["rollouts"], p["candidates"]) for p in retry2} == {(32, 16)}
+    assert len({p["seed"] for p in (first[0], retry1[0], retry2[0])}) == 3
+    assert (state.metrics["retried"], state.metrics["solved_by_retries"]) == (6, 3)
+    assert len(chosen._trees(1)) == 9 + 6 + 3  # every pass's trees reach the extraction
+
+    # Resumed (the same stored results): nothing is sent again.
+    dispatcher.sent.clear()
+    chosen._stage_search(RoundState(round=1))
+    assert dispatcher.sent == {}
+
+
+def test_retries_are_rollouts_colon_candidates_wherever_they_are_given() -> None:
+    import argparse
+
+    import pytest
+
+    from services.common.settings import ConfigError, load_settings
+    from services.trainer.cli import register
+    from services.trainer.config import parse_retries
+    from services.trainer.settings import TrainerSettings
+
+    assert parse_retries("") == ()
+    assert parse_retries("64:16, 128:16") == ((64, 16), (128, 16))
+    for bad in ("64", "64:0", "a:b", "64:16:2"):
+        with pytest.raises(ValueError, match="ROLLOUTS:CANDIDATES"):
+            parse_retries(bad)
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    assert parser.parse_args(["evolve", "--unsolved-retries", "64:16"]).unsolved_retries == ((64, 16),)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["evolve", "--unsolved-retries", "64"])
+    assert load_settings(TrainerSettings, {"THINKMESH_TRAINER_UNSOLVED_RETRIES": "64:16"}).unsolved_retries == "64:16"
+    with pytest.raises(ConfigError, match="THINKMESH_TRAINER_UNSOLVED_RETRIES"):
+        load_settings(TrainerSettings, {"THINKMESH_TRAINER_UNSOLVED_RETRIES": "64"})
