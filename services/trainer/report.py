@@ -31,12 +31,20 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+# Shown only when some round searched its unsolved problems again (`unsolved_retries`).
+RETRY_COLUMNS = (("retried", "retried"), ("solved by retries", "solved_by_retries"))
+
+
 def markdown_table(states: list[RoundState]) -> str:
-    header = "| round | " + " | ".join(name for name, _ in COLUMNS) + " | policy | ppm | state |"
-    rule = "|---" * (len(COLUMNS) + 4) + "|"
+    columns: tuple[tuple[str, str], ...] = COLUMNS
+    if any("retried" in s.metrics for s in states):
+        solved_at = [key for _, key in COLUMNS].index("pool_solved") + 1
+        columns = (*COLUMNS[:solved_at], *RETRY_COLUMNS, *COLUMNS[solved_at:])
+    header = "| round | " + " | ".join(name for name, _ in columns) + " | policy | ppm | state |"
+    rule = "|---" * (len(columns) + 4) + "|"
     rows = [
         f"| {s.round} | "
-        + " | ".join(_cell(s.metrics.get(key)) for _, key in COLUMNS)
+        + " | ".join(_cell(s.metrics.get(key)) for _, key in columns)
         + f" | {s.policy_version} | {s.ppm_version} | {s.state} |"
         for s in states
     ]

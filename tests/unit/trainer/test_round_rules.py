@@ -168,3 +168,18 @@ def test_retries_are_rollouts_colon_candidates_wherever_they_are_given() -> None
     assert load_settings(TrainerSettings, {"THINKMESH_TRAINER_UNSOLVED_RETRIES": "64:16"}).unsolved_retries == "64:16"
     with pytest.raises(ConfigError, match="THINKMESH_TRAINER_UNSOLVED_RETRIES"):
         load_settings(TrainerSettings, {"THINKMESH_TRAINER_UNSOLVED_RETRIES": "64"})
+
+
+def test_the_report_shows_retry_columns_only_when_a_round_retried() -> None:
+    from services.trainer.report import markdown_table
+
+    plain = [RoundState(round=0, metrics={"pool_solved": 0.5}), RoundState(round=1, metrics={"pool_solved": 0.4})]
+    assert "retried" not in markdown_table(plain)
+    retried = [*plain, RoundState(round=2, metrics={"pool_solved": 0.45, "retried": 11, "solved_by_retries": 3})]
+    header, rule, *rows = markdown_table(retried).splitlines()
+    names = [cell.strip() for cell in header.strip("|").split("|")]
+    assert names[names.index("pool solved") + 1 : names.index("pool solved") + 3] == ["retried", "solved by retries"]
+    assert rule.count("|---") == len(names)
+    cells = [cell.strip() for cell in rows[2].strip("|").split("|")]
+    assert cells[names.index("retried")] == "11" and cells[names.index("solved by retries")] == "3"
+    assert [cell.strip() for cell in rows[0].strip("|").split("|")][names.index("retried")] == "–"
