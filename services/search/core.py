@@ -23,13 +23,12 @@ from services.search.tasks import SOLVE, cancel_key
 # looks at its deadline between ticks, and one tick on a busy CPU can take most of a second), at most half of it.
 _RESULT_MARGIN = 0.15
 _RESULT_MARGIN_MIN_S = 1.0
+_MIN_BUDGET_S = 0.15  # less than this is refused outright
+_POLL_S = 0.05
 
 
 def _search_time(budget: float) -> float:
     return budget - min(max(budget * _RESULT_MARGIN, _RESULT_MARGIN_MIN_S), budget / 2)
-
-
-_POLL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -85,7 +84,7 @@ class SearchCore:
         budget = (
             self.settings.default_deadline_s if time_left is None else min(time_left, self.settings.default_deadline_s)
         )
-        if budget <= _RESULT_MARGIN:
+        if budget <= _MIN_BUDGET_S:
             raise DeadlineExceeded("the deadline leaves no time to search")
         job = f"jobs/{uuid.uuid4().hex}"
         task.update(job=job, problem_id="solve", deadline=time.time() + _search_time(budget))

@@ -34,7 +34,7 @@ from services.trainer.bootstrap import corrupted_pairs
 from services.trainer.config import RoundConfig
 from services.trainer.curriculum import generate
 from services.trainer.dispatch import CeleryDispatcher, SearchJob
-from services.trainer.extract import extract
+from services.trainer.extract import extract, sft_trajectories
 from services.trainer.ppm_train import StepPair, step_pairs
 from services.trainer.sft import Trajectory
 
@@ -46,11 +46,11 @@ PPM_REPLAY_LEVELS = (1, 2, 3)  # the bootstrap PPM's levels
 
 
 def _solved(results: dict[str, dict[str, Any]]) -> set[str]:
-    """The problems (ids) whose search reached the reference answer in some tree."""
+    """The problems (ids) solved as `pool_solved` counts them: some tree holds a trajectory the SFT can use."""
     return {
         problem_id
         for problem_id, result in results.items()
-        if any(node.get("reward") == 1.0 for tree in result.get("trees", []) for node in tree["nodes"])
+        if any(sft_trajectories(Tree.from_json(tree)) for tree in result.get("trees", []))
     }
 
 
@@ -256,28 +256,27 @@ class RoundRunner:
         self.rounds.save(state)
         self._report(state)
 
-    def _search_jobs(self, number: int) -> list[str]:
-        """The round's searches: the first over the pool, then one per configured retry of the unsolved."""
-        retries = [
-            f"rounds/{number:04d}/retry-{attempt}" for attempt in range(1, len(self.config.unsolved_retries) + 1)
-        ]
-        return [f"rounds/{number:04d}/trees", *retries]
+    @staticmethod
+    def _search_job(number: int, attempt: int) -> str:
+        """Where a search of the round keeps its trees: attempt 0 is the pool's, then one per retry."""
+        return f"rounds/{number:04d}/" + (f"retry-{attempt}" if attempt else "trees")
 
     def _stage_search(self, state: RoundState) -> None:
         if self.before_search is not None:
             self.before_search()
         pool = self._pool(state.round)
-        first, *retries = self._search_jobs(state.round)
         state.problems_total = len(pool)
 
         def progress(done: int, total: int) -> None:
             state.problems_done = done
             self.progress("search", done, total)
 
-        solved = _solved(self.dispatcher.run(SearchJob(first, pool), progress))
+        results = self.dispatcher.run(SearchJob(self._search_job(state.round, 0), pool), progress)
+        if not self.config.unsolved_retries:
+            return
+        solved = _solved(results)
         first_solved = len(solved)
-        passes = zip(retries, self.config.unsolved_retries, strict=True)
-        for attempt, (job, (rollouts, candidates)) in enumerate(passes, start=1):
+        for attempt, (rollouts, candidates) in enumerate(self.config.unsolved_retries, start=1):
             # Each pass's problems follow from the stored results, so a resumed round sends the same ones.
             unsolved = [
                 {**p, "rollouts": rollouts, "candidates": candidates, "seed": p["seed"] + 1_000 * attempt}
@@ -286,19 +285,16 @@ class RoundRunner:
             ]
             if not unsolved:
                 break
-            results = self.dispatcher.run(
-                SearchJob(job, unsolved), functools.partial(self.progress, f"retry {attempt}")
-            )
-            solved |= _solved(results)
-        if retries:
-            state.metrics["retried"] = len(pool) - first_solved
-            state.metrics["solved_by_retries"] = len(solved) - first_solved
+            job = SearchJob(self._search_job(state.round, attempt), unsolved)
+            solved |= _solved(self.dispatcher.run(job, functools.partial(self.progress, f"retry {attempt}")))
+        state.metrics["retried"] = len(pool) - first_solved
+        state.metrics["solved_by_retries"] = len(solved) - first_solved
 
     def _trees(self, number: int) -> list[Tree]:
         return [
             Tree.from_json(t)
-            for job in self._search_jobs(number)
-            for r in self.dispatcher.results.job(job).values()
+            for attempt in range(len(self.config.unsolved_retries) + 1)
+            for r in self.dispatcher.results.job(self._search_job(number, attempt)).values()
             for t in r.get("trees", [])
         ]
 

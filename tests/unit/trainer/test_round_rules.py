@@ -105,7 +105,8 @@ class _ScriptedDispatcher:
             self.sent.setdefault(job.job, []).append(problem)
             tree = Tree(problem["question"], SearchConfig()).to_json()
             if self.solves(job.job, problem):
-                tree["nodes"].append({**tree["nodes"][0], "id": 1, "parent": 0, "terminal": True, "reward": 1.0})
+                answer = {"id": 1, "parent": 0, "terminal": True, "reward": 1.0, "answer": "1", "step": "print(1)"}
+                tree["nodes"].append({**tree["nodes"][0], **answer})
             stored[problem["problem_id"]] = {"trees": [tree]}
         return stored
 
