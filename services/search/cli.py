@@ -1,8 +1,9 @@
-"""`thinkmesh up`, `thinkmesh solve` and `thinkmesh eval`."""
+"""`thinkmesh up`, `thinkmesh solve`, `thinkmesh eval` and `thinkmesh compare`."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import signal
 import sys
@@ -129,7 +130,7 @@ def _eval(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from services.common.store import ModelStore
-    from services.search.evaluate import EvalSettings, evaluate
+    from services.search.evaluate import EvalSettings, evaluate, write_results
     from services.search.local import local_backends
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -139,6 +140,7 @@ def _eval(args: argparse.Namespace) -> int:
         return _eval_remote(args, problems)
     sweep = [int(x) for x in args.sweep.split(",")] if args.sweep else [args.rollouts]
     points = []
+    every_result = []  # with --sweep, one row per problem and rollout count
     for rollouts in sweep:
         settings = EvalSettings(
             method=args.method,
@@ -169,6 +171,9 @@ def _eval(args: argparse.Namespace) -> int:
         if args.show:
             for r in results:
                 print(f"  {'✓' if r.correct else '✗'} {r.id}: {r.answer!r} (reference {r.reference!r})")
+        every_result.extend(results)
+    if args.results:
+        write_results(Path(args.results), every_result)
     if args.plot:
         _plot(points, Path(args.plot), args)
     if args.json:
@@ -180,6 +185,7 @@ def _eval_remote(args: argparse.Namespace, problems: list[Any]) -> int:
     import asyncio
 
     from services.common.grading import Grader
+    from services.search.evaluate import ProblemResult, write_results
     from thinkmesh.v1 import search_pb2, search_pb2_grpc
 
     async def run() -> list[Any]:
@@ -191,6 +197,22 @@ def _eval_remote(args: argparse.Namespace, problems: list[Any]) -> int:
     replies = asyncio.run(run())
     with Grader() as grader:
         verdicts = grader.grade_many([(p.answer, r.answer) for p, r in zip(problems, replies, strict=True)])
+    if args.results:
+        rows = [
+            ProblemResult(
+                p.id,
+                p.kind,
+                p.question,
+                p.answer,
+                r.answer,
+                v.equal,
+                tokens=0,
+                rollouts=r.stats.rollouts,
+                seconds=r.stats.wall_ms / 1000,
+            )
+            for p, r, v in zip(problems, replies, verdicts, strict=True)
+        ]
+        write_results(Path(args.results), rows)
     summary = {
         "method": "mcts",
         "n": len(problems),
@@ -198,6 +220,31 @@ def _eval_remote(args: argparse.Namespace, problems: list[Any]) -> int:
         "accuracy": sum(v.equal for v in verdicts) / max(1, len(problems)),
     }
     print(json.dumps(summary) if args.json else f"accuracy={summary['accuracy']:.3f} n={summary['n']}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from services.search.compare import compare, read_results
+
+    def files(spec: str) -> list[Path]:
+        return [Path(name) for name in spec.split(",") if name]
+
+    try:
+        result = compare(read_results(files(args.a)), read_results(files(args.b)))
+    except (OSError, ValueError) as error:
+        print(f"thinkmesh compare: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(dataclasses.asdict(result)))
+        return 0
+    print(f"A {args.a}: accuracy {result.accuracy_a:.3f}")
+    print(f"B {args.b}: accuracy {result.accuracy_b:.3f}")
+    print(
+        f"{result.n} problems in both: A right and B wrong {result.only_a}, B right and A wrong {result.only_b}; "
+        f"exact McNemar test p = {result.p_value:.3g}"
+    )
+    if result.unmatched:
+        print(f"{result.unmatched} problems are in only one of them (left out)")
     return 0
 
 
@@ -260,6 +307,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     evaluation.add_argument(
         "--by-kind", action="store_true", help="accuracy per kind of problem (curriculum: moves and number length)"
     )
+    evaluation.add_argument(
+        "--results", default=None, help="write every problem's result to this JSONL file (for `thinkmesh compare`)"
+    )
     evaluation.add_argument("--json", action="store_true")
     client_options(evaluation)
     evaluation.set_defaults(target=None, func=_eval)
+
+    comparison = sub.add_parser(
+        "compare", help="are two evaluations of the same problems different? (files from `eval --results`)"
+    )
+    comparison.add_argument("a", help="results file(s) of A, comma-separated to pool (e.g. one per level)")
+    comparison.add_argument("b", help="results file(s) of B, the same problems")
+    comparison.add_argument("--json", action="store_true")
+    comparison.set_defaults(func=_compare)

@@ -10,9 +10,11 @@ No reference answer is given to the search (inference mode); answers are graded 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any, Literal
 
 from services.search.answers import DEFAULT_METHOD, Method, choose
@@ -179,3 +181,10 @@ def by_kind(results: Sequence[ProblemResult]) -> dict[str, dict[str, float]]:
         }
         for kind, rows in sorted(groups.items())
     }
+
+
+def write_results(path: Path, results: Sequence[ProblemResult]) -> None:
+    """One JSON object per problem (a `ProblemResult`), so that two evaluations of the same problems can be
+    compared problem by problem (`thinkmesh compare`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(asdict(r)) + "\n" for r in results))
