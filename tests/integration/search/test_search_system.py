@@ -121,6 +121,38 @@ def test_solve_answers_with_a_solution_and_stats(system: System) -> None:
     assert (reply["policy_version"], reply["ppm_version"]) == ("scripted", "v1")
 
 
+def test_eval_against_the_service_grades_each_problem_and_writes_its_result(system: System, tmp_path: Path) -> None:
+    dataset = tmp_path / "problems.jsonl"
+    dataset.write_text("".join(json.dumps({"id": i, "question": PROBLEM, "answer": "3"}) + "\n" for i in ("a", "b")))
+    results = tmp_path / "results.jsonl"
+    done = subprocess.run(
+        [
+            THINKMESH,
+            "eval",
+            "--dataset",
+            str(dataset),
+            "--target",
+            system.search,
+            "--rollouts",
+            "4",
+            "--json",
+            "--results",
+            str(results),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **system.env},
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout.splitlines()[-1])
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [row["id"] for row in rows] == ["a", "b"] and summary["n"] == 2
+    assert all(row["rollouts"] == 4 and row["answer"] in {str(k) for k in range(7)} for row in rows)
+    assert all(row["correct"] == (row["answer"] == "3") for row in rows)
+    assert summary["accuracy"] == sum(row["correct"] for row in rows) / 2
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [(("",), "problem is empty"), (("--rollouts", "100000", PROBLEM), "rollouts=100000 is above")],
