@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from services.common.store import ModelStore
@@ -18,6 +19,7 @@ from services.search.evaluate import (
     ProblemResult,
     evaluate,
     evaluate_rules,
+    write_results,
 )
 from services.search.local import local_backends
 from services.trainer.curriculum import generate
@@ -43,7 +45,7 @@ def heldout_problems(levels: Sequence[int], per_level: int) -> list[EvalProblem]
 
 
 async def _evaluate(
-    store: ModelStore, policy: str, ppm: str, plan: EvalPlan, pairs: Sequence[StepPair]
+    store: ModelStore, policy: str, ppm: str, plan: EvalPlan, pairs: Sequence[StepPair], results_dir: Path | None
 ) -> dict[str, Any]:
     problems = heldout_problems(plan.levels, plan.per_level)
     metrics: dict[str, Any] = {}
@@ -60,6 +62,9 @@ async def _evaluate(
                     scoped = [r for r in results if r.id.startswith(f"curriculum-L{level}-")]
                     per_level[f"{method}_L{level}"] = sum(r.correct for r in scoped) / max(1, len(scoped))
         metrics["per_level"] = per_level
+        if results_dir is not None:  # every problem's result: `thinkmesh compare` tells a round's gain from chance
+            for name, rows in by_method.items():
+                write_results(results_dir / f"{name}.jsonl", rows)
         frontier = next(
             (lvl for lvl in range(1, 6) if per_level.get(f"greedy_L{lvl}", 0.0) < 0.5 and lvl in plan.levels),
             max(plan.levels),
@@ -112,6 +117,13 @@ async def _pair_accuracy(scorer: Any, pairs: Sequence[StepPair]) -> float:
 
 
 def evaluate_models(
-    store: ModelStore, policy: str, ppm: str, plan: EvalPlan, pairs: Sequence[StepPair]
+    store: ModelStore,
+    policy: str,
+    ppm: str,
+    plan: EvalPlan,
+    pairs: Sequence[StepPair],
+    *,
+    results_dir: Path | None = None,
 ) -> dict[str, Any]:
-    return asyncio.run(_evaluate(store, policy, ppm, plan, pairs))
+    """The round's metrics; with `results_dir`, also one `METHOD.jsonl` of per-problem results there."""
+    return asyncio.run(_evaluate(store, policy, ppm, plan, pairs, results_dir))

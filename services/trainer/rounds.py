@@ -243,7 +243,7 @@ class RoundRunner:
         policy, ppm = self.store.current_name("policy"), self.store.current_name("ppm")
         if policy is None or ppm is None:
             raise RuntimeError("the store has no current policy and PPM: run `thinkmesh bootstrap` first")
-        metrics = self._evaluate(policy, ppm, [])
+        metrics = self._evaluate(0, policy, ppm, [])
         state = RoundState(
             round=0,
             state="succeeded",
@@ -432,20 +432,21 @@ class RoundRunner:
             metrics=metrics,
         )
 
-    def _evaluate(self, policy: str, ppm: str, heldout: list[StepPair]) -> dict[str, Any]:
+    def _evaluate(self, number: int, policy: str, ppm: str, heldout: list[StepPair]) -> dict[str, Any]:
         from services.trainer.evaluation import EvalPlan, evaluate_models
 
         c = self.config
         plan = EvalPlan(
             c.eval_levels, c.eval_per_level, c.eval_rollouts, c.candidates, c.frontier_problems, c.frontier_samples
         )
-        return evaluate_models(self.store, policy, ppm, plan, heldout)
+        results_dir = self.rounds.directory(number) / "eval"
+        return evaluate_models(self.store, policy, ppm, plan, heldout, results_dir=results_dir)
 
     def _stage_evaluate(self, state: RoundState) -> None:
         # Every round's held-out pairs so far: one round's are too few to mean much (a handful of problems).
         rows = self._accumulated(state.round, "pairs_heldout.jsonl")
         heldout = step_pairs(rows)
-        state.metrics.update(self._evaluate(state.policy_version, state.ppm_version, heldout))
+        state.metrics.update(self._evaluate(state.round, state.policy_version, state.ppm_version, heldout))
         state.metrics["heldout_pairs"] = len(heldout)
 
     def _stage_publish(self, state: RoundState) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from services.common.store import ModelStore
 from services.search.celery_app import make_celery
+from services.search.compare import read_results
 from services.search.settings import SearchSettings
 from services.trainer.config import preset
 from services.trainer.curriculum import generate
@@ -108,6 +109,13 @@ def test_a_round_stopped_after_its_search_resumes_and_publishes(stack: tuple[Mod
     assert resumed.metrics["heldout_pairs"] == len(heldout)
     for key in ("greedy_accuracy", "maj_accuracy", "bon_accuracy", "mcts_accuracy", "frontier_pass_at_k"):
         assert 0.0 <= resumed.metrics[key] <= 1.0
+    # Every problem's result of round 0's and round 1's evaluation, for `thinkmesh compare`.
+    for number in ("0000", "0001"):
+        for method in ("greedy", "maj", "bon", "mcts"):
+            rows = read_results([store.root / "rounds" / number / "eval" / f"{method}.jsonl"])
+            assert len(rows) == len(CONFIG.eval_levels) * CONFIG.eval_per_level
+            if number == "0001":
+                assert sum(rows.values()) / len(rows) == resumed.metrics[f"{method}_accuracy"]
     # Published: the candidates became current, with their lineage.
     assert store.current_name("policy") == resumed.policy_version == "v2"
     assert store.current_name("ppm") == resumed.ppm_version == "v2"
