@@ -103,6 +103,7 @@ def _solve(args: argparse.Namespace) -> int:
 
 
 def load_problems(args: argparse.Namespace) -> list[Any]:
+    from services.common.jsonfiles import read_jsonl
     from services.search.evaluate import EvalProblem
 
     if args.dataset == "curriculum":
@@ -111,7 +112,7 @@ def load_problems(args: argparse.Namespace) -> list[Any]:
         return [EvalProblem(p.id, p.question, p.answer, p.shape) for p in generate(args.level, args.n, seed=args.seed)]
     path = Path(args.dataset)
     if path.is_file():
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = read_jsonl(path)
         problems = [
             EvalProblem(str(r.get("id", i)), r.get("question") or r["problem"], str(r["answer"]))
             for i, r in enumerate(rows)

@@ -10,13 +10,13 @@ No reference answer is given to the search (inference mode); answers are graded 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from services.common.jsonfiles import write_jsonl
 from services.search.answers import DEFAULT_METHOD, Method, choose
 from services.search.backends import Backends
 from services.search.mcts import SearchConfig, Tree
@@ -186,5 +186,4 @@ def by_kind(results: Sequence[ProblemResult]) -> dict[str, dict[str, float]]:
 def write_results(path: Path, results: Sequence[ProblemResult]) -> None:
     """One JSON object per problem (a `ProblemResult`), so that two evaluations of the same problems can be
     compared problem by problem (`thinkmesh compare`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(asdict(r)) + "\n" for r in results))
+    write_jsonl(path, (asdict(r) for r in results))

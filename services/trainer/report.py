@@ -74,9 +74,9 @@ def plot(states: list[RoundState], path: Path) -> None:
 def write_reports(rounds: Rounds, state: RoundState) -> None:
     from dataclasses import asdict
 
-    from services.trainer.rounds import _write_json
+    from services.common.jsonfiles import write_json
 
-    _write_json(rounds.directory(state.round) / "report.json", asdict(state))
+    write_json(rounds.directory(state.round) / "report.json", asdict(state))
     # The round being reported is taken as it is in memory: its state.json is written after the report.
     states = sorted([s for s in rounds.states() if s.round != state.round] + [state], key=lambda s: s.round)
     root = rounds.store.root / "rounds"

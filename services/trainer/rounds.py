@@ -18,16 +18,15 @@ import functools
 import json
 import logging
 import math
-import os
 import random
 import time
-import uuid
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from services.common.jsonfiles import read_jsonl, write_json, write_jsonl
 from services.common.store import Lineage, ModelStore
 from services.search.mcts import Tree
 from services.trainer.bootstrap import corrupted_pairs
@@ -89,24 +88,9 @@ class RoundState:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    temporary.write_text(json.dumps(data, indent=1))
-    os.replace(temporary, path)
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    temporary.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    os.replace(temporary, path)
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def _rows(path: Path) -> list[dict[str, Any]]:
+    """A round's JSON-lines file; none when the round wrote none (e.g. it solved nothing)."""
+    return read_jsonl(path) if path.is_file() else []
 
 
 class Rounds:
@@ -131,7 +115,7 @@ class Rounds:
         return [s for n in self.numbers() if (s := self.state(n)) is not None and s.state != "running"]
 
     def save(self, state: RoundState) -> None:
-        _write_json(self.directory(state.round) / "state.json", asdict(state))
+        write_json(self.directory(state.round) / "state.json", asdict(state))
 
     def next_number(self) -> int:
         """The latest round when it is unfinished — killed or failed — (resume it), else a new one."""
@@ -307,13 +291,13 @@ class RoundRunner:
         # and reads its likelihood, so a policy trained on those steps would make the held-out pairs easy.
         fraction = self.config.heldout_pair_fraction
         trajectories = [t for t in data.trajectories if not held_out(t.question, fraction)]
-        _write_jsonl(directory / "sft.jsonl", [asdict(t) for t in trajectories])
+        write_jsonl(directory / "sft.jsonl", [asdict(t) for t in trajectories])
         heldout: list[dict[str, Any]] = []
         training: list[dict[str, Any]] = []
         for pair in data.pairs:
             (heldout if held_out(pair.question, fraction) else training).append(asdict(pair))
-        _write_jsonl(directory / "pairs_heldout.jsonl", heldout)
-        _write_jsonl(directory / "pairs.jsonl", training)
+        write_jsonl(directory / "pairs_heldout.jsonl", heldout)
+        write_jsonl(directory / "pairs.jsonl", training)
         pairs = heldout + training
         solved = {t.question for t in data.trajectories}
         # A retried problem has a tree from each pass: count problems, not trees.
@@ -322,7 +306,7 @@ class RoundRunner:
         state.metrics["ppm_pairs"] = len(pairs)
 
     def _accumulated(self, number: int, name: str) -> list[dict[str, Any]]:
-        return [row for n in range(1, number + 1) for row in _read_jsonl(self.rounds.directory(n) / name)]
+        return [row for n in range(1, number + 1) for row in _rows(self.rounds.directory(n) / name)]
 
     def _stage_sft(self, state: RoundState) -> None:
         import torch
