@@ -18,6 +18,7 @@ import argparse
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -30,7 +31,7 @@ from services.trainer.curriculum import generate
 KINDS = ("teacher", "print", "later move", "comment", "other")
 
 
-def next_step(model: AutoModelForCausalLM, tokenizer: AutoTokenizer, prompt: str) -> str:
+def next_step(model: Any, tokenizer: Any, prompt: str) -> str:
     ids = tokenizer(prompt, return_tensors="pt").input_ids
     stops = tokenizer.convert_tokens_to_ids([END_OF_STEP, END_OF_CODE])
     with torch.no_grad():
@@ -60,9 +61,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=12345, help="curriculum seed (the eval seed by default)")
     args = parser.parse_args()
     tokenizer = AutoTokenizer.from_pretrained(args.policy)
-    model = AutoModelForCausalLM.from_pretrained(args.policy).eval()
-    problems = [p for p in generate(args.level, 40 * args.n, seed=args.seed) if _moves(p.solution) == args.moves]
-    problems = problems[: args.n]
+    model = AutoModelForCausalLM.from_pretrained(args.policy)
+    model.eval()  # type: ignore[no-untyped-call]
+    problems = [p for p in generate(args.level, 40 * args.n, seed=args.seed) if p.moves == args.moves][: args.n]
     counts: Counter[tuple[int, str]] = Counter()
     for problem in problems:
         teacher = list(problem.solution)
@@ -74,10 +75,6 @@ def main() -> None:
     print("|---" * (len(KINDS) + 1) + "|")
     for k in range(args.moves + 1):
         print(f"| {k} | " + " | ".join(str(counts[k, kind]) for kind in KINDS) + " |")
-
-
-def _moves(solution: tuple[str, ...] | list[str]) -> int:
-    return sum(step.endswith(END_OF_STEP) for step in solution)
 
 
 if __name__ == "__main__":

@@ -26,11 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from services.common.stepfmt import END_OF_STEP
 from services.common.store import Lineage, ModelStore
 from services.trainer.config import RoundConfig
 from services.trainer.curriculum import generate
-from services.trainer.rounds import REPLAY_LEVELS, scaled_steps
+from services.trainer.rounds import sft_mix
 from services.trainer.sft import Trajectory, train_sft
 
 TRAINING_SEED = 777
@@ -57,18 +56,9 @@ def main() -> None:
 
     config = RoundConfig()
     problems = generate(args.level, 20 * args.examples, seed=TRAINING_SEED)
-    chosen = [p for p in problems if sum(step.endswith(END_OF_STEP) for step in p.solution) == args.moves]
-    chosen = chosen[: args.examples]
-    examples = [Trajectory(p.question, tuple(p.solution)) for p in chosen] * config.sft_weight
-    replay = [
-        Trajectory(p.question, tuple(p.solution))
-        for level in REPLAY_LEVELS
-        for p in generate(level, config.sft_replay // len(REPLAY_LEVELS), seed=config.seed + 31 + level)
-    ]
-    data = examples + replay
-    steps = scaled_steps(
-        len(data), config.sft_epochs, config.sft.batch_size, config.sft_min_steps, config.sft.max_steps
-    )
+    chosen = [p for p in problems if p.moves == args.moves][: args.examples]
+    examples = [Trajectory(p.question, tuple(p.solution)) for p in chosen]
+    data, _, steps = sft_mix(config, 1, examples)  # as round 1, with these in place of the search's
     torch.manual_seed(config.seed)
     model = AutoModelForCausalLM.from_pretrained(policy.path)
     tokenizer = AutoTokenizer.from_pretrained(policy.path)

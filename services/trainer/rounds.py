@@ -53,6 +53,20 @@ def _solved(results: dict[str, dict[str, Any]]) -> set[str]:
     }
 
 
+def sft_mix(config: RoundConfig, number: int, searched: list[Trajectory]) -> tuple[list[Trajectory], int, int]:
+    """Round `number`'s SFT data: the searched trajectories `sft_weight` times and a replay of the bootstrap's
+    teacher solutions; returns the data, how many of it are replayed, and the step count the data calls for."""
+    c = config
+    replay = [
+        Trajectory(p.question, tuple(p.solution))
+        for level in REPLAY_LEVELS
+        for p in generate(level, c.sft_replay // len(REPLAY_LEVELS), seed=c.seed + 31 * number + level)
+    ]
+    trajectories = searched * c.sft_weight + replay
+    steps = scaled_steps(len(trajectories), c.sft_epochs, c.sft.batch_size, c.sft_min_steps, c.sft.max_steps)
+    return trajectories, len(replay), steps
+
+
 def held_out(question: str, fraction: float) -> bool:
     """A stable split by problem."""
     return zlib.crc32(question.encode()) % 1000 < fraction * 1000
@@ -327,13 +341,7 @@ class RoundRunner:
         tokenizer = AutoTokenizer.from_pretrained(base.path)
         c = self.config
         searched = [Trajectory(r["question"], tuple(r["steps"])) for r in rows]
-        replay = [
-            Trajectory(p.question, tuple(p.solution))
-            for level in REPLAY_LEVELS
-            for p in generate(level, c.sft_replay // len(REPLAY_LEVELS), seed=c.seed + 31 * state.round + level)
-        ]
-        trajectories = searched * c.sft_weight + replay
-        steps = scaled_steps(len(trajectories), c.sft_epochs, c.sft.batch_size, c.sft_min_steps, c.sft.max_steps)
+        trajectories, replayed, steps = sft_mix(c, state.round, searched)
         metrics = train_sft(
             model,
             tokenizer,
@@ -349,7 +357,7 @@ class RoundRunner:
             state,
             base=base.version,
             source="sft",
-            data=f"{len(searched)} trajectories of rounds 1-{state.round} x{c.sft_weight}, {len(replay)} teacher",
+            data=f"{len(searched)} trajectories of rounds 1-{state.round} x{c.sft_weight}, {replayed} teacher",
             metrics=metrics,
         )
         state.metrics["sft_loss"] = metrics["final_loss"]
