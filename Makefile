@@ -13,30 +13,52 @@ STAMP  := $(VENV)/.installed-$(EXTRAS)
 # on a fresh machine installs only this, which keeps it inside its time budget.
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 
-.PHONY: venv demo test unit integration lint proto helm-check system-deps test-vllm test-quality clean
+.PHONY: venv demo test unit integration lint proto lock images test-images helm-check system-deps test-vllm \
+	test-quality clean
 
 venv: $(STAMP)
 
-# Re-installs only when pyproject.toml changes; the stamps make the targets idempotent.
-# torch comes from pip first (see TORCH); everything else from uv, which resolves and downloads in parallel where
-# pip asks the index one package at a time (the runtime install: 36 s instead of 65 s, docs/benchmarks.md). The
-# byte-code is compiled once at the end, on every core: processes started with PYTHONDONTWRITEBYTECODE would
-# otherwise compile torch and transformers again each time. (compileall fails on a few data files shipped as .py.)
+# Every install comes from the lock, requirements/<extra>.txt (pinned with hashes; `make lock` writes it), so a
+# fresh clone installs exactly what CI last passed with. torch is the one exception: it comes from pip first
+# (see TORCH) and the lock leaves it out. uv installs the rest: it resolves and downloads in parallel where pip
+# asks the index one package at a time (docs/benchmarks.md). The byte-code is compiled once at the end, on every
+# core: processes started with PYTHONDONTWRITEBYTECODE would otherwise compile torch and transformers again each
+# time. (compileall fails on a few data files shipped as .py.)
 SITE_PACKAGES = $$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 define install_extras
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --no-compile $(TORCH)
-	$(BIN)/python -m pip install -q --no-compile uv
-	$(BIN)/uv pip install -q --python $(BIN)/python -e ".[$(1)]"
+	$(BIN)/python -m pip install -q --no-compile --require-hashes -r requirements/uv.txt
+	$(BIN)/uv pip install -q --python $(BIN)/python --require-hashes --no-deps -r requirements/$(1).txt
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
 	@$(BIN)/python -m compileall -q -j 0 "$(SITE_PACKAGES)" > /dev/null 2>&1 || true
 	@touch $@
 endef
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements/$(EXTRAS).txt
 	$(call install_extras,$(EXTRAS))
 
-$(RUNTIME_STAMP): pyproject.toml
+$(RUNTIME_STAMP): pyproject.toml requirements/runtime.txt
 	$(call install_extras,runtime)
+
+$(BIN)/uv: requirements/uv.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --no-compile --require-hashes -r requirements/uv.txt
+	@touch $@
+
+# Re-resolves every install against pyproject.toml and writes requirements/*.txt (scripts/lock.sh says which file
+# serves what). LOCK_UPGRADE=0 keeps the current pins wherever pyproject still allows them.
+lock: $(BIN)/uv
+	UV=$(BIN)/uv bash scripts/lock.sh
+
+# The five images the chart deploys, built from the lock (scripts/images.sh; docs/operations.md). Without a
+# registry it builds its own Debian base; TORCH_VARIANT=cuda builds the published GPU images.
+images:
+	bash scripts/images.sh
+
+# Starts each built image as the chart runs it and makes one real call to every service.
+test-images: $(STAMP) images
+	$(BIN)/pytest -q -p no:cacheprovider -m images tests/images
 
 system-deps:
 	@bash scripts/system_deps.sh
@@ -55,7 +77,7 @@ helm-check: $(STAMP)
 	bash scripts/helm_check.sh
 
 test: $(STAMP) system-deps lint helm-check
-	$(BIN)/pytest -q -p no:cacheprovider -m "not quality"
+	$(BIN)/pytest -q -p no:cacheprovider -m "not quality and not images"
 
 # The embedded models' quality: trains the real bootstrap (≈ 7.5 minutes on 2 cores) and checks what it learnt.
 test-quality: $(STAMP)

@@ -52,7 +52,7 @@ def _store_with_models(store_root: str | None, scratch: Path, size: str = "small
     tokenizer = train_tokenizer([stepfmt.render_prompt(q, []) for q in QUESTIONS * 4], PRESETS["small"].vocab_size)
     shape = SIZES[size]
     preset = PRESETS["small"] if shape is None else replace(PRESETS["small"], max_positions=2048, **shape)
-    model = Qwen2ForCausalLM(tiny_config(tokenizer, preset))
+    model = Qwen2ForCausalLM(tiny_config(tokenizer, preset))  # type: ignore[no-untyped-call]
 
     def write(directory: Path) -> None:
         model.save_pretrained(directory)

@@ -126,7 +126,7 @@ def bootstrap(store: ModelStore, config: BootstrapConfig, *, force: bool = False
     # 2. The policy: SFT on teacher solutions of the easy levels.
     per_level = config.sft_problems // len(config.levels)
     teacher = [p for level in config.levels for p in generate(level, per_level, seed=config.seed + level)]
-    model = Qwen2ForCausalLM(tiny_config(tokenizer, preset))
+    model = Qwen2ForCausalLM(tiny_config(tokenizer, preset))  # type: ignore[no-untyped-call]
     parameters = sum(p.numel() for p in model.parameters())
     log.info("bootstrap policy: %.2fM parameters, %d teacher solutions", parameters / 1e6, len(teacher))
     sft_metrics = train_sft(
