@@ -1,31 +1,26 @@
-# syntax=docker/dockerfile:1
-# PolicyService on GPUs: vLLM's official image brings CUDA, torch and vLLM; thinkmesh goes on top with its
-# "vllm" extra, whose ranges the base image already satisfies (so nothing large is reinstalled).
+# PolicyService: generates candidate steps. On the shared torch layer (torch.Dockerfile). The published GPU
+# image installs EXTRA=vllm (requirements/vllm.txt: vLLM and what it needs beyond torch's layer); the CPU variant
+# installs EXTRA=policy (transformers; THINKMESH_POLICY_BACKEND=hf), which is what CI builds and runs here.
 #
-#   docker build -f deploy/docker/policy.Dockerfile -t ghcr.io/thinkmesh/thinkmesh-policy:0.1.0 .
-ARG PYTHON_IMAGE=python:3.12-slim-bookworm
-# Keep the vLLM version in step with what services/policy is tested against.
-ARG VLLM_IMAGE=vllm/vllm-openai:v0.11.0
+#   make images                     (CPU variant: ghcr.io/thinkmesh/thinkmesh-policy:0.1.0-cpu)
+#   make images TORCH_VARIANT=cuda  (the GPU image:  ghcr.io/thinkmesh/thinkmesh-policy:0.1.0)
+ARG BUILD_IMAGE=thinkmesh-build:0.1.0
+ARG TORCH_IMAGE=ghcr.io/thinkmesh/thinkmesh-torch:0.1.0
 
-# 1. The thinkmesh wheel (pure Python: built on a slim image, installed on the CUDA one).
-FROM ${PYTHON_IMAGE} AS wheel
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY services ./services
-COPY protos ./protos
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+# 1. The virtual environment: the locked EXTRA (torch itself stays in the base layer) and the wheel.
+FROM ${BUILD_IMAGE} AS venv
+ARG EXTRA=vllm
+RUN install-lock "$EXTRA" /opt/torch
 
-# 2. The runtime: vLLM's image, thinkmesh installed into its Python, an unprivileged user.
-FROM ${VLLM_IMAGE}
-COPY --from=wheel /wheels /wheels
-# vLLM's image manages its system Python with uv (as vLLM's docs do for extra packages).
-RUN uv pip install --system --no-cache "$(ls /wheels/thinkmesh-*.whl)[vllm]" \
- && rm -rf /wheels \
- && groupadd --system --gid 10001 thinkmesh \
+# 2. The runtime: torch's layer, the environment, an unprivileged user.
+FROM ${TORCH_IMAGE}
+RUN groupadd --system --gid 10001 thinkmesh \
  && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin thinkmesh
+COPY --from=venv /opt/thinkmesh /opt/thinkmesh
 # The root filesystem is read-only in the cluster: every cache (Hugging Face, Triton, torch compile, vLLM)
 # lives under HOME, an emptyDir there.
-ENV HOME=/tmp \
+ENV PATH=/opt/thinkmesh/bin:$PATH \
+    HOME=/tmp \
     HF_HOME=/tmp/huggingface \
     VLLM_NO_USAGE_STATS=1 \
     DO_NOT_TRACK=1 \

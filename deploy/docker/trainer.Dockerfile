@@ -1,35 +1,18 @@
-# syntax=docker/dockerfile:1
-# TrainerService on GPUs: SFT and PPM training rounds, model publishing.
-# The CUDA runtime image carries the driver-facing libraries; pip picks torch's CUDA wheel from PyPI (the
-# default Linux wheel is the CUDA build), so the image follows pyproject's torch range.
+# TrainerService: self-evolution rounds (SFT and PPM training, publishing). On the shared torch layer
+# (torch.Dockerfile): CUDA for the published image, the CPU build where CI runs it.
 #
-#   docker build -f deploy/docker/trainer.Dockerfile -t ghcr.io/thinkmesh/thinkmesh-trainer:0.1.0 .
-ARG PYTHON_IMAGE=python:3.12-slim-bookworm
-ARG CUDA_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
+#   make images                     (CPU variant: ghcr.io/thinkmesh/thinkmesh-trainer:0.1.0-cpu)
+#   make images TORCH_VARIANT=cuda  (the GPU image:  ghcr.io/thinkmesh/thinkmesh-trainer:0.1.0)
+ARG BUILD_IMAGE=thinkmesh-build:0.1.0
+ARG TORCH_IMAGE=ghcr.io/thinkmesh/thinkmesh-torch:0.1.0
 
-# 1. The thinkmesh wheel.
-FROM ${PYTHON_IMAGE} AS wheel
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY services ./services
-COPY protos ./protos
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+# 1. The virtual environment: the locked "trainer" extra (torch itself stays in the base layer) and the wheel.
+FROM ${BUILD_IMAGE} AS venv
+RUN install-lock trainer /opt/torch
 
-# 2. A virtual environment with the "trainer" extra, on the runtime's own Python (Ubuntu 24.04: 3.12).
-FROM ${CUDA_IMAGE} AS venv
-RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv \
- && rm -rf /var/lib/apt/lists/*
-COPY --from=wheel /wheels /wheels
-RUN python3 -m venv /opt/thinkmesh \
- && /opt/thinkmesh/bin/pip install --no-cache-dir "$(ls /wheels/thinkmesh-*.whl)[trainer]"
-
-# 3. The runtime: CUDA, Python, the environment, an unprivileged user.
-FROM ${CUDA_IMAGE}
-RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 \
- && rm -rf /var/lib/apt/lists/* \
- && groupadd --system --gid 10001 thinkmesh \
+# 2. The runtime: torch's layer, the environment, an unprivileged user.
+FROM ${TORCH_IMAGE}
+RUN groupadd --system --gid 10001 thinkmesh \
  && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin thinkmesh
 COPY --from=venv /opt/thinkmesh /opt/thinkmesh
 # HOME is an emptyDir in the cluster (read-only root): Hugging Face and torch caches go there.

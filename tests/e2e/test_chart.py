@@ -315,6 +315,17 @@ def test_the_cpu_trial_asks_for_no_gpu_and_no_node_pool() -> None:
     assert r.settings("policy")["THINKMESH_POLICY_BACKEND"] == "hf"
 
 
+def test_the_cpu_trial_pulls_the_cpu_builds_of_the_torch_images(defaults: Rendered) -> None:
+    """`make images` tags the CPU builds of policy, ppm and trainer <appVersion>-cpu; the defaults pull CUDA ones."""
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    trial = render(*values_args("cpu-trial"))
+    for component in GPU_COMPONENTS:
+        assert defaults.container(component)["image"].endswith(f"/thinkmesh-{component}:{app_version}")
+        assert trial.container(component)["image"].endswith(f"/thinkmesh-{component}:{app_version}-cpu")
+    for component in CPU_COMPONENTS[:-1]:  # redis is not ours
+        assert trial.container(component)["image"] == defaults.container(component)["image"]
+
+
 def test_gpu_production_serves_qwen_math_7b_on_vllm() -> None:
     settings = render(*values_args("gpu-production")).settings("policy")
     assert settings["THINKMESH_POLICY_BACKEND"] == "vllm"

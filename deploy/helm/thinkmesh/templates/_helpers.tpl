@@ -62,7 +62,7 @@ app.kubernetes.io/part-of: thinkmesh
 {{- if $image.digest }}
 {{- printf "%s@%s" $image.repository $image.digest }}
 {{- else }}
-{{- printf "%s:%s" $image.repository (default .root.Chart.AppVersion $image.tag) }}
+{{- printf "%s:%s%s" $image.repository (default .root.Chart.AppVersion $image.tag) ($image.tagSuffix | default "") }}
 {{- end }}
 {{- end }}
 

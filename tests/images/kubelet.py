@@ -1,0 +1,348 @@
+"""A tiny kubelet: the chart's rendered workloads as `docker run` arguments.
+
+`helm template` gives the Deployments and StatefulSets as a cluster would receive them. `Kubelet.pod()` reads one
+workload's pod spec and says how Docker runs it: the same image, command and arguments, environment (ConfigMaps
+and Secrets resolved from the same rendering), user and groups, capabilities, seccomp, read-only root, volumes and
+limits, under the names of every Service that selects it. It translates; it does not know the chart's templates.
+
+A field it does not translate fails the run (`Untranslated`), so that a change to the chart cannot be silently
+left out here. What has no meaning on one Docker host is named in the `*_IGNORED` sets below, with the reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from e2e.helmchart import Rendered
+
+# The kubelet's --cluster-domain: the Services' fully qualified names end in it (the chart's clusterDomain must
+# name the same domain, or its gRPC targets do not resolve).
+CLUSTER_DOMAIN = "cluster.local"
+
+POD_IGNORED = {
+    "serviceAccountName",  # no API server here; automountServiceAccountToken must be false (checked)
+    "nodeSelector",  # scheduling: there is one Docker host
+    "affinity",
+    "tolerations",
+    "imagePullSecrets",  # the images are local; nothing is pulled
+}
+CONTAINER_IGNORED = {
+    "imagePullPolicy",
+    "startupProbe",  # the tests wait for gRPC health SERVING themselves
+    "readinessProbe",
+    "livenessProbe",
+}
+# What is translated, by where it appears.
+POD_FIELDS = {"containers", "volumes", "securityContext", "terminationGracePeriodSeconds"}
+POD_FIELDS |= {"automountServiceAccountToken", "enableServiceLinks"}  # both must be false (checked)
+CONTAINER_FIELDS = {"name", "image", "command", "args", "ports", "env", "envFrom", "resources", "securityContext"}
+CONTAINER_FIELDS |= {"volumeMounts", "lifecycle"}  # lifecycle: preStop only, which runs when a pod stops
+POD_SECURITY = {"runAsUser", "runAsGroup", "runAsNonRoot", "fsGroup", "fsGroupChangePolicy", "supplementalGroups"}
+POD_SECURITY |= {"seccompProfile"}
+CONTAINER_SECURITY = {"runAsUser", "runAsGroup", "runAsNonRoot", "seccompProfile", "readOnlyRootFilesystem"}
+CONTAINER_SECURITY |= {"allowPrivilegeEscalation", "capabilities", "privileged"}
+_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+# Kubernetes' dependent environment variables: $(NAME) is replaced when NAME is defined, $$ is an escaped $.
+_VARIABLE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+class Untranslated(Exception):
+    """The pod spec has something this kubelet cannot give Docker."""
+
+
+def quantity_bytes(quantity: str | int) -> int:
+    """A Kubernetes quantity ("2Gi", "256Mi", "768M") in bytes."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([kMGT]i?)?", str(quantity))
+    if not match:
+        raise Untranslated(f"not a Kubernetes quantity: {quantity!r}")
+    return int(float(match.group(1)) * _UNITS[match.group(2) or ""])
+
+
+def cpu_cores(quantity: str | int | float) -> float:
+    text = str(quantity)
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def expand(text: str, env: Mapping[str, str]) -> str:
+    """$(NAME) references as the kubelet expands them in env values, command and args."""
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name is None:
+            return "$"
+        return env.get(name, match.group(0))
+
+    return _VARIABLE.sub(replace, str(text))
+
+
+def _only(where: str, obj: Mapping[str, Any], known: set[str]) -> None:
+    unknown = sorted(set(obj) - known)
+    if unknown:
+        raise Untranslated(f"{where}: {', '.join(unknown)} not translated to docker run")
+
+
+@dataclass(frozen=True)
+class Pod:
+    """One replica of a workload, in `docker run` terms."""
+
+    name: str  # also its hostname, as in the cluster
+    component: str  # the app.kubernetes.io/component label
+    image: str
+    options: tuple[str, ...]  # every `docker run` option but name, network and aliases
+    entrypoint: str | None  # the container's `command[0]`; None keeps the image's
+    args: tuple[str, ...]
+    aliases: tuple[str, ...]  # the DNS names the pod answers to on the network
+    ports: dict[str, int]  # containerPort by name
+    volumes: dict[str, int | None]  # the Docker volumes for its claims → the fsGroup to prepare each for
+
+
+@dataclass
+class Kubelet:
+    manifests: Rendered
+    scratch: Path  # where Secret and ConfigMap volumes are written
+    volume_prefix: str  # a claim X is the Docker volume `<volume_prefix>-X`
+    host_cpus: int
+    # rendered image → the local image run instead
+    images: Mapping[str, str]
+
+    def pod(self, workload: dict[str, Any]) -> Pod:
+        kind, name = workload["kind"], workload["metadata"]["name"]
+        template = workload["spec"]["template"]
+        spec, labels = template["spec"], template["metadata"]["labels"]
+        namespace = workload["metadata"]["namespace"]
+        where = f"{kind} {name}"
+        _only(where, spec, POD_FIELDS | POD_IGNORED)
+        if spec.get("automountServiceAccountToken", True):
+            raise Untranslated(f"{where}: a service account token would be mounted; there is no API server here")
+        if spec.get("enableServiceLinks", True):
+            raise Untranslated(f"{where}: service links (one env variable per Service) are not translated")
+        if len(spec["containers"]) != 1:  # (initContainers are not in POD_FIELDS: they fail above)
+            raise Untranslated(f"{where}: {len(spec['containers'])} containers; one is translated")
+        (container,) = spec["containers"]
+        where = f"{where}, container {container['name']}"
+        _only(where, container, CONTAINER_FIELDS | CONTAINER_IGNORED)
+        # preStop runs when a pod is stopped; the tests remove their containers instead.
+        _only(f"{where}, lifecycle", container.get("lifecycle", {}), {"preStop"})
+
+        if kind == "StatefulSet":
+            pod_name = f"{name}-0"
+            aliases = [f"{pod_name}.{workload['spec']['serviceName']}.{namespace}.svc.{CLUSTER_DOMAIN}"]
+        else:
+            pod_name = f"{name}-{secrets.token_hex(3)}"
+            aliases = []
+        for service in self.manifests.of_kind("Service"):
+            selector = service["spec"].get("selector") or {}
+            if selector and selector.items() <= labels.items():
+                svc = service["metadata"]["name"]
+                aliases += [svc, f"{svc}.{service['metadata']['namespace']}.svc.{CLUSTER_DOMAIN}"]
+
+        env = self._env(where, container, pod_name, namespace)
+        pod_security = spec.get("securityContext", {})
+        options = [*self._security(where, pod_security, container.get("securityContext", {}))]
+        options += self._resources(where, container.get("resources", {}))
+        if "terminationGracePeriodSeconds" in spec:
+            options += ["--stop-timeout", str(spec["terminationGracePeriodSeconds"])]
+        mounts, volumes = self._volumes(where, workload, container, pod_security.get("fsGroup"))
+        options += mounts
+        ports = {}
+        for port in container.get("ports", []):
+            _only(f"{where}, port", port, {"name", "containerPort", "protocol"})
+            if port.get("protocol", "TCP") != "TCP":
+                raise Untranslated(f"{where}: port {port} is not TCP")
+            ports[port.get("name", str(port["containerPort"]))] = int(port["containerPort"])
+        for key, value in env.items():
+            options += ["--env", f"{key}={value}"]
+
+        # command replaces the image's ENTRYPOINT, args its CMD; `docker run --entrypoint` takes one word.
+        command = [expand(word, env) for word in container.get("command", [])]
+        args = [expand(word, env) for word in container.get("args", [])]
+        image = container["image"]
+        return Pod(
+            name=pod_name,
+            component=labels["app.kubernetes.io/component"],
+            image=self.images.get(image, image),
+            options=tuple(["--hostname", pod_name, *options]),
+            entrypoint=command[0] if command else None,
+            args=tuple([*command[1:], *args]),
+            aliases=tuple(aliases),
+            ports=ports,
+            volumes=volumes,
+        )
+
+    # --- environment ------------------------------------------------------------------------------------------
+
+    def _data(self, kind: str, name: str, optional: bool | None, where: str) -> dict[str, str] | None:
+        """A rendered ConfigMap's or Secret's data, decoded; None for a missing optional one."""
+        found = self.manifests.find(kind, name)
+        if found is None:
+            if optional:
+                return None
+            raise Untranslated(f"{where}: no {kind} {name} in the rendered chart")
+        binary = "data" if kind == "Secret" else "binaryData"
+        data = {k: base64.b64decode(v).decode() for k, v in (found.get(binary) or {}).items()}
+        data.update({k: str(v) for k, v in (found.get("stringData" if kind == "Secret" else "data") or {}).items()})
+        return data
+
+    def _env(self, where: str, container: dict[str, Any], pod_name: str, namespace: str) -> dict[str, str]:
+        """envFrom first, then env in order (a later name wins), as the kubelet builds it."""
+        env: dict[str, str] = {}
+        for source in container.get("envFrom", []):
+            _only(f"{where}, envFrom", source, {"configMapRef", "secretRef", "prefix"})
+            kind = "ConfigMap" if "configMapRef" in source else "Secret"
+            ref = source["configMapRef" if kind == "ConfigMap" else "secretRef"]
+            found = self._data(kind, ref["name"], ref.get("optional"), where) or {}
+            env.update({source.get("prefix", "") + k: v for k, v in found.items()})
+        for var in container.get("env", []):
+            _only(f"{where}, env {var['name']}", var, {"name", "value", "valueFrom"})
+            if "valueFrom" not in var:
+                env[var["name"]] = expand(var.get("value", ""), env)
+                continue
+            source = var["valueFrom"]
+            if "fieldRef" in source:
+                # The pod's own name and namespace are known before it starts; its IP and node are not.
+                fields = {"metadata.name": pod_name, "metadata.namespace": namespace}
+                path = source["fieldRef"]["fieldPath"]
+                if path not in fields:
+                    raise Untranslated(f"{where}, env {var['name']}: fieldRef {path}")
+                env[var["name"]] = fields[path]
+                continue
+            kind = "ConfigMap" if "configMapKeyRef" in source else "Secret"
+            ref = source.get("configMapKeyRef" if kind == "ConfigMap" else "secretKeyRef")
+            if ref is None:
+                raise Untranslated(f"{where}, env {var['name']}: valueFrom {sorted(source)}")
+            data = self._data(kind, ref["name"], ref.get("optional"), where)
+            if data is not None and ref["key"] in data:
+                env[var["name"]] = data[ref["key"]]
+            elif not ref.get("optional"):
+                raise Untranslated(f"{where}, env {var['name']}: no key {ref['key']} in {kind} {ref['name']}")
+        return env
+
+    # --- security ---------------------------------------------------------------------------------------------
+
+    def _security(self, where: str, pod: dict[str, Any], container: dict[str, Any]) -> list[str]:
+        """The pod's and the container's securityContext (the container's wins) as `docker run` options."""
+        _only(f"{where}, pod securityContext", pod, POD_SECURITY)
+        _only(f"{where}, securityContext", container, CONTAINER_SECURITY)
+        merged = {**pod, **container}
+        options = []
+        if "runAsUser" in merged:
+            options += ["--user", f"{merged['runAsUser']}:{merged.get('runAsGroup', 0)}"]
+        elif merged.get("runAsNonRoot") or "runAsGroup" in merged:
+            raise Untranslated(f"{where}: runAsNonRoot/runAsGroup without runAsUser (the image's user) is not checked")
+        if merged.get("runAsNonRoot") and merged["runAsUser"] == 0:
+            raise Untranslated(f"{where}: runAsNonRoot with runAsUser 0: the kubelet would refuse to start it")
+        # The kubelet adds fsGroup and the supplemental groups to every container's groups.
+        for group in [*([pod["fsGroup"]] if "fsGroup" in pod else []), *pod.get("supplementalGroups", [])]:
+            options += ["--group-add", str(group)]
+        # fsGroupChangePolicy: every volume here is new, so OnRootMismatch and Always both change it once.
+        if container.get("readOnlyRootFilesystem"):
+            options.append("--read-only")
+        if container.get("allowPrivilegeEscalation") is False:
+            options += ["--security-opt", "no-new-privileges"]
+        if container.get("privileged"):
+            options.append("--privileged")
+        capabilities = container.get("capabilities", {})
+        _only(f"{where}, capabilities", capabilities, {"drop", "add"})
+        options += [f"--cap-drop={cap}" for cap in capabilities.get("drop", [])]
+        options += [f"--cap-add={cap}" for cap in capabilities.get("add", [])]
+        seccomp = merged.get("seccompProfile", {"type": "RuntimeDefault"})["type"]
+        if seccomp == "Unconfined":
+            options += ["--security-opt", "seccomp=unconfined"]
+        elif seccomp != "RuntimeDefault":  # Docker's default profile is the runtime default (containerd's too)
+            raise Untranslated(f"{where}: seccompProfile {seccomp}")
+        return options
+
+    def _resources(self, where: str, resources: dict[str, Any]) -> list[str]:
+        """Limits as cgroup limits; requests only place pods, and there is one host."""
+        _only(f"{where}, resources", resources, {"limits", "requests"})
+        limits = resources.get("limits", {})
+        _only(f"{where}, resources.limits", limits, {"cpu", "memory", "nvidia.com/gpu"})
+        options = []
+        if "cpu" in limits:
+            # Docker refuses more CPUs than the host has; a limit above that limits nothing anyway.
+            options += ["--cpus", f"{min(cpu_cores(limits['cpu']), self.host_cpus):g}"]
+        if "memory" in limits:
+            memory = str(quantity_bytes(limits["memory"]))
+            options += ["--memory", memory, "--memory-swap", memory]  # no swap, as on a kubelet's node
+        if "nvidia.com/gpu" in limits:
+            options += ["--gpus", str(limits["nvidia.com/gpu"])]
+        return options
+
+    # --- volumes ----------------------------------------------------------------------------------------------
+
+    def _volumes(
+        self, where: str, workload: dict[str, Any], container: dict[str, Any], fs_group: int | None
+    ) -> tuple[list[str], dict[str, int | None]]:
+        """The container's volumeMounts as mounts, and the Docker volumes they need (→ fsGroup)."""
+        sources = {v["name"]: v for v in workload["spec"]["template"]["spec"].get("volumes", [])}
+        # A StatefulSet's volumeClaimTemplates: its pod N mounts the claim <template>-<name>-N.
+        for claim in workload["spec"].get("volumeClaimTemplates", []):
+            claim_name = f"{claim['metadata']['name']}-{workload['metadata']['name']}-0"
+            sources[claim["metadata"]["name"]] = {"persistentVolumeClaim": {"claimName": claim_name}}
+        options: list[str] = []
+        volumes: dict[str, int | None] = {}
+        for mount in container.get("volumeMounts", []):
+            _only(f"{where}, volumeMount {mount['name']}", mount, {"name", "mountPath", "readOnly"})
+            path, read_only = mount["mountPath"], bool(mount.get("readOnly"))
+            source = sources.get(mount["name"])
+            if source is None:
+                raise Untranslated(f"{where}: volumeMount {mount['name']} has no volume")
+            kinds = sorted(set(source) - {"name"})
+            if len(kinds) != 1:
+                raise Untranslated(f"{where}: volume {mount['name']} is {kinds}")
+            kind, spec = kinds[0], source[kinds[0]] or {}
+            if kind == "emptyDir":
+                _only(f"{where}, emptyDir {mount['name']}", spec, {"medium", "sizeLimit"})
+                if spec.get("medium", "") not in ("", "Memory"):
+                    raise Untranslated(f"{where}: emptyDir medium {spec['medium']}")
+                # A tmpfs either way (a disk emptyDir costs memory here), bounded by the sizeLimit, world-writable
+                # like the kubelet's.
+                size = f",size={quantity_bytes(spec['sizeLimit'])}" if "sizeLimit" in spec else ""
+                options += ["--tmpfs", f"{path}:{'ro' if read_only else 'rw'},exec{size},mode=0777"]
+            elif kind == "persistentVolumeClaim":
+                _only(f"{where}, claim {mount['name']}", spec, {"claimName", "readOnly"})
+                volume = f"{self.volume_prefix}-{spec['claimName']}"
+                volumes[volume] = fs_group
+                ro = ":ro" if read_only or spec.get("readOnly") else ""
+                options += ["--volume", f"{volume}:{path}{ro}"]
+            elif kind in ("secret", "configMap"):
+                directory = self._files(where, workload["metadata"]["name"], mount["name"], kind, spec, fs_group)
+                options += ["--volume", f"{directory}:{path}:ro"]  # the kubelet mounts both read-only
+            else:
+                raise Untranslated(f"{where}: {kind} volume {mount['name']}")
+        return options, volumes
+
+    def _files(
+        self, where: str, workload: str, volume: str, kind: str, spec: dict[str, Any], fs_group: int | None
+    ) -> Path:
+        """A Secret or ConfigMap volume: a directory with a file per key (or per item), mode and group as the
+        kubelet sets them."""
+        name_key = "secretName" if kind == "secret" else "name"
+        _only(f"{where}, {kind} volume {volume}", spec, {name_key, "items", "defaultMode", "optional"})
+        data = self._data("Secret" if kind == "secret" else "ConfigMap", spec[name_key], spec.get("optional"), where)
+        directory = self.scratch / workload / volume
+        directory.mkdir(parents=True)
+        directory.chmod(0o755)
+        items = spec.get("items") or [{"key": key, "path": key} for key in data or {}]
+        for item in items:
+            _only(f"{where}, {kind} volume {volume} item", item, {"key", "path", "mode"})
+            if data is None or item["key"] not in data:
+                raise Untranslated(f"{where}: no key {item['key']} for volume {volume}")
+            file = directory / item["path"]
+            file.parent.mkdir(parents=True, exist_ok=True)
+            file.write_text(data[item["key"]])
+            mode = item.get("mode", spec.get("defaultMode", 0o644))
+            if fs_group is not None and os.geteuid() == 0:
+                os.chown(file, 0, fs_group)
+            elif fs_group is not None:
+                # Only root can give the file the pod's group: readable by all instead.
+                mode |= 0o444
+            file.chmod(mode)
+        return directory
