@@ -58,7 +58,9 @@ class Images:
         variant = os.environ.get("TORCH_VARIANT", "cpu")
         assert variant in ("cpu", "cuda"), f"TORCH_VARIANT is cpu or cuda, not {variant!r}"
         return cls(
-            prefix=os.environ.get("IMAGE_PREFIX", "ghcr.io/thinkmesh"),
+            # scripts/images.sh's default: the registry and namespace values.yaml pulls from.
+            prefix=os.environ.get("IMAGE_PREFIX")
+            or yaml.safe_load((CHART / "values.yaml").read_text())["sandbox"]["image"]["repository"].rsplit("/", 1)[0],
             tag=tag,
             torch_variant=variant,
             python=os.environ.get("PYTHON_IMAGE", "thinkmesh/python:3.11-bookworm"),
