@@ -1,6 +1,6 @@
 {{/*
-Who is who: how each component runs, what it mounts, whom it calls and who may call it. The Deployments,
-ConfigMaps and NetworkPolicies are all derived from this one table.
+Who is who: how each component runs, what it mounts, whom it calls and who may call it. components.yaml
+renders every row (ConfigMap, Deployment, HPA, NetworkPolicy, PDB, Services) from this one table.
 
   args     the container's arguments to `thinkmesh` (the chart adds --host/--port for gRPC servers)
   grpc     serves gRPC on service.port (and so gets gRPC probes and a Service port)
@@ -11,6 +11,8 @@ ConfigMaps and NetworkPolicies are all derived from this one table.
   callers  components admitted on its gRPC port
   clients  also admits networkPolicy.clients (users of the API)
   strategy the Deployment's update strategy
+  hpa      may have a HorizontalPodAutoscaler (autoscaling.enabled); the trainer runs the rounds alone, so its
+           schema rejects autoscaling and it gets none
 */}}
 {{- define "thinkmesh.wiringTable" -}}
 sandbox:
@@ -23,6 +25,7 @@ sandbox:
   callers: [search, worker, trainer]
   clients: false
   strategy: RollingUpdate
+  hpa: true
 policy:
   args: [serve, policy]
   grpc: true
@@ -33,6 +36,7 @@ policy:
   callers: [search, worker, trainer]
   clients: false
   strategy: RollingUpdate
+  hpa: true
 ppm:
   args: [serve, ppm]
   grpc: true
@@ -43,6 +47,7 @@ ppm:
   callers: [search, worker, trainer]
   clients: false
   strategy: RollingUpdate
+  hpa: true
 search:
   args: [serve, search]
   grpc: true
@@ -53,6 +58,7 @@ search:
   callers: []
   clients: true
   strategy: RollingUpdate
+  hpa: true
 worker:
   args: [worker]
   grpc: false
@@ -63,6 +69,7 @@ worker:
   callers: []
   clients: false
   strategy: RollingUpdate
+  hpa: true
 trainer:
   args: [serve, trainer]
   grpc: true
@@ -73,9 +80,5 @@ trainer:
   callers: []
   clients: true
   strategy: Recreate
-{{- end }}
-
-{{/* (dict "root" $ "name" "search") plus that component's row of the table. */}}
-{{- define "thinkmesh.wiring" -}}
-{{- index (include "thinkmesh.wiringTable" . | fromYaml) .name | toYaml }}
+  hpa: false
 {{- end }}

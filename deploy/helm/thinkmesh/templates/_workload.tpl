@@ -100,7 +100,7 @@ metadata:
   labels:
     {{- include "thinkmesh.labels" . | nindent 4 }}
 spec:
-  {{- if not $c.autoscaling.enabled }}
+  {{- if not (and .hpa $c.autoscaling.enabled) }}
   {{- /* With an HPA the count is the HPA's: a replicas field here would reset it on every upgrade. */}}
   replicas: {{ $c.replicas }}
   {{- end }}
