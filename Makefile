@@ -72,6 +72,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check services tests
 	$(BIN)/ruff format --check services tests scripts
 	$(BIN)/mypy services
+	$(BIN)/lint-imports --no-cache
 
 helm-check: $(STAMP)
 	bash scripts/helm_check.sh

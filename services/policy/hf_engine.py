@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from services.common import stepfmt
 from services.common.batching import MicroBatcher
+from services.common.devices import cpu_supports_bf16, pick_device
 from services.common.errors import InvalidInput
 from services.policy.decoding import sample_candidates
 from services.policy.engine import GeneratedStep, SamplingParams, StepPrompt, classify_end, cut_at_stop
@@ -43,33 +44,6 @@ class _Request:
         # runs alone, and never costs the batching (one generate() call per seed would undo it).
         p = self.params
         return (p.temperature, p.top_p, p.max_new_tokens)
-
-
-def pick_device(requested: str) -> str:
-    """The device to run on ("auto": the GPU if there is one), with torch set up for it."""
-    device = requested if requested != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda"):
-        avoid_cudnn_attention()
-    return device
-
-
-def avoid_cudnn_attention() -> None:
-    """Take cuDNN out of torch's attention backends (process-wide; the others stay in their order).
-
-    torch sends attention with a padding mask to cuDNN first on Hopper GPUs, and cuDNN builds an execution plan
-    for every shape it has not seen: ≈ 35 ms each on an H200, measured. A search never repeats a shape (prompts
-    of every length, a cache one token longer each step), so every decoding step paid for a new plan and the
-    GPU ran slower than two CPU cores (docs/benchmarks.md). The other fused kernels take any shape.
-    """
-    torch.backends.cuda.enable_cudnn_sdp(False)
-
-
-def cpu_supports_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 class HFEngine:

@@ -18,8 +18,8 @@ from transformers import AutoTokenizer
 
 from services.common import stepfmt
 from services.common.batching import MicroBatcher
+from services.common.devices import cpu_supports_bf16, pick_device
 from services.common.errors import InvalidInput
-from services.policy.hf_engine import cpu_supports_bf16, pick_device
 from services.ppm.model import ProcessRewardModel
 from services.ppm.packing import PackedRow, pack
 

@@ -73,7 +73,7 @@ class PadToLongest:
 
 def training_arguments(output_dir: str, config: Any, *, progress: bool, batch_size: int) -> TrainingArguments:
     """Arguments shared by the SFT and PPM trainers: CPU or GPU, bf16 where the hardware has it, no checkpoints."""
-    from services.policy.hf_engine import cpu_supports_bf16, pick_device
+    from services.common.devices import cpu_supports_bf16, pick_device
 
     on_gpu = pick_device("auto") != "cpu"  # sets torch up for the GPU as the engines do
     return TrainingArguments(

@@ -154,7 +154,7 @@ def test_the_generate_fallback_serves_the_same_greedy_steps(policy_dir: Path, en
 
 def test_a_cuda_device_takes_cudnn_out_of_the_attention_backends() -> None:
     # cuDNN builds an attention plan per unseen shape (~35 ms on an H200); decoding never repeats a shape.
-    from services.policy.hf_engine import pick_device
+    from services.common.devices import pick_device
 
     before = torch.backends.cuda.cudnn_sdp_enabled()
     try:
