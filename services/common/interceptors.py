@@ -15,7 +15,16 @@ import grpc
 from grpc import aio
 from prometheus_client import Counter, Histogram
 
-from services.common.errors import ThinkmeshError
+from services.common.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidInput,
+    NotFound,
+    NotReady,
+    Overloaded,
+    ThinkmeshError,
+    Unauthenticated,
+)
 from services.common.security import TokenFile
 
 log = logging.getLogger(__name__)
@@ -37,9 +46,29 @@ Context = Any
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler]]
 
 
+# The status code each of our exceptions becomes (a subclass takes its nearest listed ancestor's); any other
+# exception, and ThinkmeshError itself, is INTERNAL.
+STATUS_OF: dict[type[ThinkmeshError], grpc.StatusCode] = {
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    NotReady: grpc.StatusCode.UNAVAILABLE,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def status_of(exc: BaseException) -> grpc.StatusCode:
+    for cls in type(exc).__mro__:
+        if cls in STATUS_OF:
+            return STATUS_OF[cls]
+    return grpc.StatusCode.INTERNAL
+
+
 async def _abort_for(exc: BaseException, context: Context, method: str) -> None:
     if isinstance(exc, ThinkmeshError):
-        await context.abort(exc.code, str(exc) or type(exc).__name__)
+        await context.abort(status_of(exc), str(exc) or type(exc).__name__)
     log.error("unexpected error in %s", method, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
 
@@ -50,9 +79,6 @@ def _wrap(handler: Handler, method: str) -> Handler:
     def finish(started: float, code: grpc.StatusCode) -> None:
         LATENCY.labels(method).observe(time.perf_counter() - started)
         REQUESTS.labels(method, code.name).inc()
-
-    def code_of(exc: BaseException) -> grpc.StatusCode:
-        return exc.code if isinstance(exc, ThinkmeshError) else grpc.StatusCode.INTERNAL
 
     if handler.unary_unary is not None:
         inner_uu = handler.unary_unary
@@ -65,7 +91,7 @@ def _wrap(handler: Handler, method: str) -> Handler:
                 finish(started, context.code() or grpc.StatusCode.UNKNOWN)
                 raise
             except Exception as exc:
-                finish(started, code_of(exc))
+                finish(started, status_of(exc))
                 await _abort_for(exc, context, method)
             finish(started, grpc.StatusCode.OK)
             return response
@@ -85,7 +111,7 @@ def _wrap(handler: Handler, method: str) -> Handler:
                 finish(started, context.code() or grpc.StatusCode.UNKNOWN)
                 raise
             except Exception as exc:
-                finish(started, code_of(exc))
+                finish(started, status_of(exc))
                 await _abort_for(exc, context, method)
             finish(started, grpc.StatusCode.OK)
 
