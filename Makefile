@@ -69,8 +69,8 @@ proto: $(STAMP)
 	  protos/thinkmesh/v1/*.proto
 
 lint: $(STAMP)
-	$(BIN)/ruff check services tests
-	$(BIN)/ruff format --check services tests scripts
+	$(BIN)/ruff check services tests experiments
+	$(BIN)/ruff format --check services tests experiments
 	$(BIN)/mypy services
 	$(BIN)/lint-imports --no-cache
 

@@ -41,7 +41,7 @@ class BootstrapConfig:
     levels: tuple[int, ...] = (1, 2)
     # Distinct teacher problems for SFT; the step budget (1,000 steps × batch 16) sees each about 1.3 times.
     # Optimizer steps, not tokens, decide how well a tiny model learns to copy numbers, and a short schedule
-    # needs Adam's second moment to adapt quickly (β2 = 0.95). Measured with scripts/bootstrap_sweep.py (greedy
+    # needs Adam's second moment to adapt quickly (β2 = 0.95). Measured with experiments/bootstrap_sweep.py (greedy
     # on unseen level-1 problems, 3 seeds; docs/results.md): 1,000 steps at 1.5e-3 with β2 0.95 match 1,500
     # at 2e-3 with β2 0.999; fewer steps, larger rates, batch 8 or 12, or a narrower model fall off sharply.
     sft_problems: int = 12_000

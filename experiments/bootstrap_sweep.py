@@ -1,22 +1,22 @@
 """Measurements behind the bootstrap's schedule (services/trainer/bootstrap.py); not part of the product.
 
-python scripts/bootstrap_sweep.py sft --out sft.jsonl [--parallel 16] [--device cuda]
+python experiments/bootstrap_sweep.py sft --out sft.jsonl [--parallel 16] [--device cuda]
     The SFT grid: each configuration trains a fresh tiny policy in its own process (16 at a time fit one
     GPU) and is scored by greedy decoding on 300 unseen level-1 problems: the program is generated up to
     `<end_of_code>`, run, and its output compared with the answer. This proxy reads a few points lower
     than `thinkmesh eval` (it has no answer step and no retries); compare rows, not absolute values.
-python scripts/bootstrap_sweep.py ppm --policy DIR [--steps 250] [--center 0.1] [--per-step 3] [--seed 0]
+python experiments/bootstrap_sweep.py ppm --policy DIR [--steps 250] [--center 0.1] [--per-step 3] [--seed 0]
     One bootstrap PPM training on teacher-vs-corrupted pairs from DIR's policy; held-out pair accuracy on
     pairs of 100 problems never trained on, by kind of corruption.
-python scripts/bootstrap_sweep.py samples --store STORE --level 3 --n 60 --seed 777 --out own.jsonl
+python experiments/bootstrap_sweep.py samples --store STORE --level 3 --n 60 --seed 777 --out own.jsonl
     The store's policy samples 16 trajectories per problem (temperature 0.8, as best-of-16 does); each
     finished trajectory, with its correctness, is one line: what a PPM must rank for search to help.
-python scripts/bootstrap_sweep.py ppm ... --own own.jsonl
+python experiments/bootstrap_sweep.py ppm ... --own own.jsonl
     Also scores those trajectories with the new PPM: best-of-16 and the score-weighted vote over the same
     samples, and how often a right trajectory outscores a wrong one of the same problem (AUC).
-python scripts/bootstrap_sweep.py own --ppm DIR own.jsonl
+python experiments/bootstrap_sweep.py own --ppm DIR own.jsonl
     The same for an existing PPM (e.g. a store's models/ppm/v1).
-python scripts/bootstrap_sweep.py table sft.jsonl
+python experiments/bootstrap_sweep.py table sft.jsonl
     The SFT results as a Markdown table.
 """
 
@@ -34,8 +34,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 from transformers import PreTrainedTokenizerFast, Qwen2ForCausalLM

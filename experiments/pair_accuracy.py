@@ -1,8 +1,8 @@
 """How well a PPM, or a policy's own likelihood, ranks step pairs; a measurement, not part of the product.
 
-python scripts/pair_accuracy.py --ppm DIR PAIRS.jsonl [PAIRS.jsonl ...]
+python experiments/pair_accuracy.py --ppm DIR PAIRS.jsonl [PAIRS.jsonl ...]
     The share of pairs whose chosen step a stored PPM scores above the rejected one.
-python scripts/pair_accuracy.py --policy DIR PAIRS.jsonl [...]
+python experiments/pair_accuracy.py --policy DIR PAIRS.jsonl [...]
     The same for the policy's likelihood alone: a PPM freshly initialised from the policy with its value head
     zeroed scores a step by tanh(w * m + b), which orders steps exactly as m, the mean log-probability of the
     tokens the policy wrote on the way to the step (services/ppm/model.py).
@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 from transformers import AutoTokenizer

@@ -1,7 +1,7 @@
 """Where a decoding step's time goes on this machine: the hf sampling loop's time per step against rows and
 dtype, a launch and sync round trip, and the torch profiler's top operators for 32 steps of 32 rows.
 
-    python scripts/decode_profile.py --store STORE [--cudnn-attention]
+    python experiments/decode_profile.py --store STORE [--cudnn-attention]
 
 STORE holds a policy (`thinkmesh bootstrap`). `--cudnn-attention` keeps cuDNN among torch's attention backends,
 as torch has it by default: on a Hopper GPU its plan building then tops the profile (docs/benchmarks.md).

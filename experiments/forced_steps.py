@@ -1,6 +1,6 @@
 """Where a policy leaves the teacher's solution; a measurement, not part of the product.
 
-python scripts/forced_steps.py --policy DIR [--level 3] [--moves 4] [--n 50] [--seed 12345]
+python experiments/forced_steps.py --policy DIR [--level 3] [--moves 4] [--n 50] [--seed 12345]
 
 Takes the first N curriculum problems of the level (eval seed) whose teacher solution has MOVES moves, gives
 the policy the question and the teacher's first k steps, for every k, and decodes the next step greedily. Each
@@ -15,12 +15,9 @@ next step is counted as one of:
 from __future__ import annotations
 
 import argparse
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -1,7 +1,7 @@
 """Can a round's SFT teach more moves than the bootstrap knows, given clean examples? A measurement, not part of
 the product.
 
-python scripts/oracle_sft.py --store STORE --out DIR [--examples 50] [--moves 4] [--level 3]
+python experiments/oracle_sft.py --store STORE --out DIR [--examples 50] [--moves 4] [--level 3]
 
 Fine-tunes the store's current policy exactly as a round of `thinkmesh evolve` does (the default round's SFT
 recipe, learning rate and step rule, the same replay of teacher solutions of levels 1-2), except that in place
@@ -20,8 +20,6 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
