@@ -17,7 +17,7 @@ from services.search.answers import DEFAULT_METHOD, METHODS
 
 def _up(args: argparse.Namespace) -> int:
     from services.common.store import ModelStore
-    from services.search.stack import LocalStack, interrupt_on_sigterm
+    from services.dev.stack import LocalStack, interrupt_on_sigterm
 
     state = Path(args.state_dir).resolve()
     store = ModelStore(state / "store")

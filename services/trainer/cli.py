@@ -69,13 +69,13 @@ def _evolve(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from services.common.store import ModelStore
-    from services.search.stack import LocalStack, interrupt_on_sigterm
+    from services.dev.stack import LocalStack, interrupt_on_sigterm, local_trainer_settings
     from services.trainer.bootstrap import bootstrap, config_for
     from services.trainer.config import preset
     from services.trainer.progress import StageBars
     from services.trainer.report import markdown_table
     from services.trainer.rounds import RoundRunner, Rounds
-    from services.trainer.wiring import local_trainer_settings, make_runner_factory
+    from services.trainer.wiring import make_runner_factory
 
     _quiet_libraries()
     state_dir = Path(args.state_dir).resolve()

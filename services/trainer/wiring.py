@@ -10,11 +10,9 @@ from collections.abc import Callable
 
 from services.common.channels import open_channel
 from services.common.security import TlsFiles
-from services.common.settings import load_settings
 from services.common.store import ModelStore
 from services.search.celery_app import make_celery
 from services.search.settings import SearchSettings
-from services.search.stack import LocalStack
 from services.trainer.config import RoundConfig
 from services.trainer.dispatch import CeleryDispatcher
 from services.trainer.rounds import RoundRunner
@@ -85,15 +83,3 @@ def make_runner_factory(
         return RoundRunner(store, config, dispatcher, before_search=before, on_publish=roll, **hooks)  # type: ignore[arg-type]
 
     return factory
-
-
-def local_trainer_settings(stack: LocalStack) -> TrainerSettings:
-    """Settings for a trainer that drives a `LocalStack`: its SQLite broker and results, its services."""
-    return load_settings(
-        TrainerSettings,
-        broker_url=stack.broker_url,
-        result_backend=stack.result_backend,
-        policy_target=stack.address("policy"),
-        ppm_target=stack.address("ppm"),
-        sandbox_target=stack.address("sandbox"),
-    )

@@ -65,11 +65,12 @@ def fresh_copy(store: ModelStore) -> Path:
 
 
 def self_evolution_round(stack: Any) -> None:
+    from services.dev.stack import local_trainer_settings
     from services.trainer.config import preset
     from services.trainer.progress import StageBars
     from services.trainer.report import markdown_table
     from services.trainer.rounds import Rounds
-    from services.trainer.wiring import local_trainer_settings, make_runner_factory, wait_for_current
+    from services.trainer.wiring import make_runner_factory, wait_for_current
 
     store = ModelStore(stack.store)
     bars = StageBars(prefix="round 1 ")
@@ -98,7 +99,7 @@ def main() -> int:
 
     from services.common.grading import Grader
     from services.common.logs import configure_logging
-    from services.search.stack import LocalStack, interrupt_on_sigterm
+    from services.dev.stack import LocalStack, interrupt_on_sigterm
     from services.trainer.bootstrap import bootstrap, config_for
     from services.trainer.curriculum import generate
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from services.search import stack as stack_module
-from services.search.stack import LocalStack, interrupt_on_sigterm
+from services.dev import stack as stack_module
+from services.dev.stack import LocalStack, interrupt_on_sigterm
 from support.processes import alive
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]

@@ -19,6 +19,9 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.common.settings import load_settings
+from services.trainer.settings import TrainerSettings
+
 THINKMESH = [sys.executable, "-m", "services.cli"]
 
 
@@ -179,3 +182,15 @@ class LocalStack:
 def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signum)
+
+
+def local_trainer_settings(stack: LocalStack) -> TrainerSettings:
+    """Settings for a trainer that drives a `LocalStack`: its SQLite broker and results, its services."""
+    return load_settings(
+        TrainerSettings,
+        broker_url=stack.broker_url,
+        result_backend=stack.result_backend,
+        policy_target=stack.address("policy"),
+        ppm_target=stack.address("ppm"),
+        sandbox_target=stack.address("sandbox"),
+    )
