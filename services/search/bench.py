@@ -20,13 +20,13 @@ async def bench(
     from services.common.store import ModelStore
     from services.search.local import local_backends
     from services.search.mcts import SearchConfig
-    from services.search.orchestrator import Orchestrator, Sampling, SolveTask, solve_many
+    from services.search.orchestrator import Orchestrator, Sampling, SearchProblem, solve_many
     from services.trainer.curriculum import generate
 
-    tasks = [SolveTask(p.question, p.answer) for p in generate(level, problems, seed=99_001)]
+    tasks = [SearchProblem(p.question, p.answer) for p in generate(level, problems, seed=99_001)]
     # Untimed: the first calls pay one-off costs (a GPU's kernel loading and autotuning, lazy imports) that
     # would otherwise be charged to whichever mode runs first.
-    warmup_tasks = [SolveTask(p.question, p.answer) for p in generate(level, warmup, seed=98_001)]
+    warmup_tasks = [SearchProblem(p.question, p.answer) for p in generate(level, warmup, seed=98_001)]
     config = SearchConfig(rollouts=rollouts, candidates=candidates, q_mode="ppm", seed=1)
     report: dict[str, Any] = {
         "problems": problems,

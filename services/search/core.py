@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from celery import Celery
 
 from services.common.errors import DeadlineExceeded, InvalidInput, Overloaded, ThinkmeshError
+from services.search.cancellation import CancelRequests
+from services.search.protocol import SolveProgress, SolveResult, SolveTask
 from services.search.settings import SearchSettings
-from services.search.tasks import SOLVE, cancel_key
+from services.search.tasks import SOLVE
 
 # Time kept back from the caller's deadline for the result's way back: a share of it, at least a second (the worker
 # looks at its deadline between ticks, and one tick on a busy CPU can take most of a second), at most half of it.
@@ -49,9 +50,12 @@ class SearchCore:
     def __init__(self, settings: SearchSettings, app: Celery) -> None:
         self.settings = settings
         self.app = app
+        self._cancels = CancelRequests(app)
         self._running = 0
 
-    def check(self, request: SolveRequest) -> dict[str, Any]:
+    def check(self, request: SolveRequest) -> SolveTask:
+        """The task for a valid request. The Solve knobs a request leaves at 0 take this service's settings (the
+        API's defaults, beside the maxima checked here); the worker fills what is still unset (`with_defaults`)."""
         s = self.settings
         if not request.problem.strip():
             raise InvalidInput("problem is empty")
@@ -65,17 +69,19 @@ class SearchCore:
         ):
             if value > limit:
                 raise InvalidInput(f"{name}={value} is above this server's maximum of {limit}")
-        return {
-            "question": request.problem,
-            "reference": request.reference_answer or None,
-            "rollouts": request.rollouts or s.rollouts,
-            "candidates": request.candidates or s.candidates,
-            "max_depth": request.max_depth or s.max_depth,
-            "searches": request.searches or s.searches,
-        }
+        return SolveTask(
+            question=request.problem,
+            reference=request.reference_answer or None,
+            rollouts=request.rollouts or s.rollouts,
+            candidates=request.candidates or s.candidates,
+            max_depth=request.max_depth or s.max_depth,
+            searches=request.searches or s.searches,
+        )
 
-    async def follow(self, request: SolveRequest, time_left: float | None) -> AsyncIterator[dict[str, Any]]:
-        """Progress events (state PROGRESS), then one final event with the result (state SUCCESS)."""
+    async def follow(
+        self, request: SolveRequest, time_left: float | None
+    ) -> AsyncIterator[SolveProgress | SolveResult]:
+        """Progress events while the search runs, then its result."""
         task = self.check(request)
         if self._running >= self.settings.max_concurrent_solves:
             raise Overloaded(
@@ -86,33 +92,35 @@ class SearchCore:
         )
         if budget <= _MIN_BUDGET_S:
             raise DeadlineExceeded("the deadline leaves no time to search")
-        job = f"jobs/{uuid.uuid4().hex}"
-        task.update(job=job, problem_id="solve", deadline=time.time() + _search_time(budget))
+        # No job: an online Solve's result comes back through the result backend and is not kept on the store.
+        task = replace(task, deadline=time.time() + _search_time(budget))
         self._running += 1
-        result = self.app.send_task(SOLVE, args=[task])
+        result = self.app.send_task(SOLVE, args=[task.to_json()])
         finished = False
         try:
             last: Any = None
             while True:
-                state, info = await asyncio.to_thread(lambda: (result.state, result.info))
+                # One read of the task's record: its state and its payload must belong together.
+                meta = await asyncio.to_thread(result.backend.get_task_meta, result.id)
+                state, info = meta["status"], meta["result"]
                 if state == "SUCCESS":
                     finished = True
-                    yield {"state": "SUCCESS", **info}
+                    yield SolveResult.from_json(info)
                     return
                 if state in ("FAILURE", "REVOKED"):
                     finished = True
                     raise SearchFailed(f"search failed: {type(info).__name__}: {info}"[:500])
                 if state == "PROGRESS" and info != last:
                     last = info
-                    yield {"state": "PROGRESS", **info}
+                    yield SolveProgress.from_json(info)
                 await asyncio.sleep(_POLL_S)
         finally:
             self._running -= 1
             if not finished:  # the caller went away or gave up: stop the search
-                await asyncio.to_thread(self.app.backend.store_result, cancel_key(result.id), None, "REVOKED")
+                await asyncio.to_thread(self._cancels.request, result.id)
 
-    async def solve(self, request: SolveRequest, time_left: float | None) -> dict[str, Any]:
+    async def solve(self, request: SolveRequest, time_left: float | None) -> SolveResult:
         async for event in self.follow(request, time_left):
-            if event["state"] == "SUCCESS":
+            if isinstance(event, SolveResult):
                 return event
         raise SearchFailed("the search ended without a result")

@@ -233,7 +233,9 @@ class Orchestrator:
 
 
 @dataclass(frozen=True)
-class SolveTask:
+class SearchProblem:
+    """One problem for an in-process search (evaluation, benchmarks); a worker's comes as a protocol.SolveTask."""
+
     question: str
     reference: str | None = None
     searches: int = 1
@@ -241,12 +243,12 @@ class SolveTask:
 
 @dataclass
 class Solved:
-    task: SolveTask
+    task: SearchProblem
     trees: list[Tree]
     choice: Choice | None
 
 
-def plant(tasks: Sequence[SolveTask], config: SearchConfig) -> list[list[Tree]]:
+def plant(tasks: Sequence[SearchProblem], config: SearchConfig) -> list[list[Tree]]:
     """The trees of each task: `searches` independent trees with distinct seeds."""
     from dataclasses import replace
 
@@ -261,7 +263,7 @@ def plant(tasks: Sequence[SolveTask], config: SearchConfig) -> list[list[Tree]]:
 
 async def solve_many(
     orchestrator: Orchestrator,
-    tasks: Sequence[SolveTask],
+    tasks: Sequence[SearchProblem],
     config: SearchConfig,
     *,
     method: Method = DEFAULT_METHOD,

@@ -1,8 +1,8 @@
 """Where finished searches are kept, keyed by job and problem, so a retried task never duplicates a result.
 
-`<store>/<job>/<problem>.json`, where a job is a relative path of safe names (a Solve: `jobs/<id>`; a training
-round: `rounds/0003/trees`). Written atomically and first-copy-wins, so a retry that finds it returns it instead
-of searching again.
+`<store>/<job>/<problem>.json`, where a job is a relative path of safe names (a training round:
+`rounds/0003/trees`; an online Solve names no job and is not kept). Written atomically and first-copy-wins, so a
+retry that finds it returns it instead of searching again.
 """
 
 from __future__ import annotations

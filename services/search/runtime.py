@@ -2,15 +2,18 @@
 
 Celery runs tasks in threads (`--pool threads`); every task hands its search to this one loop, so the trees
 of all tasks running on a worker advance together and share each batch sent to the policy, sandbox and PPM.
+The worker closes the runtime when it shuts down (services/search/worker.py): its channels, its grader's
+processes and the loop's thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import replace
 from typing import Any
 
 from services.common.channels import open_channel
@@ -18,29 +21,31 @@ from services.search.answers import Method, choose
 from services.search.backends import Backends, GrpcGenerator, GrpcRunner, GrpcScorer, ProcessGrader
 from services.search.mcts import SearchConfig, Tree
 from services.search.orchestrator import Orchestrator, RunStats, Sampling, SearchLoop
+from services.search.protocol import SolveProgress, SolveResult, SolveTask
 from services.search.settings import SearchSettings
 
 
-def search_config(settings: SearchSettings, request: dict[str, Any]) -> SearchConfig:
+def search_config(task: SolveTask, c: float) -> SearchConfig:
+    """The engine's configuration for a task whose defaults are applied (`SolveTask.with_defaults`)."""
     return SearchConfig(
-        rollouts=int(request.get("rollouts") or settings.rollouts),
-        candidates=int(request.get("candidates") or settings.candidates),
-        max_depth=int(request.get("max_depth") or settings.max_depth),
-        c=settings.c,
-        q_mode=request.get("q_mode") or settings.q_mode,  # type: ignore[arg-type]
-        max_code_errors=int(request.get("max_code_errors", 1)),
-        seed=int(request.get("seed", 0)),
+        rollouts=task.rollouts,
+        candidates=task.candidates,
+        max_depth=task.max_depth,
+        c=c,
+        q_mode=task.q_mode,  # type: ignore[arg-type]
+        max_code_errors=task.max_code_errors,
+        seed=task.seed,
     )
 
 
-def summarise(trees: list[Tree], stats: RunStats, method: Method, *, include_trees: bool) -> dict[str, Any]:
-    """The JSON result of a solve: answer, trajectory, score, stats (and the trees, for training)."""
+def summarise(trees: list[Tree], stats: RunStats, method: Method, *, include_trees: bool) -> SolveResult:
+    """The result of a solve: answer, trajectory, score, stats (and the trees, for training)."""
     choice = choose(trees, method)
-    result: dict[str, Any] = {
-        "answer": choice.answer if choice else "",
-        "solution": choice.solution if choice else "",
-        "score": choice.score if choice else 0.0,
-        "stats": {
+    return SolveResult(
+        answer=choice.answer if choice else "",
+        solution=choice.solution if choice else "",
+        score=choice.score if choice else 0.0,
+        stats={
             "rollouts": sum(t.stats.rollouts for t in trees),
             "nodes": sum(t.stats.nodes for t in trees),
             "policy_calls": stats.policy.calls,
@@ -48,14 +53,12 @@ def summarise(trees: list[Tree], stats: RunStats, method: Method, *, include_tre
             "ppm_calls": stats.ppm.calls,
             "wall_ms": int(stats.wall_seconds * 1000),
         },
-        "policy_version": stats.policy_version,
-        "ppm_version": stats.ppm_version,
-        "stopped_early": stats.stopped_early,
-        "run": stats.as_dict(),
-    }
-    if include_trees:
-        result["trees"] = [t.to_json() for t in trees]
-    return result
+        policy_version=stats.policy_version,
+        ppm_version=stats.ppm_version,
+        stopped_early=stats.stopped_early,
+        run=stats.as_dict(),
+        trees=tuple(t.to_json() for t in trees) if include_trees else None,
+    )
 
 
 class WorkerRuntime:
@@ -64,6 +67,8 @@ class WorkerRuntime:
 
     def __init__(self, settings: SearchSettings) -> None:
         self.settings = settings
+        self._channels: list[Any] = []
+        self._grader = ProcessGrader()
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="search-loop", daemon=True)
         self._thread.start()
@@ -76,45 +81,74 @@ class WorkerRuntime:
                 cls._instance = WorkerRuntime(settings)
             return cls._instance
 
+    @classmethod
+    def close_shared(cls) -> None:
+        """Close the process's runtime, if a task ever built one (the worker's shutdown)."""
+        with cls._lock:
+            runtime, cls._instance = cls._instance, None
+        if runtime is not None:
+            runtime.close()
+
     async def _build(self) -> SearchLoop:
         s = self.settings
         tls = s.client_tls
+        self._channels = [open_channel(target, tls=tls) for target in (s.policy_target, s.sandbox_target, s.ppm_target)]
+        policy, sandbox, ppm = self._channels
         backends = Backends(
-            generator=GrpcGenerator(open_channel(s.policy_target, tls=tls)),
-            runner=GrpcRunner(open_channel(s.sandbox_target, tls=tls)),
-            scorer=GrpcScorer(open_channel(s.ppm_target, tls=tls)),
-            grader=ProcessGrader(),
+            generator=GrpcGenerator(policy),
+            runner=GrpcRunner(sandbox),
+            scorer=GrpcScorer(ppm),
+            grader=self._grader,
         )
         sampling = Sampling(s.temperature, s.max_new_tokens, s.exec_timeout_ms)
         return SearchLoop(Orchestrator(backends, sampling))
 
+    def close(self) -> None:
+        """Stop the loop's work, close the channels and the grader's processes, end the loop's thread."""
+        if self.loop.is_closed():
+            return
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self._close(), self.loop).result(timeout=10)
+        self._grader.close()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+    async def _close(self) -> None:
+        current = asyncio.current_task()
+        pending = [t for t in asyncio.all_tasks() if t is not current]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for channel in self._channels:
+            await channel.close()
+
     def solve(
         self,
-        request: dict[str, Any],
+        task: SolveTask,
         *,
-        progress: Callable[[dict[str, Any]], None] | None = None,
+        progress: Callable[[SolveProgress], None] | None = None,
         is_cancelled: Callable[[], bool] | None = None,
-    ) -> dict[str, Any]:
+    ) -> SolveResult:
         """Blocking (called from a Celery thread): search one problem on the shared loop."""
-        return asyncio.run_coroutine_threadsafe(self._solve(request, progress, is_cancelled), self.loop).result()
+        return asyncio.run_coroutine_threadsafe(self._solve(task, progress, is_cancelled), self.loop).result()
 
     async def _solve(
         self,
-        request: dict[str, Any],
-        progress: Callable[[dict[str, Any]], None] | None,
+        task: SolveTask,
+        progress: Callable[[SolveProgress], None] | None,
         is_cancelled: Callable[[], bool] | None,
-    ) -> dict[str, Any]:
-        config = search_config(self.settings, request)
-        searches = int(request.get("searches") or self.settings.searches)
-        reference = request.get("reference") or None
+    ) -> SolveResult:
+        task = task.with_defaults(self.settings)
+        config = search_config(task, self.settings.c)
         trees = [
-            Tree(request["question"], SearchConfig(**{**asdict(config), "seed": config.seed + 1_000 * i}), reference)
-            for i in range(searches)
+            Tree(task.question, replace(config, seed=config.seed + 1_000 * i), task.reference)
+            for i in range(task.searches)
         ]
-        deadline_epoch = request.get("deadline")
-        deadline = time.monotonic() + (float(deadline_epoch) - time.time()) if deadline_epoch else None
+        deadline = time.monotonic() + (task.deadline - time.time()) if task.deadline else None
         cancelled = asyncio.Event()
-        method: Method = request.get("method") or self.settings.answer_method  # type: ignore[assignment]
+        method: Method = task.method  # type: ignore[assignment]
         last_report = 0.0
 
         def on_tick(trees_: Any, stats: RunStats) -> None:
@@ -128,13 +162,13 @@ class WorkerRuntime:
             if progress is not None:
                 choice = choose(trees, method)
                 progress(
-                    {
-                        "rollouts_done": sum(t.stats.rollouts for t in trees),
-                        "rollouts_total": config.rollouts * searches,
-                        "best_answer": choice.answer if choice else "",
-                        "best_score": choice.score if choice else 0.0,
-                    }
+                    SolveProgress(
+                        rollouts_done=sum(t.stats.rollouts for t in trees),
+                        rollouts_total=config.rollouts * task.searches,
+                        best_answer=choice.answer if choice else "",
+                        best_score=choice.score if choice else 0.0,
+                    )
                 )
 
         stats = await self.search_loop.submit(trees, deadline=deadline, cancelled=cancelled, progress=on_tick)
-        return summarise(trees, stats, method, include_trees=bool(request.get("include_trees")))
+        return summarise(trees, stats, method, include_trees=task.include_trees)

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from services.search.core import SearchCore, SolveRequest
+from services.search.protocol import SolveResult
 from thinkmesh.v1 import search_pb2, search_pb2_grpc
 
 
@@ -20,17 +21,16 @@ def _request(message: search_pb2.SolveRequest) -> SolveRequest:
     )
 
 
-def _response(result: dict[str, Any]) -> search_pb2.SolveResponse:
-    stats = result.get("stats", {})
+def _response(result: SolveResult) -> search_pb2.SolveResponse:
     return search_pb2.SolveResponse(
-        answer=result.get("answer", ""),
-        solution=result.get("solution", ""),
-        score=float(result.get("score", 0.0)),
+        answer=result.answer,
+        solution=result.solution,
+        score=result.score,
         stats=search_pb2.SearchStats(
-            **{k: int(stats.get(k, 0)) for k in search_pb2.SearchStats.DESCRIPTOR.fields_by_name}
+            **{k: int(result.stats.get(k, 0)) for k in search_pb2.SearchStats.DESCRIPTOR.fields_by_name}
         ),
-        policy_version=result.get("policy_version", ""),
-        ppm_version=result.get("ppm_version", ""),
+        policy_version=result.policy_version,
+        ppm_version=result.ppm_version,
     )
 
 
@@ -43,20 +43,20 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     async def SolveStream(self, request: search_pb2.SolveRequest, context: Any) -> AsyncIterator[search_pb2.SolveEvent]:
         async for event in self.core.follow(_request(request), context.time_remaining()):
-            if event["state"] == "SUCCESS":
-                stats = event.get("stats", {})
+            if isinstance(event, SolveResult):
+                rollouts = int(event.stats.get("rollouts", 0))
                 yield search_pb2.SolveEvent(
-                    rollouts_done=int(stats.get("rollouts", 0)),
-                    rollouts_total=int(stats.get("rollouts", 0)),
-                    best_answer=event.get("answer", ""),
-                    best_score=float(event.get("score", 0.0)),
+                    rollouts_done=rollouts,
+                    rollouts_total=rollouts,
+                    best_answer=event.answer,
+                    best_score=event.score,
                     done=True,
                     result=_response(event),
                 )
             else:
                 yield search_pb2.SolveEvent(
-                    rollouts_done=int(event.get("rollouts_done", 0)),
-                    rollouts_total=int(event.get("rollouts_total", 0)),
-                    best_answer=event.get("best_answer", ""),
-                    best_score=float(event.get("best_score", 0.0)),
+                    rollouts_done=event.rollouts_done,
+                    rollouts_total=event.rollouts_total,
+                    best_answer=event.best_answer,
+                    best_score=event.best_score,
                 )

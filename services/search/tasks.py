@@ -1,70 +1,74 @@
 """Celery tasks: thin, idempotent, acknowledged late.
 
-A task parses its arguments, returns the stored result when this job already solved this problem (a retried or
-redelivered task never searches twice), otherwise hands the search to the worker's runtime and stores the
-result under the idempotency key. No `.get()` on other tasks inside a task.
+A task parses its `SolveTask`, returns the stored result when its job already solved this problem (a retried or
+redelivered task of a training round never searches twice), otherwise hands the search to the worker's runtime
+and, when the task names a job, stores the result under that idempotency key. An online Solve names none: its
+result goes back through the result backend only, and nothing of it is left on the store. No `.get()` on other
+tasks inside a task.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import grpc
-from celery import Celery
+from celery import Celery, Task
 
 from services.common.store import default_root
+from services.search.cancellation import CancelRequests
+from services.search.protocol import SolveProgress, SolveResult, SolveTask
 from services.search.results import ResultStore
 
 SOLVE = "thinkmesh.solve"
-_TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 PING = "thinkmesh.ping"
+_TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
-def cancel_key(task_id: str) -> str:
-    """The result-backend key whose presence asks the task `task_id` to stop (works over Redis and SQLite)."""
-    return f"cancel-{task_id}"
+def ping() -> str:
+    """Liveness probe for workers: answers without touching any model or service."""
+    return "pong"
+
+
+def solve(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
+    """Search one problem (`SolveTask.to_json()`); returns `SolveResult.to_json()` without the trees."""
+    from services.common.settings import load_settings
+    from services.search.runtime import WorkerRuntime
+    from services.search.settings import SearchSettings
+
+    task = SolveTask.from_json(payload)
+    results = ResultStore(Path(task.store or default_root())) if task.kept else None
+    if results is not None:
+        stored = results.get(task.job, task.problem_id)
+        if stored is not None:
+            return SolveResult.from_json(stored).without_trees().to_json()
+    runtime = WorkerRuntime.get(load_settings(SearchSettings))
+    task_id = self.request.id
+    cancels = CancelRequests(self.app)
+
+    def progress(event: SolveProgress) -> None:
+        # Called from the runtime's loop thread, where the task's thread-local request is not visible.
+        if task_id:
+            self.update_state(task_id=task_id, state="PROGRESS", meta=event.to_json())
+
+    def is_cancelled() -> bool:
+        return bool(task_id) and cancels.requested(task_id)
+
+    try:
+        result = runtime.solve(task, progress=progress, is_cancelled=is_cancelled)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() in _TRANSIENT:  # a service starting, draining or overloaded: try again later
+            raise self.retry(exc=exc, countdown=min(60, 2 ** (self.request.retries + 1))) from exc
+        raise
+    if results is None:
+        return result.without_trees().to_json()
+    # First copy wins: a task that ran twice returns what the first one stored.
+    stored = results.put(task.job, task.problem_id, replace(result, job=task.job, problem_id=task.problem_id).to_json())
+    return SolveResult.from_json(stored).without_trees().to_json()
 
 
 def register_tasks(app: Celery) -> None:
-    @app.task(name=PING)  # type: ignore[untyped-decorator]
-    def ping() -> str:
-        """Liveness probe for workers: answers without touching any model or service."""
-        return "pong"
-
-    @app.task(  # type: ignore[untyped-decorator]
-        name=SOLVE, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=8
-    )
-    def solve(self: Any, request: dict[str, Any]) -> dict[str, Any]:
-        from services.common.settings import load_settings
-        from services.search.runtime import WorkerRuntime
-        from services.search.settings import SearchSettings
-
-        job, problem = str(request["job"]), str(request["problem_id"])
-        results = ResultStore(Path(request.get("store") or default_root()))
-        stored = results.get(job, problem)
-        if stored is not None:
-            return _public(stored)
-        runtime = WorkerRuntime.get(load_settings(SearchSettings))
-        task_id = self.request.id
-
-        def progress(event: dict[str, Any]) -> None:
-            # Called from the runtime's loop thread, where the task's thread-local request is not visible.
-            if task_id:
-                self.update_state(task_id=task_id, state="PROGRESS", meta=event)
-
-        def is_cancelled() -> bool:
-            return bool(task_id) and app.backend.get_task_meta(cancel_key(task_id)).get("status") == "REVOKED"
-
-        try:
-            result = runtime.solve(request, progress=progress, is_cancelled=is_cancelled)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() in _TRANSIENT:  # a service starting, draining or overloaded: try again later
-                raise self.retry(exc=exc, countdown=min(60, 2 ** (self.request.retries + 1))) from exc
-            raise
-        return _public(results.put(job, problem, {"job": job, "problem_id": problem, **result}))
-
-
-def _public(result: dict[str, Any]) -> dict[str, Any]:
-    """What travels through the result backend: everything but the trees (those stay in the store)."""
-    return {k: v for k, v in result.items() if k != "trees"}
+    """Register the tasks on `app` under their names (the names are the wire contract)."""
+    app.task(name=PING)(ping)
+    app.task(name=SOLVE, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=8)(solve)

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery.signals import worker_shutdown
+
 from services.common.server import start_metrics
 from services.common.settings import load_settings
 from services.search.celery_app import make_celery
 from services.search.settings import SearchSettings
+
+
+def _close_runtime(**_: Any) -> None:
+    from services.search.runtime import WorkerRuntime
+
+    WorkerRuntime.close_shared()
 
 
 def run_worker(concurrency: int | None = None, queues: str | None = None) -> int:
@@ -18,6 +26,8 @@ def run_worker(concurrency: int | None = None, queues: str | None = None) -> int
     settings = load_settings(SearchSettings, **overrides)
     start_metrics(settings)  # batch sizes and stage times of the searches this worker runs
     app = make_celery(settings)
+    # The runtime (built by the first task) holds gRPC channels and the grader's processes: close them on the way out.
+    worker_shutdown.connect(_close_runtime, weak=False)
     argv = [
         "worker",
         "--loglevel=INFO",

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from services.search.protocol import SolveTask
 from services.search.results import ResultStore
 from services.search.tasks import SOLVE
 
@@ -20,7 +21,7 @@ from services.search.tasks import SOLVE
 @dataclass(frozen=True)
 class SearchJob:
     job: str  # e.g. rounds/0003/trees
-    problems: Sequence[dict[str, Any]]  # each: problem_id, question, reference, and search knobs
+    problems: Sequence[SolveTask]  # each with its problem_id, reference and search knobs; no job yet
 
 
 class CeleryDispatcher:
@@ -44,15 +45,15 @@ class CeleryDispatcher:
         self.failure_check_s = failure_check_s
         self.timeout_s = timeout_s
 
-    def missing(self, job: SearchJob) -> list[dict[str, Any]]:
-        return [p for p in job.problems if not self.results.has(job.job, p["problem_id"])]
+    def missing(self, job: SearchJob) -> list[SolveTask]:
+        return [p for p in job.problems if not self.results.has(job.job, p.problem_id)]
 
     def run(self, job: SearchJob, progress: Callable[[int, int], None] | None = None) -> dict[str, dict[str, Any]]:
         """Send a task for every problem without a result; wait until every problem has one."""
         outstanding = {}
         for problem in self.missing(job):
-            request = {**problem, "job": job.job, "store": str(self.store_root), "include_trees": True}
-            outstanding[problem["problem_id"]] = self.app.send_task(SOLVE, args=[request])
+            task = replace(problem, job=job.job, store=str(self.store_root), include_trees=True)
+            outstanding[problem.problem_id] = self.app.send_task(SOLVE, args=[task.to_json()])
         total = len(job.problems)
         deadline = time.monotonic() + self.timeout_s
         next_failure_check = time.monotonic() + self.failure_check_s

@@ -29,6 +29,7 @@ from typing import Any
 from services.common.jsonfiles import read_jsonl, write_json, write_jsonl
 from services.common.store import Lineage, ModelStore
 from services.search.mcts import Tree
+from services.search.protocol import SolveTask
 from services.trainer.bootstrap import corrupted_pairs
 from services.trainer.config import RoundConfig
 from services.trainer.curriculum import generate
@@ -173,7 +174,7 @@ class RoundRunner:
         frontier = int(latest.metrics.get("frontier_level", 3)) if latest else 3
         return tuple(sorted(max(1, min(5, level)) for level in (frontier - 1, frontier, frontier, frontier + 1)))
 
-    def _pool(self, number: int) -> list[dict[str, Any]]:
+    def _pool(self, number: int) -> list[SolveTask]:
         c = self.config
         levels = self.pool_levels(number)
         shares = {level: levels.count(level) for level in levels}
@@ -185,18 +186,18 @@ class RoundRunner:
         q_mode = "ppm" if number >= c.ppm_q_from_round else "terminal"
         errors = c.first_round_code_errors if number == 1 else c.code_errors
         return [
-            {
-                "problem_id": p.id,
-                "question": p.question,
-                "reference": p.answer,
-                "rollouts": c.rollouts,
-                "candidates": c.candidates,
-                "max_depth": c.max_depth,
-                "q_mode": q_mode,
-                "max_code_errors": errors,
-                "searches": 1,
-                "seed": c.seed + number,
-            }
+            SolveTask(
+                question=p.question,
+                reference=p.answer,
+                problem_id=p.id,
+                rollouts=c.rollouts,
+                candidates=c.candidates,
+                max_depth=c.max_depth,
+                q_mode=q_mode,
+                max_code_errors=errors,
+                searches=1,
+                seed=c.seed + number,
+            )
             for p in problems[: c.pool_size]
         ]
 
@@ -277,9 +278,9 @@ class RoundRunner:
         for attempt, (rollouts, candidates) in enumerate(self.config.unsolved_retries, start=1):
             # Each pass's problems follow from the stored results, so a resumed round sends the same ones.
             unsolved = [
-                {**p, "rollouts": rollouts, "candidates": candidates, "seed": p["seed"] + 1_000 * attempt}
+                replace(p, rollouts=rollouts, candidates=candidates, seed=p.seed + 1_000 * attempt)
                 for p in pool
-                if p["problem_id"] not in solved
+                if p.problem_id not in solved
             ]
             if not unsolved:
                 break

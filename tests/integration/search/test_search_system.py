@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -19,6 +20,7 @@ from grpc import aio
 
 from services.common.store import ModelStore
 from services.search.celery_app import make_celery
+from services.search.protocol import SolveTask
 from services.search.results import ResultStore
 from services.search.settings import SearchSettings
 from services.search.tasks import SOLVE
@@ -119,6 +121,14 @@ def test_solve_answers_with_a_solution_and_stats(system: System) -> None:
     assert stats["rollouts"] == 6 and stats["nodes"] > 6
     assert stats["policy_calls"] > 0 and stats["sandbox_runs"] > 0 and stats["ppm_calls"] > 0
     assert (reply["policy_version"], reply["ppm_version"]) == ("scripted", "v1")
+    # An online Solve leaves nothing on the store: its result came back through the result backend.
+    assert _online_jobs(system) == []
+
+
+def _online_jobs(system: System) -> list[str]:
+    """Job directories on the store other than the ones the tasks below name."""
+    jobs = system.store / "jobs"
+    return sorted(p.name for p in jobs.iterdir() if not p.name.endswith("-test")) if jobs.is_dir() else []
 
 
 def test_eval_against_the_service_grades_each_problem_and_writes_its_result(system: System, tmp_path: Path) -> None:
@@ -181,6 +191,41 @@ async def test_solve_stream_reports_progress_then_the_result(system: System) -> 
     assert any(e.rollouts_total == 30 for e in events[:-1]), "no progress event before the result"
 
 
+async def test_a_cancelled_solve_stops_its_search_early(system: System) -> None:
+    app = make_celery(
+        SearchSettings(
+            broker_url=system.env["THINKMESH_SEARCH_BROKER_URL"],
+            result_backend=system.env["THINKMESH_SEARCH_RESULT_BACKEND"],
+        )
+    )
+    marked = f"{PROBLEM} (cancelled {time.time_ns()})"
+    async with aio.insecure_channel(system.search) as channel:
+        stub = search_pb2_grpc.SearchServiceStub(channel)
+        call = stub.SolveStream(search_pb2.SolveRequest(problem=marked, rollouts=400), timeout=120)
+        async for event in call:
+            if event.rollouts_done > 0:
+                break
+        call.cancel()  # the caller goes away: the SearchService asks the worker to stop
+    cancelled_at = time.monotonic()
+    outcome = await asyncio.to_thread(_result_of, app, marked, timeout=60)
+    assert time.monotonic() - cancelled_at < 30  # the search's own deadline is ~100 s away
+    assert outcome["stopped_early"] and 0 < outcome["stats"]["rollouts"] < 400
+    assert _online_jobs(system) == []
+
+
+def _result_of(app: Any, question: str, timeout: float) -> dict[str, Any]:
+    """The finished result of the solve task of `question`, found in the Redis result backend."""
+    client = app.backend.client
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for key in client.scan_iter("celery-task-meta-*"):
+            meta = json.loads(client.get(key) or "{}")
+            if meta.get("status") == "SUCCESS" and question in json.dumps(meta.get("args")):
+                return dict(meta["result"])
+        time.sleep(0.2)
+    raise AssertionError(f"no finished task for {question!r}")
+
+
 def test_a_retried_task_returns_the_stored_result_without_searching_again(system: System) -> None:
     app = make_celery(
         SearchSettings(
@@ -188,13 +233,7 @@ def test_a_retried_task_returns_the_stored_result_without_searching_again(system
             result_backend=system.env["THINKMESH_SEARCH_RESULT_BACKEND"],
         )
     )
-    request = {
-        "job": "jobs/retry-test",
-        "problem_id": "p1",
-        "question": PROBLEM,
-        "rollouts": 4,
-        "store": str(system.store),
-    }
+    request = SolveTask(PROBLEM, rollouts=4, job="jobs/retry-test", problem_id="p1", store=str(system.store)).to_json()
     first = app.send_task(SOLVE, args=[request]).get(timeout=120)
     second = app.send_task(SOLVE, args=[request]).get(timeout=120)
     assert first == second  # identical to the millisecond: the second one read the stored result
@@ -213,13 +252,7 @@ def test_a_task_whose_worker_dies_finishes_on_another_with_nothing_lost_or_doubl
         if worker.poll() is None:
             system.kill(worker)
     victim = system.start_worker()
-    request = {
-        "job": "jobs/kill-test",
-        "problem_id": "p1",
-        "question": PROBLEM,
-        "rollouts": 60,
-        "store": str(system.store),
-    }
+    request = SolveTask(PROBLEM, rollouts=60, job="jobs/kill-test", problem_id="p1", store=str(system.store)).to_json()
     result = app.send_task(SOLVE, args=[request])
     deadline = time.monotonic() + 120
     while result.state not in ("STARTED", "PROGRESS"):

@@ -8,7 +8,7 @@ import time
 from services.common import stepfmt
 from services.search.backends import Backends, Sampled
 from services.search.mcts import SearchConfig
-from services.search.orchestrator import Orchestrator, SolveTask, solve_many
+from services.search.orchestrator import Orchestrator, SearchProblem, solve_many
 from support.scripted import ScriptedBackends
 
 
@@ -21,7 +21,7 @@ QUESTION = "Tom has 3 apples and buys 5 more. How many?"
 
 async def test_batched_ticks_make_one_call_per_service_across_trees() -> None:
     scripted = ScriptedBackends()
-    tasks = [SolveTask(QUESTION, "8", searches=2) for _ in range(5)]
+    tasks = [SearchProblem(QUESTION, "8", searches=2) for _ in range(5)]
     solved, stats = await solve_many(Orchestrator(_backends(scripted)), tasks, SearchConfig(rollouts=4))
     assert all(s.choice is not None and s.choice.answer == "8" for s in solved)
     # Ten trees in lock-step: each policy call carries one prompt per tree that needed an expansion.
@@ -36,7 +36,7 @@ async def test_batched_ticks_make_one_call_per_service_across_trees() -> None:
 
 async def test_unbatched_mode_makes_one_call_per_node_with_the_same_trees() -> None:
     batched, single = ScriptedBackends(), ScriptedBackends()
-    tasks = [SolveTask(QUESTION, "8") for _ in range(3)]
+    tasks = [SearchProblem(QUESTION, "8") for _ in range(3)]
     config = SearchConfig(rollouts=3, seed=5)
     first, _ = await solve_many(Orchestrator(_backends(batched)), tasks, config)
     second, _ = await solve_many(Orchestrator(_backends(single), batched=False), tasks, config)
@@ -65,7 +65,7 @@ async def test_deadline_stops_the_search_with_the_best_so_far() -> None:
 
     orchestrator = Orchestrator(_backends(EndlessThinker()))
     solved, stats = await solve_many(
-        orchestrator, [SolveTask(QUESTION, None)], SearchConfig(rollouts=1000), deadline=time.monotonic() + 0.5
+        orchestrator, [SearchProblem(QUESTION, None)], SearchConfig(rollouts=1000), deadline=time.monotonic() + 0.5
     )
     assert stats.stopped_early
     assert 0 < solved[0].trees[0].stats.rollouts < 1000
@@ -76,7 +76,7 @@ async def test_cancellation_stops_the_search() -> None:
     cancelled = asyncio.Event()
     cancelled.set()
     _, stats = await solve_many(
-        Orchestrator(_backends(ScriptedBackends())), [SolveTask(QUESTION)], SearchConfig(), cancelled=cancelled
+        Orchestrator(_backends(ScriptedBackends())), [SearchProblem(QUESTION)], SearchConfig(), cancelled=cancelled
     )
     assert stats.stopped_early and stats.ticks == 0
 
@@ -105,7 +105,7 @@ async def test_a_tick_larger_than_a_backend_batch_is_cut_into_chunks() -> None:
     from services.search.orchestrator import Sampling
 
     scripted = ScriptedBackends()
-    tasks = [SolveTask(QUESTION, "8") for _ in range(7)]
+    tasks = [SearchProblem(QUESTION, "8") for _ in range(7)]
     orchestrator = Orchestrator(_backends(scripted), Sampling(max_batch=3))
     solved, _ = await solve_many(orchestrator, tasks, SearchConfig(rollouts=2))
     assert all(s.choice is not None and s.choice.answer == "8" for s in solved)

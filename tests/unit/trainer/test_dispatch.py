@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from services.search.protocol import SolveTask
 from services.search.results import ResultStore
 from services.trainer.dispatch import CeleryDispatcher, SearchJob
 
@@ -47,7 +48,7 @@ class FakeApp:
 
 
 def _job(n: int) -> SearchJob:
-    return SearchJob(JOB, [{"problem_id": f"p{i}", "question": "q", "reference": "1"} for i in range(n)])
+    return SearchJob(JOB, [SolveTask("q", "1", problem_id=f"p{i}") for i in range(n)])
 
 
 def test_only_problems_without_results_are_sent_and_all_results_come_back(tmp_path: Path) -> None:

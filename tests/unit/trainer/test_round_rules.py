@@ -8,6 +8,7 @@ from typing import Any
 
 from services.common.store import ModelStore
 from services.search.mcts import SearchConfig, Tree
+from services.search.protocol import SolveTask
 from services.trainer.config import preset
 from services.trainer.dispatch import SearchJob
 from services.trainer.rounds import RoundRunner, Rounds, RoundState, held_out, regressions, scaled_steps
@@ -32,7 +33,7 @@ def test_configured_pool_levels_win_and_weight_by_repetition(tmp_path: Path) -> 
     chosen = runner(tmp_path, pool_levels=(2, 3, 3), pool_size=9)
     pool = chosen._pool(1)
     assert len(pool) == 9
-    levels = [p["problem_id"].split("-")[1] for p in pool]
+    levels = [p.problem_id.split("-")[1] for p in pool]
     assert levels.count("L2") == 3 and levels.count("L3") == 6
 
 
@@ -91,23 +92,23 @@ def test_evolve_takes_pool_levels_from_the_command_line() -> None:
 class _ScriptedDispatcher:
     """Stands in for Celery: a problem counts as solved when `solves(job, problem)` says so."""
 
-    def __init__(self, solves: Callable[[str, dict[str, Any]], bool]) -> None:
+    def __init__(self, solves: Callable[[str, SolveTask], bool]) -> None:
         self.solves = solves
-        self.sent: dict[str, list[dict[str, Any]]] = {}
+        self.sent: dict[str, list[SolveTask]] = {}
         self.stored: dict[str, dict[str, dict[str, Any]]] = {}
         self.results = self
 
     def run(self, job: SearchJob, progress: object = None) -> dict[str, dict[str, Any]]:
         stored = self.stored.setdefault(job.job, {})
         for problem in job.problems:
-            if problem["problem_id"] in stored:
+            if problem.problem_id in stored:
                 continue  # as the real dispatcher: a stored result is never searched again
             self.sent.setdefault(job.job, []).append(problem)
-            tree = Tree(problem["question"], SearchConfig()).to_json()
+            tree = Tree(problem.question, SearchConfig()).to_json()
             if self.solves(job.job, problem):
                 answer = {"id": 1, "parent": 0, "terminal": True, "reward": 1.0, "answer": "1", "step": "print(1)"}
                 tree["nodes"].append({**tree["nodes"][0], **answer})
-            stored[problem["problem_id"]] = {"trees": [tree]}
+            stored[problem.problem_id] = {"trees": [tree]}
         return stored
 
     def job(self, name: str) -> dict[str, dict[str, Any]]:
@@ -117,8 +118,8 @@ class _ScriptedDispatcher:
 def test_unsolved_problems_are_searched_again_with_each_retrys_budget(tmp_path: Path) -> None:
     from services.trainer.config import parse_retries
 
-    def solves(job: str, problem: dict[str, Any]) -> bool:
-        index = int(str(problem["problem_id"]).rsplit("-", 1)[1])
+    def solves(job: str, problem: SolveTask) -> bool:
+        index = int(problem.problem_id.rsplit("-", 1)[1])
         return index % 3 == 0 if job.endswith("/trees") else job.endswith("retry-1") and index % 3 == 1
 
     dispatcher = _ScriptedDispatcher(solves)
@@ -131,12 +132,12 @@ def test_unsolved_problems_are_searched_again_with_each_retrys_budget(tmp_path: 
     chosen._stage_search(state)
     sent = dispatcher.sent
     first, retry1, retry2 = (sent[f"rounds/0001/{name}"] for name in ("trees", "retry-1", "retry-2"))
-    assert len(first) == 9 and {(p["rollouts"], p["candidates"]) for p in first} == {(8, 4)}
-    assert [p["problem_id"] for p in retry1] == [p["problem_id"] for p in first if not solves("x/trees", p)]
-    assert {(p["rollouts"], p["candidates"]) for p in retry1} == {(16, 8)}
-    assert [int(str(p["problem_id"]).rsplit("-", 1)[1]) % 3 for p in retry2] == [2, 2, 2]
-    assert {(p["rollouts"], p["candidates"]) for p in retry2} == {(32, 16)}
-    assert len({p["seed"] for p in (first[0], retry1[0], retry2[0])}) == 3
+    assert len(first) == 9 and {(p.rollouts, p.candidates) for p in first} == {(8, 4)}
+    assert [p.problem_id for p in retry1] == [p.problem_id for p in first if not solves("x/trees", p)]
+    assert {(p.rollouts, p.candidates) for p in retry1} == {(16, 8)}
+    assert [int(p.problem_id.rsplit("-", 1)[1]) % 3 for p in retry2] == [2, 2, 2]
+    assert {(p.rollouts, p.candidates) for p in retry2} == {(32, 16)}
+    assert len({p.seed for p in (first[0], retry1[0], retry2[0])}) == 3
     assert (state.metrics["retried"], state.metrics["solved_by_retries"]) == (6, 3)
     assert len(chosen._trees(1)) == 9 + 6 + 3  # every pass's trees reach the extraction
 
