@@ -38,9 +38,9 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerFast, Qwen2ForCausalLM
 
-from services.common import stepfmt
+from services.math import stepfmt
+from services.math.curriculum import generate
 from services.policy.tiny import TinyPreset, tiny_config, train_tokenizer
-from services.trainer.curriculum import generate
 from services.trainer.sft import PadToLongest, Trajectory, encode_trajectory, pad_id_of
 
 HELD_OUT_SEED = 424242

@@ -17,10 +17,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from services.common.store import ModelStore
+from services.math.curriculum import generate
 from services.policy.decoding import sample_candidates
 from services.policy.engine import StepPrompt
 from services.policy.hf_engine import HFEngine
-from services.trainer.curriculum import generate
 
 
 def main() -> None:

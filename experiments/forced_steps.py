@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from services.common.stepfmt import END_OF_CODE, END_OF_STEP, render_prompt
-from services.trainer.curriculum import generate
+from services.math.curriculum import generate
+from services.math.stepfmt import END_OF_CODE, END_OF_STEP, render_prompt
 
 KINDS = ("teacher", "print", "later move", "comment", "other")
 

@@ -10,7 +10,7 @@ import importlib
 
 BENCH_MODULES = (
     "services.sandbox.bench",
-    "services.common.grading_bench",
+    "services.math.grading_bench",
     "services.policy.bench",
     "services.search.bench",
 )

@@ -19,7 +19,7 @@ from services import __version__
 # at the top, so each one imports everywhere: one that fails is a bug, and the error says which.
 COMMAND_MODULES = (
     "services.sandbox.cli",
-    "services.common.math_cli",
+    "services.math.cli",
     "services.common.models_cli",
     "services.search.cli",
     "services.trainer.cli",

@@ -97,11 +97,11 @@ async def greedy(store: ModelStore, problems: list) -> list[bool]:  # type: igno
 def main() -> int:
     import logging
 
-    from services.common.grading import Grader
     from services.common.logs import configure_logging
     from services.dev.stack import LocalStack, interrupt_on_sigterm
+    from services.math.curriculum import generate
+    from services.math.grading import Grader
     from services.trainer.bootstrap import bootstrap, config_for
-    from services.trainer.curriculum import generate
 
     configure_logging("text", "WARNING")
     logging.getLogger("transformers").setLevel(logging.ERROR)

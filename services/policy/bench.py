@@ -43,8 +43,8 @@ def _store_with_models(store_root: str | None, scratch: Path, size: str = "small
 
     from transformers import Qwen2ForCausalLM
 
-    from services.common import stepfmt
     from services.common.store import Lineage
+    from services.math import stepfmt
     from services.policy.tiny import PRESETS, tiny_config, train_tokenizer
     from services.ppm.model import ProcessRewardModel
 

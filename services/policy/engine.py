@@ -55,7 +55,7 @@ class GenerationEngine(Protocol):
 
 def classify_end(text: str, finished_by_marker: bool) -> StepEnd:
     """How a generated step ended, from its last marker."""
-    from services.common import stepfmt
+    from services.math import stepfmt
 
     if finished_by_marker:
         if text.endswith(stepfmt.END_OF_ANSWER):
@@ -69,7 +69,7 @@ def classify_end(text: str, finished_by_marker: bool) -> StepEnd:
 
 def cut_at_stop(text: str) -> tuple[str, bool]:
     """Text up to and including the first stop marker, and whether one was found."""
-    from services.common import stepfmt
+    from services.math import stepfmt
 
     cut = None
     for marker in stepfmt.STOP_STRINGS:

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from services.common import stepfmt
 from services.common.batching import MicroBatcher
 from services.common.devices import cpu_supports_bf16, pick_device
 from services.common.errors import InvalidInput
+from services.math import stepfmt
 from services.policy.decoding import sample_candidates
 from services.policy.engine import GeneratedStep, SamplingParams, StepPrompt, classify_end, cut_at_stop
 

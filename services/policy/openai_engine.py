@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from services.common import stepfmt
 from services.common.errors import NotReady
+from services.math import stepfmt
 from services.policy.engine import GeneratedStep, SamplingParams, StepEnd, StepPrompt, classify_end, cut_at_stop
 
 

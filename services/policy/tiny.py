@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config
 
-from services.common import stepfmt
+from services.math import stepfmt
 
 PAD = "<pad>"
 EOS = "<eos>"

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from services.common import stepfmt
+from services.math import stepfmt
 from services.policy.engine import GeneratedStep, SamplingParams, StepPrompt, classify_end, cut_at_stop
 
 

@@ -16,10 +16,10 @@ from typing import Protocol
 import torch
 from transformers import AutoTokenizer
 
-from services.common import stepfmt
 from services.common.batching import MicroBatcher
 from services.common.devices import cpu_supports_bf16, pick_device
 from services.common.errors import InvalidInput
+from services.math import stepfmt
 from services.ppm.model import ProcessRewardModel
 from services.ppm.packing import PackedRow, pack
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from services.common import stepfmt
+from services.math import stepfmt
 from services.search.mcts import Node, Tree
 
 Method = Literal["ppm", "vote", "q", "majority", "confidence"]

@@ -60,10 +60,10 @@ class Backends:
 
 
 class ProcessGrader:
-    """services.common.grading.Grader (a process pool; never hangs) behind the async protocol."""
+    """services.math.grading.Grader (a process pool; never hangs) behind the async protocol."""
 
     def __init__(self) -> None:
-        from services.common.grading import Grader
+        from services.math.grading import Grader
 
         self._grader = Grader()
 

@@ -107,7 +107,7 @@ def load_problems(args: argparse.Namespace) -> list[Any]:
     from services.search.evaluate import EvalProblem
 
     if args.dataset == "curriculum":
-        from services.trainer.curriculum import generate
+        from services.math.curriculum import generate
 
         return [EvalProblem(p.id, p.question, p.answer, p.shape) for p in generate(args.level, args.n, seed=args.seed)]
     path = Path(args.dataset)
@@ -118,7 +118,7 @@ def load_problems(args: argparse.Namespace) -> list[Any]:
             for i, r in enumerate(rows)
         ]
     else:
-        from services.common.datasets import load_dataset
+        from services.math.datasets import load_dataset
 
         problems = [EvalProblem(p.id, p.question, p.answer) for p in load_dataset(args.dataset)]
     return problems[: args.n] if args.n else problems
@@ -185,7 +185,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _eval_remote(args: argparse.Namespace, problems: list[Any]) -> int:
     import asyncio
 
-    from services.common.grading import Grader
+    from services.math.grading import Grader
     from services.search.evaluate import ProblemResult, write_results
     from thinkmesh.v1 import search_pb2, search_pb2_grpc
 

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
-from services.common import stepfmt
+from services.math import stepfmt
 
 QMode = Literal["terminal", "ppm"]
 

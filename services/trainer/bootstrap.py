@@ -21,12 +21,12 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from transformers import Qwen2ForCausalLM
 
-from services.common import stepfmt
 from services.common.store import Lineage, ModelStore
+from services.math import stepfmt
+from services.math.curriculum import generate
 from services.policy.tiny import PRESETS, tiny_config, train_tokenizer
 from services.ppm.model import ProcessRewardModel
 from services.trainer.corrupt import corrupt_step
-from services.trainer.curriculum import generate
 from services.trainer.ppm_train import PPMConfig, StepPair, pairwise_accuracy, train_ppm
 from services.trainer.sft import SFTConfig, Trajectory, train_sft
 

@@ -52,7 +52,7 @@ def _retries(text: str) -> tuple[tuple[int, int], ...]:
 
 
 def _levels(text: str) -> tuple[int, ...]:
-    from services.trainer.curriculum import LEVELS
+    from services.math.curriculum import LEVELS
 
     try:
         levels = tuple(int(part) for part in text.split(","))

@@ -20,7 +20,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from services.common import stepfmt
+from services.math import stepfmt
 
 _NUMBER = re.compile(r"(?<![\w.])\d+(?![\w.])")
 _OPERATORS = {"+": "-", "-": "+", "*": "/", "/": "*"}

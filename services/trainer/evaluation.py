@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from services.common.store import ModelStore
+from services.math.curriculum import generate
 from services.search.evaluate import (
     SAMPLED,
     EvalMethod,
@@ -22,7 +23,6 @@ from services.search.evaluate import (
     write_results,
 )
 from services.search.local import local_backends
-from services.trainer.curriculum import generate
 from services.trainer.ppm_train import StepPair
 
 EVAL_SEED = 424_242  # held-out problems: no training round draws this seed

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase, Trainer
 
-from services.common import stepfmt
+from services.math import stepfmt
 from services.ppm.model import ProcessRewardModel
 from services.ppm.packing import PackedRow, pack
 from services.ppm.scorer import ScoreItem, encode_item, encode_step, require_fits

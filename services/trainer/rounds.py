@@ -28,11 +28,11 @@ from typing import Any
 
 from services.common.jsonfiles import read_jsonl, write_json, write_jsonl
 from services.common.store import Lineage, ModelStore
+from services.math.curriculum import generate
 from services.search.mcts import Tree
 from services.search.protocol import SolveTask
 from services.trainer.bootstrap import corrupted_pairs
 from services.trainer.config import RoundConfig
-from services.trainer.curriculum import generate
 from services.trainer.dispatch import CeleryDispatcher, SearchJob
 from services.trainer.extract import extract, sft_trajectories
 from services.trainer.ppm_train import StepPair, step_pairs

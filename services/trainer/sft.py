@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 
-from services.common import stepfmt
+from services.math import stepfmt
 
 IGNORE = -100
 

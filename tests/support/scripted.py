@@ -6,7 +6,7 @@ import contextlib
 import io
 from collections.abc import Sequence
 
-from services.common import stepfmt
+from services.math import stepfmt
 from services.search.backends import Prompt, Sampled
 from services.search.mcts import Candidate, Execution
 

@@ -11,7 +11,7 @@ import itertools
 import os
 from collections.abc import Sequence
 
-from services.common import stepfmt
+from services.math import stepfmt
 from services.policy.engine import GeneratedStep, SamplingParams, StepEnd, StepPrompt
 from support.policy_server import serve_engine
 

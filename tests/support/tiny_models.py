@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from transformers import Qwen2ForCausalLM
 
-from services.common import stepfmt
 from services.common.store import Lineage, ModelStore, ModelVersion
+from services.math import stepfmt
 from services.policy.tiny import PRESETS, tiny_config, train_tokenizer
 from services.ppm.model import ProcessRewardModel
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from services.common.store import ModelStore
+from services.math.curriculum import generate
 from services.search.evaluate import EvalProblem, EvalSettings, trees_for
 from services.search.local import local_backends
 from services.search.orchestrator import Orchestrator, Sampling
 from services.trainer.bootstrap import bootstrap, config_for
-from services.trainer.curriculum import generate
 from support.processes import THINKMESH
 
 pytestmark = [pytest.mark.slow, pytest.mark.quality, pytest.mark.timeout(3600)]

@@ -13,11 +13,11 @@ from collections.abc import Iterator
 import pytest
 
 from services.common.store import ModelStore
+from services.math.curriculum import generate
 from services.search.celery_app import make_celery
 from services.search.compare import read_results
 from services.search.settings import SearchSettings
 from services.trainer.config import preset
-from services.trainer.curriculum import generate
 from services.trainer.dispatch import CeleryDispatcher
 from services.trainer.rounds import RoundRunner, Rounds, held_out
 from support.processes import REPO, THINKMESH, server_process, wait_serving
@@ -130,8 +130,8 @@ def test_a_round_stopped_after_its_search_resumes_and_publishes(stack: tuple[Mod
 def test_sft_data_keeps_only_correct_clean_trajectories(stack: tuple[ModelStore, CeleryDispatcher]) -> None:
     store, _ = stack
     rows = [json.loads(line) for line in (store.root / "rounds" / "0001" / "sft.jsonl").read_text().splitlines()]
-    from services.common import stepfmt
-    from services.common.grading import Grader
+    from services.math import stepfmt
+    from services.math.grading import Grader
 
     references = {p.question: p.answer for p in generate(1, CONFIG.pool_size, seed=CONFIG.seed + 7_001)}
     with Grader() as grader:

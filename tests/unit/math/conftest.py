@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.common.datasets import data_dir
-from services.common.grading import Grader
+from services.math.datasets import data_dir
+from services.math.grading import Grader
 
 
 @pytest.fixture(scope="session")

@@ -12,10 +12,10 @@ from collections import Counter
 
 import pytest
 
-from services.common import stepfmt
-from services.common.grading import Grader
-from services.common.stepfmt import StepKind, parse_step
-from services.trainer.curriculum import FAMILIES, LEVELS, CurriculumProblem, generate
+from services.math import stepfmt
+from services.math.curriculum import FAMILIES, LEVELS, CurriculumProblem, generate
+from services.math.grading import Grader
+from services.math.stepfmt import StepKind, parse_step
 
 PER_LEVEL = 1000
 SEED = 20240601

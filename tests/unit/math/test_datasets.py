@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from services.common.datasets import Problem, data_dir, dataset_names, list_datasets, load_dataset
 from services.common.errors import InvalidInput, NotFound
+from services.math.datasets import Problem, data_dir, dataset_names, list_datasets, load_dataset
 
 # Row counts from ../shared/data/README.md.
 EXPECTED_ROWS = {

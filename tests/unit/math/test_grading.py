@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from services.common.grading import Grader, GradeResult, extract_answer, fast_grade, normalise
+from services.math.grading import Grader, GradeResult, extract_answer, fast_grade, normalise
 
 EQUAL = [
     # numbers

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from services.common.datasets import data_dir, load_dataset
-from services.common.grading import Grader
-from services.common.grading_bench import equivalent_forms, pairs_for, wrong_forms
+from services.math.datasets import data_dir, load_dataset
+from services.math.grading import Grader
+from services.math.grading_bench import equivalent_forms, pairs_for, wrong_forms
 
 pytestmark = pytest.mark.usefixtures("needs_data")
 

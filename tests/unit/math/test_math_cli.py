@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from services.common import math_cli
-from services.trainer.curriculum import generate
+from services.math import cli as math_cli
+from services.math.curriculum import generate
 
 
 def _run(argv: list[str]) -> int:
@@ -107,8 +107,8 @@ def test_curriculum_sample_prints_the_generated_problems(capsys: pytest.CaptureF
 
 def test_the_cli_module_imports_nothing_heavy() -> None:
     code = (
-        "import sys, services.common.math_cli; "
-        "print(sorted(m for m in ('sympy', 'math_verify', 'services.common.grading') if m in sys.modules))"
+        "import sys, services.math.cli; "
+        "print(sorted(m for m in ('sympy', 'math_verify', 'services.math.grading') if m in sys.modules))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code],

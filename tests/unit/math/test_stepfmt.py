@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from services.common import stepfmt
-from services.common.stepfmt import StepKind, parse_step
+from services.math import stepfmt
+from services.math.stepfmt import StepKind, parse_step
 
 STEP1 = stepfmt.render_step("apples after buying", "apples = 3 + 5")
 STEP2 = stepfmt.render_step("two baskets", "apples = apples * 2")

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from services.common import stepfmt
 from services.common.store import ModelStore
+from services.math import stepfmt
 from services.ppm.model import WEIGHTS, ProcessRewardModel
 from services.ppm.scorer import ScoreItem, encode_item
 from support.tiny_models import QUESTION, STEPS, publish_micro_models
@@ -90,7 +90,7 @@ def test_positions_are_each_steps_end_marker(tmp_path: Path) -> None:
 def test_scorer_packs_a_nodes_children_into_one_row_and_scores_each_as_alone(tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
-    from services.common import stepfmt
+    from services.math import stepfmt
     from services.ppm.scorer import HFScorer
 
     _, ppm_version = publish_micro_models(ModelStore(tmp_path))

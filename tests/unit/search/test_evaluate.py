@@ -51,7 +51,7 @@ async def test_accuracy_is_broken_down_by_kind_when_problems_have_one() -> None:
 
 
 def test_a_curriculum_problem_names_its_shape() -> None:
-    from services.trainer.curriculum import CurriculumProblem
+    from services.math.curriculum import CurriculumProblem
 
     problem = CurriculumProblem("p", "Ann has 105 pens. She buys 7 more.", "112", 3, "arithmetic", "toys", (), 4, 0)
     assert problem.shape == "4 moves, 3-digit numbers"

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from services.common import stepfmt
+from services.math import stepfmt
 from services.search.answers import choose
 from services.search.mcts import Candidate, Execute, Expand, Grade, Node, Score, SearchConfig, Tree
 from support.scripted import BAD, GOOD, run_program, scripted

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from services.common import stepfmt
+from services.math import stepfmt
 from services.search.backends import Backends, Sampled
 from services.search.mcts import SearchConfig
 from services.search.orchestrator import Orchestrator, SearchProblem, solve_many

@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from services.common import stepfmt
 from services.common.errors import InvalidInput
 from services.common.store import ModelStore
+from services.math import stepfmt
 from services.ppm.model import ProcessRewardModel
 from services.ppm.scorer import ScoreItem, encode_item
 from services.trainer.ppm_train import GroupCollator, StepPair, encode_group, group_pairs, pair_scores

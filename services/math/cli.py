@@ -52,7 +52,7 @@ def _lines(handle: IO[str]) -> Iterator[tuple[int, dict[str, Any] | str]]:
 
 @_quiet_on_broken_pipe
 def _grade(args: argparse.Namespace) -> int:
-    from services.common.grading import Grader
+    from services.math.grading import Grader
 
     bad = 0
     try:
@@ -93,8 +93,8 @@ def _grade(args: argparse.Namespace) -> int:
 
 @_quiet_on_broken_pipe
 def _data_list(args: argparse.Namespace) -> int:
-    from services.common.datasets import list_datasets
     from services.common.errors import NotFound
+    from services.math.datasets import list_datasets
 
     try:
         infos = list_datasets()
@@ -114,7 +114,7 @@ def _data_list(args: argparse.Namespace) -> int:
 
 @_quiet_on_broken_pipe
 def _curriculum_sample(args: argparse.Namespace) -> int:
-    from services.trainer.curriculum import generate
+    from services.math.curriculum import generate
 
     try:
         problems = generate(args.level, args.n, args.seed, families=args.family)

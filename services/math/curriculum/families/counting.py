@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from services.trainer.curriculum.draft import Draft, Op, Person, Solved, group_voice, story_voice
-from services.trainer.curriculum.family import Family, Template
-from services.trainer.curriculum.words import TOYS
+from services.math.curriculum.draft import Draft, Op, Person, Solved, group_voice, story_voice
+from services.math.curriculum.family import Family, Template
+from services.math.curriculum.words import TOYS
 
 _CLOTHES = (
     ("shirts", "skirts", "shirt", "skirt"),

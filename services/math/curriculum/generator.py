@@ -6,11 +6,11 @@ import random
 from collections.abc import Sequence
 from dataclasses import replace
 
-from services.trainer.curriculum.draft import Draft
-from services.trainer.curriculum.families import FAMILIES
-from services.trainer.curriculum.family import Family, Template
-from services.trainer.curriculum.levels import LevelSpec, level_spec
-from services.trainer.curriculum.problem import CurriculumProblem
+from services.math.curriculum.draft import Draft
+from services.math.curriculum.families import FAMILIES
+from services.math.curriculum.family import Family, Template
+from services.math.curriculum.levels import LevelSpec, level_spec
+from services.math.curriculum.problem import CurriculumProblem
 
 
 def generate(level: int, n: int, seed: int = 0, *, families: Sequence[str] | None = None) -> list[CurriculumProblem]:

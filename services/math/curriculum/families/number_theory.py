@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from services.trainer.curriculum.draft import Draft, Solved, story_voice
-from services.trainer.curriculum.family import Family, Template
-from services.trainer.curriculum.words import BAKED, COLOURS, FRUIT, SMALL_THINGS
+from services.math.curriculum.draft import Draft, Solved, story_voice
+from services.math.curriculum.family import Family, Template
+from services.math.curriculum.words import BAKED, COLOURS, FRUIT, SMALL_THINGS
 
 
 def _not_multiple(d: Draft, size: int, low: int) -> int:

@@ -35,7 +35,7 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any, Literal
 
-from services.common.stepfmt import extract_boxed
+from services.math.stepfmt import extract_boxed
 
 log = logging.getLogger(__name__)
 

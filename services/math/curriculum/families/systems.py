@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from services.trainer.curriculum.draft import Draft, Op, Person, Solved, Voice, story_voice
-from services.trainer.curriculum.family import Family, Template
-from services.trainer.curriculum.words import FRUIT, SMALL_THINGS
+from services.math.curriculum.draft import Draft, Op, Person, Solved, Voice, story_voice
+from services.math.curriculum.family import Family, Template
+from services.math.curriculum.words import FRUIT, SMALL_THINGS
 
 SYMPY_IMPORT = "from sympy import symbols, Eq, solve"
 

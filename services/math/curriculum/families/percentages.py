@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from services.trainer.curriculum.draft import Draft, Op, Person, Solved, Voice, story_voice
-from services.trainer.curriculum.family import Family, Template
-from services.trainer.curriculum.words import COLOURS, FRUIT, GARDEN, SMALL_THINGS, TOYS
+from services.math.curriculum.draft import Draft, Op, Person, Solved, Voice, story_voice
+from services.math.curriculum.family import Family, Template
+from services.math.curriculum.words import COLOURS, FRUIT, GARDEN, SMALL_THINGS, TOYS
 
 
 def _percent(d: Draft) -> int:

@@ -106,14 +106,14 @@ def pairs_for(answers: list[str]) -> list[Pair]:
 
 
 def dataset_pairs(name: str) -> list[Pair]:
-    from services.common.datasets import load_dataset
+    from services.math.datasets import load_dataset
 
     return pairs_for([problem.answer for problem in load_dataset(name)])
 
 
 def _measure(args: argparse.Namespace, pairs: list[Pair], *, one_by_one: bool) -> dict[str, object]:
     """Grade `pairs` with a fresh, warmed-up grader (so no figure profits from another's parse cache)."""
-    from services.common.grading import Grader, fast_grade
+    from services.math.grading import Grader, fast_grade
 
     with Grader(workers=args.workers, deadline_s=args.deadline) as grader:
         started = time.perf_counter()
@@ -138,7 +138,7 @@ def _measure(args: argparse.Namespace, pairs: list[Pair], *, one_by_one: bool) -
 
 
 def _run(args: argparse.Namespace) -> int:
-    from services.common.grading import fast_grade
+    from services.math.grading import fast_grade
 
     every = [pair for name in BENCH_DATASETS for pair in dataset_pairs(name)]
     random.Random(args.seed).shuffle(every)

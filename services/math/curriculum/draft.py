@@ -15,9 +15,9 @@ from enum import StrEnum
 from fractions import Fraction
 from typing import TypeVar
 
-from services.common.stepfmt import render_answer, render_output, render_step
-from services.trainer.curriculum.levels import LevelSpec
-from services.trainer.curriculum.words import DISTRACTOR_NOUNS, FEMALE_NAMES, MALE_NAMES, PLACES
+from services.math.curriculum.levels import LevelSpec
+from services.math.curriculum.words import DISTRACTOR_NOUNS, FEMALE_NAMES, MALE_NAMES, PLACES
+from services.math.stepfmt import render_answer, render_output, render_step
 
 T = TypeVar("T")
 

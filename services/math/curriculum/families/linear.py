@@ -6,9 +6,9 @@ change first.
 
 from __future__ import annotations
 
-from services.trainer.curriculum.draft import ABSTRACT, Draft, Person, Solved, Voice, group_voice, story_voice
-from services.trainer.curriculum.family import Family, Template
-from services.trainer.curriculum.words import SMALL_THINGS, TOYS
+from services.math.curriculum.draft import ABSTRACT, Draft, Person, Solved, Voice, group_voice, story_voice
+from services.math.curriculum.family import Family, Template
+from services.math.curriculum.words import SMALL_THINGS, TOYS
 
 
 def _unknown(

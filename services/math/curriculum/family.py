@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from services.trainer.curriculum.draft import Draft, Solved
+from services.math.curriculum.draft import Draft, Solved
 
 # build(draft, chain) writes the question and the teacher steps into the draft, with `chain` extra
 # arithmetic changes (the level's added moves) on top of the template's own core moves.

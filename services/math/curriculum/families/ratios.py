@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from services.trainer.curriculum.draft import Draft, Op, Solved, Voice, story_voice
-from services.trainer.curriculum.family import Family, Template
-from services.trainer.curriculum.words import BAKED, COLOURS, FRUIT, SMALL_THINGS
+from services.math.curriculum.draft import Draft, Op, Solved, Voice, story_voice
+from services.math.curriculum.family import Family, Template
+from services.math.curriculum.words import BAKED, COLOURS, FRUIT, SMALL_THINGS
 
 FRACTION_IMPORT = "from fractions import Fraction"
 

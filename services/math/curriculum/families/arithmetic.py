@@ -5,9 +5,9 @@ Every change here is the move that the other families add at higher levels.
 
 from __future__ import annotations
 
-from services.trainer.curriculum.draft import ABSTRACT, Draft, Person, Solved, Voice, group_voice, story_voice
-from services.trainer.curriculum.family import Family, Template
-from services.trainer.curriculum.words import BAKED, FRUIT, GARDEN, SMALL_THINGS, TOYS
+from services.math.curriculum.draft import ABSTRACT, Draft, Person, Solved, Voice, group_voice, story_voice
+from services.math.curriculum.family import Family, Template
+from services.math.curriculum.words import BAKED, FRUIT, GARDEN, SMALL_THINGS, TOYS
 
 
 def _owned(d: Draft, chain: int, voice: Voice, noun: str, intro: str, question: str) -> Solved:
