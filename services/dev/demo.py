@@ -68,8 +68,8 @@ def self_evolution_round(stack: Any) -> None:
     from services.dev.stack import local_trainer_settings
     from services.trainer.config import preset
     from services.trainer.progress import StageBars
-    from services.trainer.report import markdown_table
     from services.trainer.rounds import Rounds
+    from services.trainer.rounds.report import markdown_table
     from services.trainer.wiring import make_runner_factory, wait_for_current
 
     store = ModelStore(stack.store)

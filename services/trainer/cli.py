@@ -73,8 +73,8 @@ def _evolve(args: argparse.Namespace) -> int:
     from services.trainer.bootstrap import bootstrap, config_for
     from services.trainer.config import preset
     from services.trainer.progress import StageBars
-    from services.trainer.report import markdown_table
     from services.trainer.rounds import RoundRunner, Rounds
+    from services.trainer.rounds.report import markdown_table
     from services.trainer.wiring import make_runner_factory
 
     _quiet_libraries()

@@ -12,6 +12,7 @@ from services.search.protocol import SolveTask
 from services.trainer.config import preset
 from services.trainer.dispatch import SearchJob
 from services.trainer.rounds import RoundRunner, Rounds, RoundState, held_out, regressions, scaled_steps
+from services.trainer.rounds.stages import run_search
 
 
 def runner(tmp_path: Path, **overrides: object) -> RoundRunner:
@@ -21,17 +22,17 @@ def runner(tmp_path: Path, **overrides: object) -> RoundRunner:
 def test_the_pool_sits_around_the_latest_published_frontier(tmp_path: Path) -> None:
     rounds = Rounds(ModelStore(tmp_path))
     rounds.save(RoundState(round=0, state="succeeded", metrics={"frontier_level": 3}))
-    assert runner(tmp_path).pool_levels(1) == (2, 3, 3, 4)
+    assert runner(tmp_path).context.pool_levels(1) == (2, 3, 3, 4)
     rounds.save(RoundState(round=1, state="succeeded", metrics={"frontier_level": 4}))
     rounds.save(RoundState(round=2, state="rejected", metrics={"frontier_level": 5}))  # not published: ignored
-    assert runner(tmp_path).pool_levels(3) == (3, 4, 4, 5)
+    assert runner(tmp_path).context.pool_levels(3) == (3, 4, 4, 5)
     rounds.save(RoundState(round=3, state="succeeded", metrics={"frontier_level": 5}))
-    assert runner(tmp_path).pool_levels(4) == (4, 5, 5, 5)  # clipped to the curriculum's levels
+    assert runner(tmp_path).context.pool_levels(4) == (4, 5, 5, 5)  # clipped to the curriculum's levels
 
 
 def test_configured_pool_levels_win_and_weight_by_repetition(tmp_path: Path) -> None:
     chosen = runner(tmp_path, pool_levels=(2, 3, 3), pool_size=9)
-    pool = chosen._pool(1)
+    pool = chosen.context.pool(1)
     assert len(pool) == 9
     levels = [p.problem_id.split("-")[1] for p in pool]
     assert levels.count("L2") == 3 and levels.count("L3") == 6
@@ -129,7 +130,7 @@ def test_unsolved_problems_are_searched_again_with_each_retrys_budget(tmp_path: 
         dispatcher=dispatcher,  # type: ignore[arg-type]
     )
     state = RoundState(round=1)
-    chosen._stage_search(state)
+    run_search(chosen.context, state)
     sent = dispatcher.sent
     first, retry1, retry2 = (sent[f"rounds/0001/{name}"] for name in ("trees", "retry-1", "retry-2"))
     assert len(first) == 9 and {(p.rollouts, p.candidates) for p in first} == {(8, 4)}
@@ -139,11 +140,11 @@ def test_unsolved_problems_are_searched_again_with_each_retrys_budget(tmp_path: 
     assert {(p.rollouts, p.candidates) for p in retry2} == {(32, 16)}
     assert len({p.seed for p in (first[0], retry1[0], retry2[0])}) == 3
     assert (state.metrics["retried"], state.metrics["solved_by_retries"]) == (6, 3)
-    assert len(chosen._trees(1)) == 9 + 6 + 3  # every pass's trees reach the extraction
+    assert len(chosen.context.trees(1)) == 9 + 6 + 3  # every pass's trees reach the extraction
 
     # Resumed (the same stored results): nothing is sent again.
     dispatcher.sent.clear()
-    chosen._stage_search(RoundState(round=1))
+    run_search(chosen.context, RoundState(round=1))
     assert dispatcher.sent == {}
 
 
@@ -173,7 +174,7 @@ def test_retries_are_rollouts_colon_candidates_wherever_they_are_given() -> None
 
 
 def test_the_report_shows_retry_columns_only_when_a_round_retried() -> None:
-    from services.trainer.report import markdown_table
+    from services.trainer.rounds.report import markdown_table
 
     plain = [RoundState(round=0, metrics={"pool_solved": 0.5}), RoundState(round=1, metrics={"pool_solved": 0.4})]
     assert "retried" not in markdown_table(plain)
@@ -185,3 +186,11 @@ def test_the_report_shows_retry_columns_only_when_a_round_retried() -> None:
     cells = [cell.strip() for cell in rows[2].strip("|").split("|")]
     assert cells[names.index("retried")] == "11" and cells[names.index("solved by retries")] == "3"
     assert [cell.strip() for cell in rows[0].strip("|").split("|")][names.index("retried")] == "–"
+
+
+def test_the_stages_run_in_one_fixed_order_under_their_saved_names() -> None:
+    from services.trainer.rounds import STAGE_NAMES, STAGES
+
+    # The names are saved in every round's state.json (`stage`, `finished`): a renamed stage would not resume.
+    assert STAGE_NAMES == ("search", "extract", "sft", "ppm", "evaluate", "publish")
+    assert [stage.name for stage in STAGES] == list(STAGE_NAMES)

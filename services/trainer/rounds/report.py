@@ -3,11 +3,12 @@ first, accuracy as the first number column) and a plot of accuracy by round (`ro
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from services.trainer.rounds import Rounds, RoundState
+from services.common.jsonfiles import write_json
+from services.trainer.rounds.state import Rounds, RoundState
 
 COLUMNS = (
     ("MCTS acc", "mcts_accuracy"),
@@ -72,10 +73,6 @@ def plot(states: list[RoundState], path: Path) -> None:
 
 
 def write_reports(rounds: Rounds, state: RoundState) -> None:
-    from dataclasses import asdict
-
-    from services.common.jsonfiles import write_json
-
     write_json(rounds.directory(state.round) / "report.json", asdict(state))
     # The round being reported is taken as it is in memory: its state.json is written after the report.
     states = sorted([s for s in rounds.states() if s.round != state.round] + [state], key=lambda s: s.round)

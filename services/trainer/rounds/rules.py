@@ -1,0 +1,108 @@
+"""A round's rules, data in and data out: which problems go into the pool, which count as solved, how the SFT
+data is mixed, how many steps the data calls for, which problems are held out, and the publishing gate.
+
+Nothing here loads a model or reads or writes a file: the stages do that. (`Trajectory` and `sft_trajectories`
+are used as data only, but their modules import torch, so importing this one does too.)
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from typing import Any
+
+from services.math.curriculum import generate
+from services.search.mcts import Tree
+from services.search.protocol import SolveTask
+from services.trainer.config import RoundConfig
+from services.trainer.extract import sft_trajectories
+from services.trainer.sft import Trajectory
+
+REPLAY_LEVELS = (1, 2)  # the bootstrap policy's teacher levels
+PPM_REPLAY_LEVELS = (1, 2, 3)  # the bootstrap PPM's levels
+CURRICULUM_LEVELS = (1, 5)  # the lowest and highest level the curriculum generates
+DEFAULT_FRONTIER = 3  # before any round has measured one
+
+
+def pool_levels(configured: tuple[int, ...], frontier: int) -> tuple[int, ...]:
+    """The configured levels, or the frontier with its neighbours (the frontier twice), clipped to the curriculum."""
+    if configured:
+        return configured
+    lowest, highest = CURRICULUM_LEVELS
+    around = (frontier - 1, frontier, frontier, frontier + 1)
+    return tuple(sorted(max(lowest, min(highest, level)) for level in around))
+
+
+def pool(config: RoundConfig, number: int, levels: tuple[int, ...]) -> list[SolveTask]:
+    """Round `number`'s search tasks: `pool_size` problems over `levels`, a repeated level weighting it."""
+    c = config
+    shares = {level: levels.count(level) for level in levels}
+    problems = [
+        p
+        for level, share in shares.items()
+        for p in generate(level, -(-c.pool_size * share // len(levels)), seed=c.seed + 7_001 * number)
+    ]
+    q_mode = "ppm" if number >= c.ppm_q_from_round else "terminal"
+    errors = c.first_round_code_errors if number == 1 else c.code_errors
+    return [
+        SolveTask(
+            question=p.question,
+            reference=p.answer,
+            problem_id=p.id,
+            rollouts=c.rollouts,
+            candidates=c.candidates,
+            max_depth=c.max_depth,
+            q_mode=q_mode,
+            max_code_errors=errors,
+            searches=1,
+            seed=c.seed + number,
+        )
+        for p in problems[: c.pool_size]
+    ]
+
+
+def search_job(number: int, attempt: int) -> str:
+    """Where a search of the round keeps its trees: attempt 0 is the pool's, then one per retry."""
+    return f"rounds/{number:04d}/" + (f"retry-{attempt}" if attempt else "trees")
+
+
+def solved(results: dict[str, dict[str, Any]]) -> set[str]:
+    """The problems (ids) solved as `pool_solved` counts them: some tree holds a trajectory the SFT can use."""
+    return {
+        problem_id
+        for problem_id, result in results.items()
+        if any(sft_trajectories(Tree.from_json(tree)) for tree in result.get("trees", []))
+    }
+
+
+def sft_mix(config: RoundConfig, number: int, searched: list[Trajectory]) -> tuple[list[Trajectory], int, int]:
+    """Round `number`'s SFT data: the searched trajectories `sft_weight` times and a replay of the bootstrap's
+    teacher solutions; returns the data, how many of it are replayed, and the step count the data calls for."""
+    c = config
+    replay = [
+        Trajectory(p.question, tuple(p.solution))
+        for level in REPLAY_LEVELS
+        for p in generate(level, c.sft_replay // len(REPLAY_LEVELS), seed=c.seed + 31 * number + level)
+    ]
+    trajectories = searched * c.sft_weight + replay
+    steps = scaled_steps(len(trajectories), c.sft_epochs, c.sft.batch_size, c.sft_min_steps, c.sft.max_steps)
+    return trajectories, len(replay), steps
+
+
+def held_out(question: str, fraction: float) -> bool:
+    """A stable split by problem."""
+    return zlib.crc32(question.encode()) % 1000 < fraction * 1000
+
+
+def regressions(before: dict[str, Any], after: dict[str, Any], gate: float) -> list[str]:
+    """What dropped more than `gate` below the published models: MCTS and greedy accuracy are both watched (an
+    MCTS-only gate let an over-fitted policy through while its greedy accuracy halved)."""
+    return [
+        f"{name} accuracy {after.get(key, 0.0):.3f} < {before.get(key, 0.0):.3f}"
+        for name, key in (("MCTS", "mcts_accuracy"), ("greedy", "greedy_accuracy"))
+        if after.get(key, 0.0) < before.get(key, 0.0) - gate
+    ]
+
+
+def scaled_steps(examples: int, epochs: float, batch_size: int, least: int, most: int) -> int:
+    return max(least, min(most, math.ceil(epochs * examples / batch_size)))

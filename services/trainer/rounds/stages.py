@@ -1,0 +1,291 @@
+"""The stages of a round, in order, as one explicit list (`STAGES`) that the runner walks:
+
+    search    one Celery `solve` task per pool problem (training mode: reference answers given)
+    extract   SFT trajectories and PPM pairs from the finished trees (services/trainer/extract.py)
+    sft       the policy, fine-tuned from the round-0 model on every round's SFT data so far
+    ppm       the PPM, initialised from the new policy, trained on every round's pairs so far
+    evaluate  held-out accuracy (greedy, maj, bon, MCTS) and the frontier, for the candidates
+    publish   promote the candidates unless they regress past the gate
+
+A stage's name is what `state.json` records in `stage` and `finished`, so the names must not change: a saved
+round resumes at the first stage whose name it has not finished. Each stage writes its output into `rounds/<n>/`
+and records its results in the RoundState; candidates are published as non-current versions and only promoted
+by `publish`.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from services.common.jsonfiles import write_jsonl
+from services.common.store import Lineage, ModelStore
+from services.math.curriculum import generate
+from services.search.mcts import Tree
+from services.search.protocol import SolveTask
+from services.trainer.bootstrap import corrupted_pairs
+from services.trainer.config import RoundConfig
+from services.trainer.dispatch import CeleryDispatcher, SearchJob
+from services.trainer.extract import extract
+from services.trainer.ppm_train import StepPair, step_pairs
+from services.trainer.rounds import rules
+from services.trainer.rounds.report import write_reports
+from services.trainer.rounds.state import Rounds, RoundState
+from services.trainer.sft import Trajectory
+
+
+@dataclass
+class RoundContext:
+    """What the stages work with: the store and its rounds, the config, the search dispatcher and the hooks."""
+
+    store: ModelStore
+    rounds: Rounds
+    config: RoundConfig
+    dispatcher: CeleryDispatcher
+    progress: Callable[[str, int, int], None]
+    on_publish: Callable[[str, str], None] | None = None
+    before_search: Callable[[], None] | None = None  # e.g. wait until the services serve the current versions
+
+    def pool_levels(self, number: int) -> tuple[int, ...]:
+        """The configured levels, or the frontier of the latest published round with its neighbours."""
+        latest = self.rounds.latest_published(number)
+        frontier = rules.DEFAULT_FRONTIER
+        if latest is not None:
+            frontier = int(latest.metrics.get("frontier_level", rules.DEFAULT_FRONTIER))
+        return rules.pool_levels(self.config.pool_levels, frontier)
+
+    def pool(self, number: int) -> list[SolveTask]:
+        return rules.pool(self.config, number, self.pool_levels(number))
+
+    def trees(self, number: int) -> list[Tree]:
+        """Every search pass's trees of round `number` (the pool's and each retry's)."""
+        return [
+            Tree.from_json(t)
+            for attempt in range(len(self.config.unsolved_retries) + 1)
+            for r in self.dispatcher.results.job(rules.search_job(number, attempt)).values()
+            for t in r.get("trees", [])
+        ]
+
+    def base_policy(self) -> str:
+        """The round-0 model every round's SFT starts from (the paper re-trains from the base each round)."""
+        round_zero = [v for v in self.store.versions("policy") if v.lineage.round == 0]
+        if not round_zero:
+            raise RuntimeError("no round-0 policy in the store: run `thinkmesh bootstrap` first")
+        return round_zero[0].version
+
+    def publish_candidate(
+        self,
+        kind: str,
+        model: Any,
+        tokenizer: Any,
+        state: RoundState,
+        *,
+        base: str,
+        source: str,
+        data: str,
+        metrics: dict[str, float],
+    ) -> str:
+        """Stores a trained candidate without making it current (`publish` promotes it if it passes the gate)."""
+        lineage = Lineage(base_model=f"policy {base}", round=state.round, source=source, data=data, metrics=metrics)
+        return self.store.publish_pretrained(kind, model, tokenizer, lineage, make_current=False).version
+
+    def evaluate(self, number: int, policy: str, ppm: str, heldout: list[StepPair]) -> dict[str, Any]:
+        from services.trainer.evaluation import EvalPlan, evaluate_models
+
+        c = self.config
+        plan = EvalPlan(
+            c.eval_levels, c.eval_per_level, c.eval_rollouts, c.candidates, c.frontier_problems, c.frontier_samples
+        )
+        results_dir = self.rounds.directory(number) / "eval"
+        return evaluate_models(self.store, policy, ppm, plan, heldout, results_dir=results_dir)
+
+    def report(self, state: RoundState) -> None:
+        write_reports(self.rounds, state)
+
+
+def run_search(context: RoundContext, state: RoundState) -> None:
+    if context.before_search is not None:
+        context.before_search()
+    pool = context.pool(state.round)
+    state.problems_total = len(pool)
+
+    def progress(done: int, total: int) -> None:
+        state.problems_done = done
+        context.progress("search", done, total)
+
+    results = context.dispatcher.run(SearchJob(rules.search_job(state.round, 0), pool), progress)
+    if not context.config.unsolved_retries:
+        return
+    solved = rules.solved(results)
+    first_solved = len(solved)
+    for attempt, (rollouts, candidates) in enumerate(context.config.unsolved_retries, start=1):
+        # Each pass's problems follow from the stored results, so a resumed round sends the same ones.
+        unsolved = [
+            replace(p, rollouts=rollouts, candidates=candidates, seed=p.seed + 1_000 * attempt)
+            for p in pool
+            if p.problem_id not in solved
+        ]
+        if not unsolved:
+            break
+        job = SearchJob(rules.search_job(state.round, attempt), unsolved)
+        solved |= rules.solved(context.dispatcher.run(job, functools.partial(context.progress, f"retry {attempt}")))
+    state.metrics["retried"] = len(pool) - first_solved
+    state.metrics["solved_by_retries"] = len(solved) - first_solved
+
+
+def run_extract(context: RoundContext, state: RoundState) -> None:
+    trees = context.trees(state.round)
+    data = extract(trees, context.config.pair_margin)
+    directory = context.rounds.directory(state.round)
+    # Held out by problem, not by pair: pairs of one problem share prefixes and would leak into training.
+    # The held-out problems' trajectories stay out of the policy's SFT too: the PPM starts from the policy
+    # and reads its likelihood, so a policy trained on those steps would make the held-out pairs easy.
+    fraction = context.config.heldout_pair_fraction
+    trajectories = [t for t in data.trajectories if not rules.held_out(t.question, fraction)]
+    write_jsonl(directory / "sft.jsonl", [asdict(t) for t in trajectories])
+    heldout: list[dict[str, Any]] = []
+    training: list[dict[str, Any]] = []
+    for pair in data.pairs:
+        (heldout if rules.held_out(pair.question, fraction) else training).append(asdict(pair))
+    write_jsonl(directory / "pairs_heldout.jsonl", heldout)
+    write_jsonl(directory / "pairs.jsonl", training)
+    pairs = heldout + training
+    solved = {t.question for t in data.trajectories}
+    # A retried problem has a tree from each pass: count problems, not trees.
+    state.metrics["pool_solved"] = len(solved) / max(1, len({tree.question for tree in trees}))
+    state.metrics["sft_trajectories"] = len(trajectories)
+    state.metrics["ppm_pairs"] = len(pairs)
+
+
+def run_sft(context: RoundContext, state: RoundState) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from services.trainer.sft import train_sft
+
+    rows = context.rounds.accumulated(state.round, "sft.jsonl")
+    if not rows:
+        # Nothing to learn from: the current models stay (the curriculum ladder may be too steep).
+        state.state = "rejected"
+        state.message = "no problem of any round was solved yet: nothing to fine-tune on; current models kept"
+        context.report(state)
+        return
+    base = context.store.get("policy", context.base_policy())
+    torch.manual_seed(context.config.seed + state.round)
+    model = AutoModelForCausalLM.from_pretrained(base.path)
+    tokenizer = AutoTokenizer.from_pretrained(base.path)
+    c = context.config
+    searched = [Trajectory(r["question"], tuple(r["steps"])) for r in rows]
+    trajectories, replayed, steps = rules.sft_mix(c, state.round, searched)
+    metrics = train_sft(
+        model,
+        tokenizer,
+        trajectories,
+        replace(c.sft, max_steps=steps),
+        progress=False,
+        on_step=lambda done, total: context.progress("sft", done, total),
+    )
+    state.policy_version = context.publish_candidate(
+        "policy",
+        model,
+        tokenizer,
+        state,
+        base=base.version,
+        source="sft",
+        data=f"{len(searched)} trajectories of rounds 1-{state.round} x{c.sft_weight}, {replayed} teacher",
+        metrics=metrics,
+    )
+    state.metrics["sft_loss"] = metrics["final_loss"]
+
+
+def run_ppm(context: RoundContext, state: RoundState) -> None:
+    import torch
+    from transformers import AutoTokenizer
+
+    from services.ppm.model import ProcessRewardModel
+    from services.trainer.ppm_train import group_pairs, train_ppm
+
+    rows = context.rounds.accumulated(state.round, "pairs.jsonl")
+    policy = context.store.get("policy", state.policy_version)
+    tokenizer = AutoTokenizer.from_pretrained(policy.path)
+    torch.manual_seed(context.config.seed + state.round)
+    c = context.config
+    model = ProcessRewardModel.from_pretrained(policy.path, likelihood=c.ppm.likelihood)
+    searched = step_pairs(rows)
+    rng = random.Random(c.seed + state.round)
+    # About three corruptible steps per problem: a sixth of the wanted pairs per level is enough problems.
+    teacher = [
+        p
+        for level in rules.PPM_REPLAY_LEVELS
+        for p in generate(level, max(1, c.ppm_replay // 6), seed=c.seed + 53 * state.round + level)
+    ]
+    replay = corrupted_pairs(teacher, rng)[: c.ppm_replay]
+    pairs = searched + replay
+    rng.shuffle(pairs)
+    # A batch holds groups (one prefix and its candidate steps), so the epochs count groups.
+    groups = len(group_pairs(pairs))
+    steps = rules.scaled_steps(groups, c.ppm_epochs, c.ppm.batch_size, c.ppm_min_steps, c.ppm.max_steps)
+    metrics = train_ppm(
+        model,
+        tokenizer,
+        pairs,
+        replace(c.ppm, max_steps=steps),
+        progress=False,
+        on_step=lambda done, total: context.progress("ppm", done, total),
+    )
+    state.ppm_version = context.publish_candidate(
+        "ppm",
+        model,
+        tokenizer,
+        state,
+        base=policy.version,
+        source="bradley-terry",
+        data=f"{len(searched)} tree pairs from rounds 1-{state.round} + {len(replay)} teacher-vs-corrupted",
+        metrics=metrics,
+    )
+
+
+def run_evaluate(context: RoundContext, state: RoundState) -> None:
+    # Every round's held-out pairs so far: one round's are too few to mean much (a handful of problems).
+    heldout = step_pairs(context.rounds.accumulated(state.round, "pairs_heldout.jsonl"))
+    state.metrics.update(context.evaluate(state.round, state.policy_version, state.ppm_version, heldout))
+    state.metrics["heldout_pairs"] = len(heldout)
+
+
+def run_publish(context: RoundContext, state: RoundState) -> None:
+    previous = context.rounds.latest_published(state.round)
+    gate = context.config.regression_gate
+    regressed = rules.regressions(previous.metrics if previous else {}, state.metrics, gate)
+    if regressed:
+        state.state = "rejected"
+        state.message = f"regressed past the gate ({'; '.join(regressed)}): current models kept"
+    else:
+        context.store.promote("policy", state.policy_version)
+        context.store.promote("ppm", state.ppm_version)
+        if context.on_publish is not None:
+            context.on_publish(state.policy_version, state.ppm_version)
+        state.state = "succeeded"
+    context.report(state)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of a round: `name` is what `state.json` records, `run` does the work on the round's state."""
+
+    name: str
+    run: Callable[[RoundContext, RoundState], None]
+
+
+# The order of a round. A stage may end the round early by setting `state.state` (sft and publish reject).
+STAGES: tuple[Stage, ...] = (
+    Stage("search", run_search),
+    Stage("extract", run_extract),
+    Stage("sft", run_sft),
+    Stage("ppm", run_ppm),
+    Stage("evaluate", run_evaluate),
+    Stage("publish", run_publish),
+)
+STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)
