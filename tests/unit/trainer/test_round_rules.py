@@ -79,7 +79,7 @@ def test_evolve_takes_pool_levels_from_the_command_line() -> None:
 
     import pytest
 
-    from services.trainer.cli import register
+    from services.cli.trainer import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
@@ -153,8 +153,8 @@ def test_retries_are_rollouts_colon_candidates_wherever_they_are_given() -> None
 
     import pytest
 
+    from services.cli.trainer import register
     from services.common.settings import ConfigError, load_settings
-    from services.trainer.cli import register
     from services.trainer.config import parse_retries
     from services.trainer.settings import TrainerSettings
 

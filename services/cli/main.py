@@ -1,6 +1,6 @@
 """The `thinkmesh` command.
 
-Each area contributes its subcommands through a `register(subparsers)` function in its own cli module (listed in
+Each group of subcommands is a module of this room with a `register(subparsers)` function (listed in
 COMMAND_MODULES); those modules import nothing heavy at the top, so `thinkmesh --help` stays fast and a sandbox
 image without torch can still run `thinkmesh serve sandbox`.
 """
@@ -18,12 +18,12 @@ from services import __version__
 # Modules that add subcommands. Every image installs the whole package and these import only the standard library
 # at the top, so each one imports everywhere: one that fails is a bug, and the error says which.
 COMMAND_MODULES = (
-    "services.sandbox.cli",
-    "services.math.cli",
-    "services.common.models_cli",
-    "services.search.cli",
-    "services.trainer.cli",
-    "services.bench",
+    "services.cli.sandbox",
+    "services.cli.problems",
+    "services.cli.models",
+    "services.cli.search",
+    "services.cli.trainer",
+    "services.cli.bench",
 )
 
 # `thinkmesh serve NAME` → the service's one wiring function, `async def run(**overrides)`.
