@@ -11,7 +11,7 @@ answers with a `SolveResult` (stored under `job`/`problem_id` when the task name
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from services.common.errors import InvalidInput
@@ -100,23 +100,7 @@ class SolveTask:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "question": self.question,
-            "reference": self.reference,
-            "rollouts": self.rollouts,
-            "candidates": self.candidates,
-            "max_depth": self.max_depth,
-            "searches": self.searches,
-            "q_mode": self.q_mode,
-            "method": self.method,
-            "max_code_errors": self.max_code_errors,
-            "seed": self.seed,
-            "deadline": self.deadline,
-            "job": self.job,
-            "problem_id": self.problem_id,
-            "store": self.store,
-            "include_trees": self.include_trees,
-        }
+        return asdict(self)
 
     @classmethod
     def from_json(cls, payload: Any) -> SolveTask:
@@ -154,12 +138,7 @@ class SolveProgress:
     best_score: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "rollouts_done": self.rollouts_done,
-            "rollouts_total": self.rollouts_total,
-            "best_answer": self.best_answer,
-            "best_score": self.best_score,
-        }
+        return asdict(self)
 
     @classmethod
     def from_json(cls, payload: Any) -> SolveProgress:
