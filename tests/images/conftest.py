@@ -7,10 +7,10 @@ cluster. Everything starts once per session and at once, so that the containers 
 sandbox, then, once the trainer image's CLI has imported micro models made here into the store, the rest. The tests
 reach the gRPC ports on 127.0.0.1 only.
 
-Images: `$IMAGE_PREFIX/thinkmesh-<name>:$IMAGE_TAG` (default ghcr.io/thinkmesh and the chart's appVersion); the
-torch images (policy, ppm, trainer) carry the suffix "-cpu" when TORCH_VARIANT is cpu, the default, as
-scripts/images.sh tags them, and the policy then runs the hf backend. The values below make the chart render those
-references. A missing engine or image fails the run: `make test-images` runs only where the images were built.
+Images: the ones scripts/images.sh built, read from the same settings (TORCH_VARIANT, IMAGE_PREFIX, IMAGE_TAG,
+PYTHON_IMAGE). The CPU variant, the default, is rendered with the chart's own values for CPU clusters,
+values/cpu-trial.yaml (the CPU builds' tag suffix, the hf backend, no GPU); the rendered references must then be
+the local images. A missing engine or image fails the run: `make test-images` runs only where the images were built.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 import yaml
-from e2e.helmchart import CHART, Rendered, render
+from e2e.helmchart import CHART, VALUES, Rendered, render
 
 from images.docker import Deployment, DockerError, Session, docker
 from images.kubelet import CLUSTER_DOMAIN, Kubelet, Pod
@@ -37,38 +37,49 @@ HERE = Path(__file__).resolve().parent
 # Every workload the chart renders, by component, in the order they are started; the trainer imports the models
 # after the sandbox (which needs none) and before the rest.
 COMPONENTS = ("redis", "sandbox", "trainer", "policy", "ppm", "search", "worker")
-# Built on the torch layer; scripts/images.sh tags their CPU build TAG-cpu.
-TORCH_IMAGES = ("thinkmesh-policy", "thinkmesh-ppm", "thinkmesh-trainer")
 MAKE_IMAGES = "run `make images` (`make test-images` checks the images it built)"
+# The test-only Redis (redis.Dockerfile): the chart's Redis image cannot be pulled here.
+REDIS_IMAGE = "thinkmesh-test/redis:local"
 
 
 @dataclass(frozen=True)
 class Images:
-    """The local images, as scripts/images.sh named them."""
+    """Which build of scripts/images.sh to run, from its own settings."""
 
-    prefix: str
-    tag: str
     torch_variant: str
     python: str
-    redis: str
+    prefix: str | None  # None: the registry values.yaml names
+    tag: str | None  # None: the chart's appVersion
 
     @classmethod
     def from_env(cls) -> Images:
-        tag = os.environ.get("IMAGE_TAG") or str(yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"])
         variant = os.environ.get("TORCH_VARIANT", "cpu")
         assert variant in ("cpu", "cuda"), f"TORCH_VARIANT is cpu or cuda, not {variant!r}"
         return cls(
-            # scripts/images.sh's default: the registry and namespace values.yaml pulls from.
-            prefix=os.environ.get("IMAGE_PREFIX")
-            or yaml.safe_load((CHART / "values.yaml").read_text())["sandbox"]["image"]["repository"].rsplit("/", 1)[0],
-            tag=tag,
             torch_variant=variant,
             python=os.environ.get("PYTHON_IMAGE", "thinkmesh/python:3.11-bookworm"),
-            redis=f"thinkmesh-test/redis:{tag}",
+            prefix=os.environ.get("IMAGE_PREFIX") or None,
+            tag=os.environ.get("IMAGE_TAG") or None,
         )
 
-    def suffix(self, name: str) -> str:
-        return "-cpu" if self.torch_variant == "cpu" and name in TORCH_IMAGES else ""
+    def values_files(self) -> list[Path]:
+        """The chart's values set for this build: the CPU trial's for the CPU images, the defaults for the GPU ones."""
+        return [VALUES / "cpu-trial.yaml"] if self.torch_variant == "cpu" else []
+
+    def image_values(self) -> dict[str, Any]:
+        """Repository and tag of every thinkmesh image, where the settings name other ones than the chart's."""
+        changed: dict[str, Any] = {}
+        for component, values in yaml.safe_load((CHART / "values.yaml").read_text()).items():
+            repository = values.get("image", {}).get("repository", "") if isinstance(values, dict) else ""
+            name = repository.rsplit("/", 1)[-1]
+            if not name.startswith("thinkmesh-"):
+                continue  # not one of ours (Redis)
+            image = {"repository": f"{self.prefix}/{name}"} if self.prefix else {}
+            if self.tag:
+                image["tag"] = self.tag
+            if image:
+                changed[component] = {"image": image}
+        return changed
 
     def check_present(self, refs: set[str]) -> None:
         missing = [ref for ref in sorted(refs) if docker("image", "inspect", ref, check=False).returncode != 0]
@@ -78,7 +89,7 @@ class Images:
     def build_redis(self) -> None:
         """The test-only Redis, on the same base as the images (the legacy builder: BuildKit cannot run offline)."""
         proc = subprocess.run(
-            ["docker", "build", "--quiet", "--build-arg", f"PYTHON_IMAGE={self.python}", "--tag", self.redis, "-"],
+            ["docker", "build", "--quiet", "--build-arg", f"PYTHON_IMAGE={self.python}", "--tag", REDIS_IMAGE, "-"],
             input=(HERE / "redis.Dockerfile").read_text(),
             capture_output=True,
             text=True,
@@ -86,51 +97,35 @@ class Images:
             env={**os.environ, "DOCKER_BUILDKIT": "0"},
         )
         if proc.returncode != 0:
-            pytest.fail(f"could not build {self.redis} from tests/images/redis.Dockerfile:\n{proc.stderr}")
+            pytest.fail(f"could not build {REDIS_IMAGE} from tests/images/redis.Dockerfile:\n{proc.stderr}")
 
 
-def _values(images: Images, token: str, redis_password: str) -> tuple[dict[str, Any], dict[str, str]]:
-    """What the checks change in the chart's values (as `helm install -f` would), and the image reference each
-    thinkmesh component must then render."""
-    values: dict[str, Any] = {
+def _values(images: Images, token: str, redis_password: str) -> dict[str, Any]:
+    """What the checks change in the chart's values, as a last `helm install -f` would."""
+    return {
+        **images.image_values(),
         "clusterDomain": CLUSTER_DOMAIN,
         "tls": {"enabled": False},  # the default; the tests dial plaintext
         # Known secrets instead of random ones, so that the tests can authenticate.
         "auth": {"tokens": [token]},
         "redis": {"auth": {"password": redis_password}},
     }
-    expected = {}
-    for component, component_values in yaml.safe_load((CHART / "values.yaml").read_text()).items():
-        repository = (
-            component_values.get("image", {}).get("repository", "") if isinstance(component_values, dict) else ""
-        )
-        name = repository.rsplit("/", 1)[-1]
-        if not name.startswith("thinkmesh-"):
-            continue  # not one of ours (Redis)
-        suffix = images.suffix(name)
-        image = {"repository": f"{images.prefix}/{name}", "tag": images.tag, "tagSuffix": suffix, "digest": ""}
-        values[component] = {"image": image}
-        expected[component] = f"{images.prefix}/{name}:{images.tag}{suffix}"
-        if suffix:  # the CPU build: no GPU to ask for (null removes the default, as in values/cpu-trial.yaml)
-            no_gpu = {"nvidia.com/gpu": None}
-            values[component]["resources"] = {"requests": no_gpu, "limits": no_gpu}
-    if images.torch_variant == "cpu":
-        values["policy"]["config"] = {"backend": "hf"}  # the CPU image has transformers and no vLLM
-    return values, expected
 
 
-def _workloads(manifests: Rendered, expected_images: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """The rendered workloads by component: all of them, each thinkmesh one with the image expected."""
+def _workloads(manifests: Rendered) -> dict[str, dict[str, Any]]:
+    """The rendered workloads by component: all of them, each known to the start order."""
     workloads = {
         w["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]: w for w in manifests.workloads()
     }
     assert sorted(workloads) == sorted(COMPONENTS), (
         f"the chart renders {sorted(workloads)}; start order knows {COMPONENTS}"
     )
-    for component, image in expected_images.items():
-        (container,) = workloads[component]["spec"]["template"]["spec"]["containers"]
-        assert container["image"] == image, f"{component}: the chart renders {container['image']}, not {image}"
     return workloads
+
+
+def _image(workload: dict[str, Any]) -> str:
+    (container,) = workload["spec"]["template"]["spec"]["containers"]
+    return str(container["image"])
 
 
 def _import_micro_models(session: Session, trainer: Pod, scratch: Path) -> None:
@@ -160,15 +155,16 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     root = tmp_path_factory.mktemp("images")
     images = Images.from_env()
     token = secrets.token_urlsafe(24)
-    values, expected_images = _values(images, token, redis_password=secrets.token_urlsafe(24))
     values_file = root / "values.yaml"
-    values_file.write_text(json.dumps(values))  # JSON is YAML
-    manifests = render("-f", str(values_file))
-    workloads = _workloads(manifests, expected_images)
-    # The chart's Redis image cannot be pulled here: the test image from redis.Dockerfile runs instead, with the
-    # rendered command and arguments unchanged (Debian's redis-server takes them all).
-    (redis,) = workloads["redis"]["spec"]["template"]["spec"]["containers"]
-    images.check_present({images.python, *expected_images.values()})
+    values_file.write_text(json.dumps(_values(images, token, redis_password=secrets.token_urlsafe(24))))  # JSON is YAML
+    files = [*images.values_files(), values_file]
+    manifests = render(*(arg for path in files for arg in ("-f", str(path))))
+    workloads = _workloads(manifests)
+    # Every thinkmesh image the chart pulls must be one scripts/images.sh built here. The chart's Redis image cannot
+    # be pulled: the test image from redis.Dockerfile runs instead, with the rendered command and arguments
+    # unchanged (Debian's redis-server takes them all).
+    redis = _image(workloads["redis"])
+    images.check_present({images.python, *(_image(w) for c, w in workloads.items() if c != "redis")})
     images.build_redis()
 
     session = Session(helper_image=images.python)
@@ -177,7 +173,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         scratch=root / "volumes",
         volume_prefix=session.prefix,
         host_cpus=host_cpus,
-        images={redis["image"]: images.redis},
+        images={redis: REDIS_IMAGE},
     )
     pods = {component: kubelet.pod(workloads[component]) for component in COMPONENTS}
     try:
