@@ -25,22 +25,22 @@ venv: $(STAMP)
 # core: processes started with PYTHONDONTWRITEBYTECODE would otherwise compile torch and transformers again each
 # time. (compileall fails on a few data files shipped as .py.)
 SITE_PACKAGES = $$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+# The package itself is built with the locked backend too (build.txt), not whatever setuptools is newest.
 define install_extras
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --no-compile $(TORCH)
-	$(BIN)/python -m pip install -q --no-compile --require-hashes -r requirements/uv.txt
 	$(BIN)/uv pip install -q --python $(BIN)/python --require-hashes --no-deps -r requirements/$(1).txt
-	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps --build-constraints requirements/build.txt -e .
 	@$(BIN)/python -m compileall -q -j 0 "$(SITE_PACKAGES)" > /dev/null 2>&1 || true
 	@touch $@
 endef
 
-$(STAMP): pyproject.toml requirements/$(EXTRAS).txt
+$(STAMP): pyproject.toml requirements/$(EXTRAS).txt requirements/build.txt $(BIN)/uv
 	$(call install_extras,$(EXTRAS))
 
-$(RUNTIME_STAMP): pyproject.toml requirements/runtime.txt
+$(RUNTIME_STAMP): pyproject.toml requirements/runtime.txt requirements/build.txt $(BIN)/uv
 	$(call install_extras,runtime)
 
+# The venv and the installer, from the lock.
 $(BIN)/uv: requirements/uv.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --no-compile --require-hashes -r requirements/uv.txt
@@ -69,8 +69,8 @@ proto: $(STAMP)
 	  protos/thinkmesh/v1/*.proto
 
 lint: $(STAMP)
-	$(BIN)/ruff check services tests experiments
-	$(BIN)/ruff format --check services tests experiments
+	$(BIN)/ruff check services tests experiments scripts
+	$(BIN)/ruff format --check services tests experiments scripts
 	$(BIN)/mypy services
 	$(BIN)/lint-imports --no-cache
 

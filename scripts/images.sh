@@ -66,8 +66,9 @@ download() {  # pip download ARGS...: quiet, less the warnings of a pip.conf who
     2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2)
 }
 start="$(seconds)"
-mkdir -p .whl/py .whl/torch
-locks=(build sandbox search policy ppm trainer)
+mkdir -p .whl/py
+# runtime.txt holds every image's lock file (tests/unit/common/test_lock.py checks it), so it is fetched once.
+locks=(build runtime)
 [ "$TORCH_VARIANT" = cpu ] || locks+=(vllm)
 # Downloaded once per content of the lock files (and of TORCH): pip asks the index about every pin even when
 # the file is already here.
@@ -92,30 +93,30 @@ fi
 echo "images: wheelhouse .whl/ ready in $(elapsed "$start") s ($(du -sh .whl | cut -f1))"
 
 # 3. The images.
-built=()
-build() {  # build NAME TAG DOCKERFILE [build args...]
-  local name=$1 tag=$2 file=$3
-  shift 3
-  local start ref
+build() {  # build REF DOCKERFILE [build args...]
+  local ref=$1 file=$2 start
+  shift 2
   start="$(seconds)"
-  ref="$IMAGE_PREFIX/thinkmesh-$name:$tag"
-  [ "$name" = build ] && ref="$BUILD_IMAGE"
   docker build -q -f "deploy/docker/$file.Dockerfile" -t "$ref" --build-arg "PYTHON_IMAGE=$PYTHON_IMAGE" \
     --build-arg "BUILD_IMAGE=$BUILD_IMAGE" "$@" . \
     > /dev/null 2> >(grep -v -e 'legacy builder is deprecated' -e 'BuildKit is currently disabled' \
       -e 'DOCKER_BUILDKIT=0' -e '^ *environment-variable\.$' -e '^$' >&2)
   printf 'images: %-52s %4s s  %s\n' "$ref" "$(elapsed "$start")" \
     "$(docker image inspect -f '{{.Size}}' "$ref" | awk '{printf "%.0f MB", $1 / 1e6}')"
-  [ "$name" = build ] || built+=("$ref")
 }
-build build "$IMAGE_TAG" build
-build sandbox "$IMAGE_TAG" sandbox
-build search "$IMAGE_TAG" search
-build torch "$TORCH_TAG" torch --build-arg "TORCH_VARIANT=$TORCH_VARIANT"
-torch_image=(--build-arg "TORCH_IMAGE=$IMAGE_PREFIX/thinkmesh-torch:$TORCH_TAG")
-build policy "$TORCH_TAG" policy "${torch_image[@]}" --build-arg "EXTRA=$POLICY_EXTRA"
-build ppm "$TORCH_TAG" ppm "${torch_image[@]}"
-build trainer "$TORCH_TAG" trainer "${torch_image[@]}"
+build "$BUILD_IMAGE" build
+torch_image="$IMAGE_PREFIX/thinkmesh-torch:$TORCH_TAG"
+built=("$IMAGE_PREFIX/thinkmesh-sandbox:$IMAGE_TAG" "$IMAGE_PREFIX/thinkmesh-search:$IMAGE_TAG" "$torch_image")
+build "${built[0]}" sandbox
+build "${built[1]}" search
+build "$torch_image" torch --build-arg "TORCH_VARIANT=$TORCH_VARIANT"
+for name in policy ppm trainer; do
+  ref="$IMAGE_PREFIX/thinkmesh-$name:$TORCH_TAG"
+  built+=("$ref")
+  extra=()
+  [ "$name" = policy ] && extra=(--build-arg "EXTRA=$POLICY_EXTRA")
+  build "$ref" "$name" --build-arg "TORCH_IMAGE=$torch_image" "${extra[@]}"
+done
 
 if [ "${PUSH:-0}" = 1 ]; then
   for ref in "${built[@]}"; do docker push "$ref"; done

@@ -11,6 +11,7 @@
 #   torch-cuda.txt   torch and its CUDA libraries from PyPI: the base layer of the GPU images.
 #   build.txt        the build backend of the thinkmesh wheel (the images build it offline).
 #   uv.txt           the installer the Makefile uses.
+#   inputs.sha256    the digest of what this was resolved from (scripts/lock_inputs.py).
 #
 # By default every pin moves to the newest release pyproject's ranges allow; LOCK_UPGRADE=0 keeps the current
 # pins wherever they still satisfy pyproject (use it after adding a dependency).
@@ -63,6 +64,8 @@ python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", 
 compile build.txt --generate-hashes "${UPGRADE[@]}" "$work/build.in"
 echo uv > "$work/uv.in"
 compile uv.txt --generate-hashes "${UPGRADE[@]}" "$work/uv.in"
+# What this lock was resolved from (test_lock.py recomputes it: a dependency changed without `make lock` fails).
+python3 scripts/lock_inputs.py > "$OUT/inputs.sha256"
 # The inputs made above live in a temporary folder: name them by what made them, so the files are the same each run.
 sed -i "s#$work/#scripts/lock.sh:#g" "$OUT"/*.txt
 echo "lock: $(grep -c '==' "$OUT/constraints.txt") packages in $OUT/constraints.txt; $OUT/*.txt written"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import tomllib
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -84,6 +86,22 @@ def test_every_lock_file_is_a_subset_of_the_one_resolution() -> None:
     # The GPU policy image: torch's layer and vLLM's file share no package.
     assert not set(pins("vllm")) & set(pins("torch-cuda"))
     assert pins("torch-cuda")["torch"] == constraints["torch"]
+
+
+def test_the_lock_was_made_from_this_pyproject() -> None:
+    """A dependency (or scripts/lock.sh) changed without `make lock`: the lock is no longer what pyproject asks."""
+    made = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "lock_inputs.py")], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert (LOCK / "inputs.sha256").read_text().strip() == made, "pyproject's requirements changed: run `make lock`"
+
+
+def test_one_download_serves_every_image() -> None:
+    """scripts/images.sh fetches runtime.txt alone for the images: it must hold each image's lock file."""
+    runtime = pins("runtime")
+    for image_lock in ["sandbox", "search", "policy", "ppm", "trainer"]:
+        missing = {p: v for p, v in pins(image_lock).items() if runtime.get(p) != v}
+        assert not missing, f"{image_lock}.txt pins what runtime.txt does not: {missing}"
 
 
 def test_this_environment_was_installed_from_the_lock() -> None:
