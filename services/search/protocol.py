@@ -11,8 +11,8 @@ answers with a `SolveResult` (stored under `job`/`problem_id` when the task name
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any, TypeVar, get_args, get_type_hints
 
 from services.common.errors import InvalidInput
 from services.search.answers import METHODS
@@ -46,6 +46,18 @@ def _mapping(payload: Any, what: str, known: tuple[str, ...]) -> Mapping[str, An
     if unknown:
         raise InvalidInput(f"{what}: unknown field(s) {', '.join(map(str, unknown))}")
     return payload
+
+
+def _read_fields(cls: type[Any], payload: Any, what: str) -> dict[str, Any]:
+    """Every field of a flat dataclass of str / int / float / bool (each possibly None) read from `payload`, typed
+    and defaulted as the class declares it."""
+    data = _mapping(payload, what, tuple(f.name for f in fields(cls)))
+    hints = get_type_hints(cls)
+    values = {}
+    for f in fields(cls):
+        (kind,) = [t for t in get_args(hints[f.name]) or (hints[f.name],) if t is not type(None)]
+        values[f.name] = _read(data, what, f.name, kind, _MISSING if f.default is MISSING else f.default)
+    return values
 
 
 @dataclass(frozen=True)
@@ -104,28 +116,8 @@ class SolveTask:
 
     @classmethod
     def from_json(cls, payload: Any) -> SolveTask:
-        what = "solve task"
-        data = _mapping(payload, what, _TASK_FIELDS)
-        return cls(
-            question=_read(data, what, "question", str),
-            reference=_read(data, what, "reference", str, None) or None,
-            rollouts=_read(data, what, "rollouts", int, 0),
-            candidates=_read(data, what, "candidates", int, 0),
-            max_depth=_read(data, what, "max_depth", int, 0),
-            searches=_read(data, what, "searches", int, 0),
-            q_mode=_read(data, what, "q_mode", str, ""),
-            method=_read(data, what, "method", str, ""),
-            max_code_errors=_read(data, what, "max_code_errors", int, 1),
-            seed=_read(data, what, "seed", int, 0),
-            deadline=_read(data, what, "deadline", float, None),
-            job=_read(data, what, "job", str, ""),
-            problem_id=_read(data, what, "problem_id", str, ""),
-            store=_read(data, what, "store", str, ""),
-            include_trees=_read(data, what, "include_trees", bool, False),
-        )
-
-
-_TASK_FIELDS = tuple(SolveTask.__dataclass_fields__)
+        values = _read_fields(cls, payload, "solve task")
+        return cls(**{**values, "reference": values["reference"] or None})
 
 
 @dataclass(frozen=True)
@@ -142,17 +134,9 @@ class SolveProgress:
 
     @classmethod
     def from_json(cls, payload: Any) -> SolveProgress:
-        what = "solve progress"
-        data = _mapping(payload, what, _PROGRESS_FIELDS)
-        return cls(
-            rollouts_done=_read(data, what, "rollouts_done", int),
-            rollouts_total=_read(data, what, "rollouts_total", int),
-            best_answer=_read(data, what, "best_answer", str, ""),
-            best_score=_read(data, what, "best_score", float, 0.0),
-        )
+        return cls(**_read_fields(cls, payload, "solve progress"))
 
 
-_PROGRESS_FIELDS = tuple(SolveProgress.__dataclass_fields__)
 STAT_NAMES = ("rollouts", "nodes", "policy_calls", "sandbox_runs", "ppm_calls", "wall_ms")
 
 
