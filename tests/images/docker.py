@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import grpc
 import pytest
 from e2e.helmchart import Rendered
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from images.kubelet import Pod
+from support.processes import wait_serving
 
 # Loading a model on two busy cores, or warming the sandbox's zygote, takes seconds; two minutes means it is stuck.
 STARTUP_TIMEOUT_S = 120.0
@@ -198,22 +198,11 @@ class Deployment:
             address = container.address()
         except DockerError as exc:  # e.g. it exited at once: no port is published any more
             pytest.fail(f"{component}: {exc}\n{container.report()}", pytrace=False)
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        with grpc.insecure_channel(address, options=GRPC_OPTIONS) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                try:
-                    status = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
-                    if status == health_pb2.HealthCheckResponse.SERVING:
-                        return address
-                    last = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
-                except grpc.RpcError as exc:
-                    last = exc.code().name
-                if not container.running():
-                    pytest.fail(f"{component} stopped before it was SERVING\n{container.report()}", pytrace=False)
-                time.sleep(0.5)
-        pytest.fail(f"{component} not SERVING within {timeout:.0f} s (last: {last})\n{container.report()}")
+        try:
+            wait_serving(address, timeout, alive=container.running)
+        except (RuntimeError, TimeoutError) as exc:
+            pytest.fail(f"{component}: {exc}\n{container.report()}", pytrace=False)
+        return address
 
     @contextmanager
     def connect(self, component: str) -> Iterator[grpc.Channel]:

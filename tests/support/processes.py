@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -65,23 +65,27 @@ def server_process(
                 stream.close()
 
 
-def wait_serving(address: str, timeout: float = 120.0) -> None:
-    """Block until the server's health says SERVING (e.g. its model is loaded)."""
+def wait_serving(address: str, timeout: float = 120.0, alive: Callable[[], bool] | None = None) -> None:
+    """Block until the server's health says SERVING (e.g. its model is loaded). `alive` tells a server that has
+    stopped from one still starting: then this fails at once (RuntimeError) instead of at the timeout."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
+    last = "no answer"
+    # Only loopback is dialled here: never through a proxy from the environment.
+    with grpc.insecure_channel(address, options=[("grpc.enable_http_proxy", 0)]) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             try:
-                if (
-                    stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status
-                    == health_pb2.HealthCheckResponse.SERVING
-                ):
+                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
                     return
-            except grpc.RpcError:
-                pass
+                last = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+            except grpc.RpcError as exc:
+                last = exc.code().name
+            if alive is not None and not alive():
+                raise RuntimeError(f"{address} stopped before it was SERVING (last: {last})")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{address} never became SERVING")
+                raise TimeoutError(f"{address} never became SERVING (last: {last})")
             time.sleep(0.1)
