@@ -41,7 +41,8 @@ from transformers import PreTrainedTokenizerFast, Qwen2ForCausalLM
 from services.math import stepfmt
 from services.math.curriculum import generate
 from services.policy.tiny import TinyPreset, tiny_config, train_tokenizer
-from services.trainer.sft import PadToLongest, Trajectory, encode_trajectory, pad_id_of
+from services.trainer.data import Trajectory
+from services.trainer.sft import PadToLongest, encode_trajectory, pad_id_of
 
 HELD_OUT_SEED = 424242
 
@@ -225,16 +226,16 @@ def sample_own(args: argparse.Namespace) -> None:
     import logging
 
     from services.common.store import ModelStore
-    from services.search.evaluate import EvalProblem, EvalSettings, trees_for
-    from services.search.local import local_backends
-    from services.search.orchestrator import Orchestrator, Sampling
+    from services.search.engine.orchestrator import Orchestrator, Sampling
+    from services.search.eval.evaluate import EvalProblem, EvalSettings, trees_for
+    from services.search.eval.local import local_backends
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
     problems = generate(args.level, args.n, seed=args.seed)
 
     async def run() -> list[dict[str, Any]]:
         async with local_backends(ModelStore(args.store)) as backends:
-            settings = EvalSettings(method="maj", rollouts=args.samples)
+            settings = EvalSettings("maj").searching(rollouts=args.samples)
             forest = [trees_for(EvalProblem(p.id, p.question, p.answer), settings) for p in problems]
             await Orchestrator(backends, Sampling(temperature=0.8, max_new_tokens=256)).run(
                 [tree for trees in forest for tree in trees], seed=0

@@ -27,8 +27,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from services.common.store import Lineage, ModelStore
 from services.math.curriculum import generate
 from services.trainer.config import RoundConfig
+from services.trainer.data import Trajectory
 from services.trainer.rounds.rules import sft_mix
-from services.trainer.sft import Trajectory, train_sft
+from services.trainer.sft import train_sft
 
 TRAINING_SEED = 777
 

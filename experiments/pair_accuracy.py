@@ -20,7 +20,8 @@ import torch
 from transformers import AutoTokenizer
 
 from services.ppm.model import ProcessRewardModel
-from services.trainer.ppm_train import pairwise_accuracy, step_pairs
+from services.trainer.data import step_pairs
+from services.trainer.ppm_train import pairwise_accuracy
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ BENCH_MODULES = (
     "services.sandbox.bench",
     "services.math.grading_bench",
     "services.policy.bench",
-    "services.search.bench",
+    "services.search.eval.bench",
 )
 
 

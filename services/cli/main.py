@@ -31,7 +31,7 @@ SERVICES = {
     "sandbox": "services.sandbox.main",
     "policy": "services.policy.main",
     "ppm": "services.ppm.main",
-    "search": "services.search.main",
+    "search": "services.search.service.main",
     "trainer": "services.trainer.main",
 }
 
@@ -57,7 +57,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from services.search.worker import run_worker
+    from services.search.worker.main import run_worker
 
     return int(run_worker(concurrency=args.concurrency, queues=args.queues))
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from services.search.answers import DEFAULT_METHOD, METHODS
+from services.search.engine.answers import DEFAULT_METHOD, METHODS
 
 # --------------------------------------------------------------------------------------------------- up
 
@@ -104,7 +104,7 @@ def _solve(args: argparse.Namespace) -> int:
 
 def load_problems(args: argparse.Namespace) -> list[Any]:
     from services.common.jsonfiles import read_jsonl
-    from services.search.evaluate import EvalProblem
+    from services.search.eval.evaluate import EvalProblem
 
     if args.dataset == "curriculum":
         from services.math.curriculum import generate
@@ -131,8 +131,10 @@ def _eval(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from services.common.store import ModelStore
-    from services.search.evaluate import EvalSettings, evaluate, write_results
-    from services.search.local import local_backends
+    from services.search.engine.mcts import INFERENCE
+    from services.search.engine.orchestrator import Sampling
+    from services.search.eval.evaluate import EvalSettings, evaluate, write_results
+    from services.search.eval.local import local_backends
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
     problems = load_problems(args)
@@ -145,16 +147,16 @@ def _eval(args: argparse.Namespace) -> int:
     for rollouts in sweep:
         settings = EvalSettings(
             method=args.method,
-            rollouts=rollouts,
-            candidates=args.candidates,
-            seed=args.seed,
-            temperature=args.temperature,
+            search=dataclasses.replace(INFERENCE, rollouts=rollouts, candidates=args.candidates, seed=args.seed),
+            sampling=Sampling(temperature=args.temperature),
             answer_method=args.answer,
         )
 
         async def run(settings: EvalSettings = settings) -> Any:
             async with local_backends(ModelStore(args.store)) as backends:
-                with tqdm(total=len(problems), desc=f"{args.method} r={settings.rollouts}", disable=args.json) as bar:
+                with tqdm(
+                    total=len(problems), desc=f"{args.method} r={settings.search.rollouts}", disable=args.json
+                ) as bar:
                     return await evaluate(problems, backends, settings, progress=bar.update)
 
         results, summary = asyncio.run(run())
@@ -186,7 +188,7 @@ def _eval_remote(args: argparse.Namespace, problems: list[Any]) -> int:
     import asyncio
 
     from services.math.grading import Grader
-    from services.search.evaluate import ProblemResult, write_results
+    from services.search.eval.evaluate import ProblemResult, write_results
     from thinkmesh.v1 import search_pb2, search_pb2_grpc
 
     async def run() -> list[Any]:
@@ -225,7 +227,7 @@ def _eval_remote(args: argparse.Namespace, problems: list[Any]) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from services.search.compare import compare, read_results
+    from services.search.eval.compare import compare, read_results
 
     def files(spec: str) -> list[Path]:
         return [Path(name) for name in spec.split(",") if name]

@@ -86,10 +86,11 @@ def _evolve(args: argparse.Namespace) -> int:
         args.preset,
         pool_size=args.pool,
         pool_levels=args.pool_levels,
-        rollouts=args.rollouts,
         seed=args.seed,
         unsolved_retries=args.unsolved_retries,
     )
+    if args.rollouts:
+        config = config.searching(rollouts=args.rollouts)
     bars = StageBars()
 
     interrupt_on_sigterm()

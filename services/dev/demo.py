@@ -84,8 +84,8 @@ def self_evolution_round(stack: Any) -> None:
 
 
 async def greedy(store: ModelStore, problems: list) -> list[bool]:  # type: ignore[type-arg]
-    from services.search.evaluate import EvalProblem, EvalSettings, evaluate
-    from services.search.local import local_backends
+    from services.search.eval.evaluate import EvalProblem, EvalSettings, evaluate
+    from services.search.eval.local import local_backends
 
     async with local_backends(store) as backends:
         results, _ = await evaluate(

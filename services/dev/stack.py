@@ -18,10 +18,9 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from services.trainer.settings import TrainerSettings
+from services.common.settings import load_settings
+from services.trainer.settings import TrainerSettings
 
 THINKMESH = [sys.executable, "-m", "services.cli"]
 
@@ -187,10 +186,6 @@ def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
 
 def local_trainer_settings(stack: LocalStack) -> TrainerSettings:
     """Settings for a trainer that drives a `LocalStack`: its SQLite broker and results, its services."""
-    # Imported here: the trainer's settings import its training code (torch), which `thinkmesh up` never needs.
-    from services.common.settings import load_settings
-    from services.trainer.settings import TrainerSettings
-
     return load_settings(
         TrainerSettings,
         broker_url=stack.broker_url,

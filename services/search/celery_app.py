@@ -2,7 +2,8 @@
 
 Broker and results: Redis in a cluster; for the embedded default, SQLite through kombu's SQLAlchemy
 transport, so one machine needs no server. Tasks are acknowledged late and rejected when their worker dies, so
-a task whose worker is killed runs again elsewhere (tasks are idempotent: see services/search/tasks.py).
+a task whose worker is killed runs again elsewhere (tasks are idempotent: see services/search/worker/tasks.py).
+The SearchService and the trainer send tasks by name (protocol.SOLVE); only the worker registers them.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 from celery import Celery
 
 from services.common.settings import load_settings
-from services.search.settings import SEARCH_QUEUE, SearchSettings
+from services.search.settings import SEARCH_QUEUE, CelerySettings, SearchSettings
 
 # kombu's SQLAlchemy transport polls once a second by default: ≈1 s per task round trip. Its broker options go
 # to SQLAlchemy's create_engine, so the interval is set on the transport class instead (measured: 0.02 s gives
@@ -27,8 +28,8 @@ def _ensure_sqlite_dirs(*urls: str) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
 
 
-def make_celery(settings: SearchSettings | None = None) -> Celery:
-    settings = settings or load_settings(SearchSettings)
+def make_celery(settings: CelerySettings | None = None) -> Celery:
+    settings = settings or load_settings(SearchSettings).celery
     _ensure_sqlite_dirs(settings.broker_url, settings.result_backend)
     if settings.broker_url.startswith("sqla+"):
         from kombu.transport import sqlalchemy as sqla_transport
@@ -51,7 +52,4 @@ def make_celery(settings: SearchSettings | None = None) -> Celery:
         if settings.broker_url.startswith(("redis://", "rediss://"))
         else {},
     )
-    from services.search.tasks import register_tasks
-
-    register_tasks(app)
-    return app
+    return app  # the tasks are registered by the worker that runs them; everyone else sends them by name

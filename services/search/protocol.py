@@ -15,10 +15,14 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, TypeVar, get_args, get_type_hints
 
 from services.common.errors import InvalidInput
-from services.search.answers import METHODS
+from services.search.engine.answers import METHODS
 
 if TYPE_CHECKING:
     from services.search.settings import SearchSettings
+
+# The Celery task names: the wire contract between the SearchService, the trainer and the workers.
+SOLVE = "thinkmesh.solve"
+PING = "thinkmesh.ping"
 
 Q_MODES = ("terminal", "ppm")
 _T = TypeVar("_T")
@@ -71,8 +75,8 @@ class SolveTask:
     max_depth: int = 0
     searches: int = 0  # independent trees, their answers pooled
     q_mode: str = ""  # "terminal" | "ppm"
-    method: str = ""  # how the final answer is chosen (services/search/answers.py)
-    max_code_errors: int = 1
+    method: str = ""  # how the final answer is chosen (services/search/engine/answers.py)
+    max_code_errors: int = 0
     seed: int = 0
     deadline: float | None = None  # epoch seconds: stop searching then and answer with the best so far
     # Where the result is kept (<store>/<job>/<problem_id>.json), so a retried task returns it instead of searching
@@ -101,14 +105,17 @@ class SolveTask:
     def with_defaults(self, settings: SearchSettings) -> SolveTask:
         """Every knob a producer left at 0 / "" set from the worker's settings (the one place a worker applies
         defaults; SearchService fills a Solve's knobs from its own settings before it sends the task)."""
+        s = settings.search
         return replace(
             self,
-            rollouts=self.rollouts or settings.rollouts,
-            candidates=self.candidates or settings.candidates,
-            max_depth=self.max_depth or settings.max_depth,
+            rollouts=self.rollouts or s.rollouts,
+            candidates=self.candidates or s.candidates,
+            max_depth=self.max_depth or s.max_depth,
             searches=self.searches or settings.searches,
-            q_mode=self.q_mode or settings.q_mode,
+            q_mode=self.q_mode or s.q_mode,
             method=self.method or settings.answer_method,
+            max_code_errors=self.max_code_errors or s.max_code_errors,
+            seed=self.seed or s.seed,
         )
 
     def to_json(self) -> dict[str, Any]:

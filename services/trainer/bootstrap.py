@@ -26,9 +26,10 @@ from services.math import stepfmt
 from services.math.curriculum import generate
 from services.policy.tiny import PRESETS, tiny_config, train_tokenizer
 from services.ppm.model import ProcessRewardModel
-from services.trainer.corrupt import corrupt_step
-from services.trainer.ppm_train import PPMConfig, StepPair, pairwise_accuracy, train_ppm
-from services.trainer.sft import SFTConfig, Trajectory, train_sft
+from services.trainer.corrupt import corrupted_pairs
+from services.trainer.data import PPMConfig, SFTConfig, StepPair, Trajectory
+from services.trainer.ppm_train import pairwise_accuracy, train_ppm
+from services.trainer.sft import train_sft
 
 log = logging.getLogger(__name__)
 
@@ -70,27 +71,6 @@ PRESET_CONFIGS = {
         tokenizer_problems_per_level=20,
     ),
 }
-
-
-def corrupted_pairs(problems: list, rng: random.Random, per_step: int = 1) -> list[StepPair]:  # type: ignore[type-arg]
-    """Teacher steps against up to `per_step` distinct corrupted versions of themselves (services.trainer.
-    corrupt's kinds). Several per step cost little to train: they share the step's prefix."""
-    pairs = []
-    for problem in problems:
-        steps = list(problem.solution)
-        for index, step in enumerate(steps):
-            wrongs: list[str] = []
-            following = steps[index + 1] if index + 1 < len(steps) else None
-            for _ in range(3 * per_step):  # a draw may repeat an earlier one
-                wrong = corrupt_step(step, steps[:index], rng, question=problem.question, next_step=following)
-                if wrong is None:
-                    break  # nothing in this step to corrupt
-                if wrong.text not in wrongs:
-                    wrongs.append(wrong.text)
-                    pairs.append(StepPair(problem.question, tuple(steps[:index]), step, wrong.text))
-                if len(wrongs) == per_step:
-                    break
-    return pairs
 
 
 def ppm_pairs(config: BootstrapConfig) -> tuple[list[StepPair], list[StepPair]]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from services.trainer.ppm_train import PPMConfig
-from services.trainer.sft import SFTConfig
+from services.search.engine.mcts import SearchConfig
+from services.trainer.data import PPMConfig, SFTConfig
 
 
 @dataclass(frozen=True)
@@ -18,19 +18,18 @@ class RoundConfig:
     # sampling loop and the dispatcher fix, a round's search of 240 takes about what 80 did before.
     pool_size: int = 240
     pool_levels: tuple[int, ...] = ()
-    # Search budget per problem. Paper: 8 candidates × 16 rollouts (round 1: 5 × 8); scaled to a 2-core CPU.
-    rollouts: int = 8
-    candidates: int = 4
-    max_depth: int = 12
+    # The engine's configuration for the pool's searches. Search budget per problem. Paper: 8 candidates × 16
+    # rollouts (round 1: 5 × 8); scaled to a 2-core CPU. Each round sets q_mode and, in round 1, the code errors
+    # tolerated (below); `max_code_errors` (authors' code: 1 after round 1) holds for the later rounds.
+    search: SearchConfig = field(default_factory=lambda: SearchConfig(rollouts=8, candidates=4, max_depth=12))
     # What the first search did not solve is searched again, once per entry (rollouts, candidates), each pass on
     # the problems still unsolved: the paper's round 4 gives them 64, then 128 rollouts with 16 candidates. Off
     # here: on 2 cores a pass with more candidates costs several times the first search (docs/results.md).
     unsolved_retries: tuple[tuple[int, int], ...] = ()
     # Rounds 1–2: terminal-guided Q; from this round on: PPM-augmented (paper: rounds 3–4).
     ppm_q_from_round: int = 3
-    # Consecutive code errors tolerated (authors' code: 2 in round 1, 1 afterwards).
+    # Consecutive code errors tolerated in round 1 (authors' code: 2).
     first_round_code_errors: int = 2
-    code_errors: int = 1
     pair_margin: float = 0.5
     # Policy SFT from the round-0 model on every round's trajectories so far, each repeated `sft_weight` times,
     # plus `sft_replay` of the bootstrap's teacher solutions: without the replay a few dozen trajectories
@@ -63,6 +62,10 @@ class RoundConfig:
     regression_gate: float = 0.05
     seed: int = 0
 
+    def searching(self, **knobs: object) -> RoundConfig:
+        """This config with some of the pool search's knobs changed (rollouts, candidates, ...)."""
+        return replace(self, search=replace(self.search, **knobs))  # type: ignore[arg-type]
+
 
 PRESETS: dict[str, RoundConfig] = {
     "default": RoundConfig(),
@@ -70,9 +73,7 @@ PRESETS: dict[str, RoundConfig] = {
     "tiny": RoundConfig(
         pool_size=6,
         pool_levels=(1,),
-        rollouts=2,
-        candidates=2,
-        max_depth=6,
+        search=SearchConfig(rollouts=2, candidates=2, max_depth=6),
         sft=SFTConfig(max_steps=4, batch_size=4, warmup_steps=1),
         sft_replay=8,
         sft_min_steps=4,
@@ -90,9 +91,7 @@ PRESETS: dict[str, RoundConfig] = {
     "demo": RoundConfig(
         pool_size=8,
         pool_levels=(2, 3),
-        rollouts=4,
-        candidates=3,
-        max_depth=8,
+        search=SearchConfig(rollouts=4, candidates=3, max_depth=8),
         sft=SFTConfig(max_steps=24, batch_size=8, learning_rate=2e-4, warmup_steps=3),
         sft_replay=128,
         sft_min_steps=24,

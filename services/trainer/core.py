@@ -41,11 +41,9 @@ class TrainerCore:
         with self._lock:
             if self.busy:
                 raise FailedPrecondition("a round is already running: follow it with GetRound")
-            config = replace(
-                self.config,
-                pool_size=pool_size or self.config.pool_size,
-                rollouts=rollouts or self.config.rollouts,
-                candidates=candidates or self.config.candidates,
+            config = replace(self.config, pool_size=pool_size or self.config.pool_size).searching(
+                rollouts=rollouts or self.config.search.rollouts,
+                candidates=candidates or self.config.search.candidates,
             )
             number = self.rounds.next_number()
             runner = self._make_runner(config)

@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass
 
 from services.math import stepfmt
+from services.trainer.data import StepPair
 
 _NUMBER = re.compile(r"(?<![\w.])\d+(?![\w.])")
 _OPERATORS = {"+": "-", "-": "+", "*": "/", "/": "*"}
@@ -161,3 +162,24 @@ def corrupt_step(
         if wrong is not None and wrong != step:
             return Corruption(wrong, kind)
     return None
+
+
+def corrupted_pairs(problems: list, rng: random.Random, per_step: int = 1) -> list[StepPair]:  # type: ignore[type-arg]
+    """Teacher steps against up to `per_step` distinct corrupted versions of themselves (this module's
+    kinds). Several per step cost little to train: they share the step's prefix."""
+    pairs = []
+    for problem in problems:
+        steps = list(problem.solution)
+        for index, step in enumerate(steps):
+            wrongs: list[str] = []
+            following = steps[index + 1] if index + 1 < len(steps) else None
+            for _ in range(3 * per_step):  # a draw may repeat an earlier one
+                wrong = corrupt_step(step, steps[:index], rng, question=problem.question, next_step=following)
+                if wrong is None:
+                    break  # nothing in this step to corrupt
+                if wrong.text not in wrongs:
+                    wrongs.append(wrong.text)
+                    pairs.append(StepPair(problem.question, tuple(steps[:index]), step, wrong.text))
+                if len(wrongs) == per_step:
+                    break
+    return pairs

@@ -13,9 +13,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from services.search.protocol import SolveTask
+from services.search.protocol import SOLVE, SolveTask
 from services.search.results import ResultStore
-from services.search.tasks import SOLVE
 
 
 @dataclass(frozen=True)

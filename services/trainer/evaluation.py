@@ -5,14 +5,17 @@ accuracy on held-out pairs, and the frontier (how often the policy solves the fi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from services.common.store import ModelStore
 from services.math.curriculum import generate
-from services.search.evaluate import (
+from services.search.engine.backends import Runner
+from services.search.eval.evaluate import (
     SAMPLED,
     EvalMethod,
     EvalProblem,
@@ -22,10 +25,13 @@ from services.search.evaluate import (
     evaluate_rules,
     write_results,
 )
-from services.search.local import local_backends
-from services.trainer.ppm_train import StepPair
+from services.search.eval.local import local_backends
+from services.trainer.data import StepPair
 
 EVAL_SEED = 424_242  # held-out problems: no training round draws this seed
+
+# Opens the sandbox an evaluation runs programs on (a channel to a SandboxService), closing it on exit.
+OpenSandbox = Callable[[], AbstractAsyncContextManager[Runner]]
 
 
 @dataclass(frozen=True)
@@ -45,16 +51,26 @@ def heldout_problems(levels: Sequence[int], per_level: int) -> list[EvalProblem]
 
 
 async def _evaluate(
-    store: ModelStore, policy: str, ppm: str, plan: EvalPlan, pairs: Sequence[StepPair], results_dir: Path | None
+    store: ModelStore,
+    policy: str,
+    ppm: str,
+    plan: EvalPlan,
+    pairs: Sequence[StepPair],
+    results_dir: Path | None,
+    sandbox: OpenSandbox | None,
 ) -> dict[str, Any]:
     problems = heldout_problems(plan.levels, plan.per_level)
     metrics: dict[str, Any] = {}
-    async with local_backends(store, policy_version=policy, ppm_version=ppm) as backends:
+    async with contextlib.AsyncExitStack() as stack:
+        runner = await stack.enter_async_context(sandbox()) if sandbox is not None else None
+        backends = await stack.enter_async_context(
+            local_backends(store, policy_version=policy, ppm_version=ppm, runner=runner)
+        )
         per_level: dict[str, float] = {}
         by_method: dict[str, list[ProblemResult]] = {}
         groups: tuple[tuple[EvalMethod, ...], ...] = (("greedy",), SAMPLED, ("mcts",))
         for methods in groups:
-            settings = EvalSettings(method=methods[0], rollouts=plan.rollouts, candidates=plan.candidates)
+            settings = EvalSettings(methods[0]).searching(rollouts=plan.rollouts, candidates=plan.candidates)
             for method, (results, summary) in (await evaluate_rules(problems, backends, settings, methods)).items():
                 by_method[method] = results
                 metrics[f"{method}_accuracy"] = summary["accuracy"]
@@ -89,12 +105,12 @@ async def _frontier(backends: Any, level: int, plan: EvalPlan, mcts: list[Proble
         problems = [
             EvalProblem(p.id, p.question, p.answer) for p in generate(level, plan.frontier_problems, seed=EVAL_SEED + 1)
         ]
-    _, sampled = await evaluate(problems, backends, EvalSettings(method="maj", rollouts=plan.frontier_samples))
+    _, sampled = await evaluate(problems, backends, EvalSettings("maj").searching(rollouts=plan.frontier_samples))
     if reuse:
         mcts_accuracy = sum(r.correct for r in heldout) / len(heldout)
     else:
         _, searched = await evaluate(
-            problems, backends, EvalSettings(method="mcts", rollouts=plan.rollouts, candidates=plan.candidates)
+            problems, backends, EvalSettings("mcts").searching(rollouts=plan.rollouts, candidates=plan.candidates)
         )
         mcts_accuracy = searched["accuracy"]
     return {
@@ -105,7 +121,7 @@ async def _frontier(backends: Any, level: int, plan: EvalPlan, mcts: list[Proble
 
 
 async def _pair_accuracy(scorer: Any, pairs: Sequence[StepPair]) -> float:
-    from services.search.backends import Prompt
+    from services.search.engine.backends import Prompt
 
     items = []
     for pair in pairs:
@@ -124,6 +140,8 @@ def evaluate_models(
     pairs: Sequence[StepPair],
     *,
     results_dir: Path | None = None,
+    sandbox: OpenSandbox | None = None,
 ) -> dict[str, Any]:
-    """The round's metrics; with `results_dir`, also one `METHOD.jsonl` of per-problem results there."""
-    return asyncio.run(_evaluate(store, policy, ppm, plan, pairs, results_dir))
+    """The round's metrics; with `results_dir`, also one `METHOD.jsonl` of per-problem results there. The
+    candidates' programs run on the sandbox `sandbox` opens (a SandboxService), or in process without one."""
+    return asyncio.run(_evaluate(store, policy, ppm, plan, pairs, results_dir, sandbox))

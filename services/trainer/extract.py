@@ -14,9 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from services.search.mcts import Node, Tree
-from services.trainer.ppm_train import StepPair
-from services.trainer.sft import Trajectory
+from services.search.engine.mcts import Node, Tree
+from services.trainer.data import StepPair, Trajectory
 
 TOP_K = 2
 

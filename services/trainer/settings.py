@@ -1,13 +1,14 @@
-"""TrainerService settings (THINKMESH_TRAINER_*)."""
+"""TrainerService settings (THINKMESH_TRAINER_*): its own, and the broker and service targets it shares with the
+search tier (the same groups, read under its own prefix)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from services.common.server import ServerSettings
 from services.common.settings import require
+from services.search.settings import CelerySettings, ServiceTargets
 from services.trainer.config import PRESETS, parse_retries
 
 
@@ -20,13 +21,11 @@ class TrainerSettings(ServerSettings):
     # Searches again what a round's first search did not solve, e.g. "64:16,128:16" (rollouts:candidates per
     # pass, as the paper's round 4); empty: the preset's (none by default).
     unsolved_retries: str = ""
-    broker_url: str = "sqla+sqlite:///.thinkmesh/celery-broker.sqlite"
-    result_backend: str = "db+sqlite:///.thinkmesh/celery-results.sqlite"
-    # The services whose new versions a round waits for before its search (their hot reload).
-    policy_target: str = "127.0.0.1:50052"
-    ppm_target: str = "127.0.0.1:50053"
-    sandbox_target: str = "127.0.0.1:50051"
-    client_tls_ca: Path | None = None
+    # The search tier's broker, as its pods read it (THINKMESH_TRAINER_BROKER_URL, ...).
+    celery: CelerySettings = field(default_factory=CelerySettings)
+    # The services a round calls: the policy and PPM whose new versions it waits for before its search (their hot
+    # reload), and the sandbox its evaluations run the candidates' programs on ("" = an in-process sandbox).
+    targets: ServiceTargets = field(default_factory=ServiceTargets)
     # In Kubernetes: roll these Deployments to a new version after publishing (empty = do not).
     kube_namespace: str = ""
     kube_policy_deployment: str = ""

@@ -10,35 +10,15 @@ from __future__ import annotations
 import math
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 
 from services.math import stepfmt
+from services.trainer.data import SFTConfig, Trajectory
 
 IGNORE = -100
-
-
-@dataclass(frozen=True)
-class SFTConfig:
-    # Optimizer steps, not tokens, decide how fast a tiny model learns to copy numbers (measured): hence a
-    # fixed step budget and a small batch.
-    max_steps: int = 1500
-    batch_size: int = 16
-    learning_rate: float = 2e-3
-    warmup_steps: int = 60
-    weight_decay: float = 0.01
-    adam_beta2: float = 0.999  # transformers' default; the bootstrap's short schedules use 0.95
-    max_length: int = 768
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class Trajectory:
-    question: str
-    steps: tuple[str, ...]
 
 
 def encode_trajectory(tokenizer: PreTrainedTokenizerBase, trajectory: Trajectory, max_length: int) -> dict[str, Any]:

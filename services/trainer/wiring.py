@@ -1,20 +1,23 @@
 """Building a RoundRunner from settings: the Celery dispatcher, waiting for the services to serve the current
-versions before a search, and rolling the Kubernetes Deployments after a publish."""
+versions before a search, the SandboxService the evaluations run programs on, and rolling the Kubernetes
+Deployments after a publish."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from services.common.channels import open_channel
-from services.common.security import TlsFiles
 from services.common.store import ModelStore
 from services.search.celery_app import make_celery
-from services.search.settings import SearchSettings
+from services.search.engine.backends import Runner
+from services.search.worker.clients import GrpcRunner
 from services.trainer.config import RoundConfig
 from services.trainer.dispatch import CeleryDispatcher
+from services.trainer.evaluation import OpenSandbox
 from services.trainer.rounds import RoundRunner
 from services.trainer.settings import TrainerSettings
 
@@ -24,10 +27,10 @@ log = logging.getLogger(__name__)
 async def _served_versions(settings: TrainerSettings) -> tuple[str, str]:
     from thinkmesh.v1 import policy_pb2, policy_pb2_grpc, ppm_pb2, ppm_pb2_grpc
 
-    tls = TlsFiles(settings.tls_cert, settings.tls_key, settings.client_tls_ca) if settings.client_tls_ca else None
+    tls = settings.targets.client_tls(settings)
     async with (
-        open_channel(settings.policy_target, tls=tls) as policy,
-        open_channel(settings.ppm_target, tls=tls) as ppm,
+        open_channel(settings.targets.policy_target, tls=tls) as policy,
+        open_channel(settings.targets.ppm_target, tls=tls) as ppm,
     ):
         generated = await policy_pb2_grpc.PolicyServiceStub(policy).GenerateSteps(
             policy_pb2.GenerateStepsRequest(prompts=[policy_pb2.StepPrompt(question="1+1?")], n=1, max_new_tokens=1),
@@ -58,6 +61,20 @@ def wait_for_current(settings: TrainerSettings, store: ModelStore, timeout_s: fl
     return wait
 
 
+def remote_sandbox(settings: TrainerSettings) -> OpenSandbox | None:
+    """The SandboxService at `sandbox_target` for the evaluations' programs; None when it is "" (in process)."""
+    target = settings.targets.sandbox_target
+    if not target:
+        return None
+
+    @contextlib.asynccontextmanager
+    async def open_sandbox() -> AsyncIterator[Runner]:
+        async with open_channel(target, tls=settings.targets.client_tls(settings)) as channel:
+            yield GrpcRunner(channel)
+
+    return open_sandbox
+
+
 def kube_rollout(settings: TrainerSettings) -> Callable[[str, str], None] | None:
     if not settings.kube_namespace:
         return None
@@ -74,12 +91,20 @@ def kube_rollout(settings: TrainerSettings) -> Callable[[str, str], None] | None
 def make_runner_factory(
     settings: TrainerSettings, store: ModelStore, **hooks: object
 ) -> Callable[[RoundConfig], RoundRunner]:
-    app = make_celery(SearchSettings(broker_url=settings.broker_url, result_backend=settings.result_backend))
-    dispatcher = CeleryDispatcher(app, store.root)
+    dispatcher = CeleryDispatcher(make_celery(settings.celery), store.root)
     before = wait_for_current(settings, store)
     roll = kube_rollout(settings)
+    sandbox = remote_sandbox(settings)
 
     def factory(config: RoundConfig) -> RoundRunner:
-        return RoundRunner(store, config, dispatcher, before_search=before, on_publish=roll, **hooks)  # type: ignore[arg-type]
+        return RoundRunner(
+            store,
+            config,
+            dispatcher,
+            before_search=before,
+            on_publish=roll,
+            sandbox=sandbox,
+            **hooks,  # type: ignore[arg-type]
+        )
 
     return factory

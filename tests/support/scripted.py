@@ -7,8 +7,8 @@ import io
 from collections.abc import Sequence
 
 from services.math import stepfmt
-from services.search.backends import Prompt, Sampled
-from services.search.mcts import Candidate, Execution
+from services.search.engine.backends import Prompt, Sampled
+from services.search.engine.mcts import Candidate, Execution
 
 GOOD = stepfmt.render_step("apples after buying", "x = 3 + 5")
 BAD = stepfmt.render_step("apples after buying", "x = 3 - 5")

@@ -12,11 +12,11 @@ import zlib
 from typing import Any
 
 from services.math.curriculum import generate
-from services.search.mcts import Tree
+from services.search.engine.mcts import Tree
 from services.search.protocol import SolveTask
 from services.trainer.config import RoundConfig
+from services.trainer.data import Trajectory
 from services.trainer.extract import sft_trajectories
-from services.trainer.sft import Trajectory
 
 REPLAY_LEVELS = (1, 2)  # the bootstrap policy's teacher levels
 PPM_REPLAY_LEVELS = (1, 2, 3)  # the bootstrap PPM's levels
@@ -43,15 +43,15 @@ def pool(config: RoundConfig, number: int, levels: tuple[int, ...]) -> list[Solv
         for p in generate(level, -(-c.pool_size * share // len(levels)), seed=c.seed + 7_001 * number)
     ]
     q_mode = "ppm" if number >= c.ppm_q_from_round else "terminal"
-    errors = c.first_round_code_errors if number == 1 else c.code_errors
+    errors = c.first_round_code_errors if number == 1 else c.search.max_code_errors
     return [
         SolveTask(
             question=p.question,
             reference=p.answer,
             problem_id=p.id,
-            rollouts=c.rollouts,
-            candidates=c.candidates,
-            max_depth=c.max_depth,
+            rollouts=c.search.rollouts,
+            candidates=c.search.candidates,
+            max_depth=c.search.max_depth,
             q_mode=q_mode,
             max_code_errors=errors,
             searches=1,

@@ -10,12 +10,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from services.common.store import ModelStore
 from services.trainer.config import RoundConfig
 from services.trainer.dispatch import CeleryDispatcher
 from services.trainer.rounds.stages import STAGE_NAMES, STAGES, RoundContext
 from services.trainer.rounds.state import Rounds, RoundState
+
+if TYPE_CHECKING:
+    from services.trainer.evaluation import OpenSandbox
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +34,7 @@ class RoundRunner:
         progress: Callable[[str, int, int], None] | None = None,
         on_publish: Callable[[str, str], None] | None = None,
         before_search: Callable[[], None] | None = None,
+        sandbox: OpenSandbox | None = None,
         stop_after: str | None = None,
     ) -> None:
         self.context = RoundContext(
@@ -40,6 +45,7 @@ class RoundRunner:
             progress=progress or (lambda stage, done, total: None),
             on_publish=on_publish,
             before_search=before_search,
+            sandbox=sandbox,
         )
         self.stop_after = stop_after  # tests: simulate a crash after this stage
 

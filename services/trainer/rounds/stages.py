@@ -19,22 +19,24 @@ import functools
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.common.jsonfiles import write_jsonl
 from services.common.store import Lineage, ModelStore
 from services.math.curriculum import generate
-from services.search.mcts import Tree
+from services.search.engine.mcts import Tree
 from services.search.protocol import SolveTask
-from services.trainer.bootstrap import corrupted_pairs
 from services.trainer.config import RoundConfig
+from services.trainer.corrupt import corrupted_pairs
+from services.trainer.data import StepPair, Trajectory, step_pairs
 from services.trainer.dispatch import CeleryDispatcher, SearchJob
 from services.trainer.extract import extract
-from services.trainer.ppm_train import StepPair, step_pairs
 from services.trainer.rounds import rules
 from services.trainer.rounds.report import write_reports
 from services.trainer.rounds.state import Rounds, RoundState
-from services.trainer.sft import Trajectory
+
+if TYPE_CHECKING:  # the evaluation's module loads the model code: the evaluate stage imports it when it runs
+    from services.trainer.evaluation import OpenSandbox
 
 
 @dataclass
@@ -48,6 +50,7 @@ class RoundContext:
     progress: Callable[[str, int, int], None]
     on_publish: Callable[[str, str], None] | None = None
     before_search: Callable[[], None] | None = None  # e.g. wait until the services serve the current versions
+    sandbox: OpenSandbox | None = None  # where evaluations run programs; None: in process
 
     def pool_levels(self, number: int) -> tuple[int, ...]:
         """The configured levels, or the frontier of the latest published round with its neighbours."""
@@ -97,10 +100,15 @@ class RoundContext:
 
         c = self.config
         plan = EvalPlan(
-            c.eval_levels, c.eval_per_level, c.eval_rollouts, c.candidates, c.frontier_problems, c.frontier_samples
+            c.eval_levels,
+            c.eval_per_level,
+            c.eval_rollouts,
+            c.search.candidates,
+            c.frontier_problems,
+            c.frontier_samples,
         )
         results_dir = self.rounds.directory(number) / "eval"
-        return evaluate_models(self.store, policy, ppm, plan, heldout, results_dir=results_dir)
+        return evaluate_models(self.store, policy, ppm, plan, heldout, results_dir=results_dir, sandbox=self.sandbox)
 
     def report(self, state: RoundState) -> None:
         write_reports(self.rounds, state)

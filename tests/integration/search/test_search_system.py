@@ -20,10 +20,9 @@ from grpc import aio
 
 from services.common.store import ModelStore
 from services.search.celery_app import make_celery
-from services.search.protocol import SolveTask
+from services.search.protocol import SOLVE, SolveTask
 from services.search.results import ResultStore
-from services.search.settings import SearchSettings
-from services.search.tasks import SOLVE
+from services.search.settings import CelerySettings
 from support.processes import REPO, THINKMESH, server_process, wait_serving
 from support.redis_server import redis_server
 from support.tiny_models import publish_micro_models
@@ -193,7 +192,7 @@ async def test_solve_stream_reports_progress_then_the_result(system: System) -> 
 
 async def test_a_cancelled_solve_stops_its_search_early(system: System) -> None:
     app = make_celery(
-        SearchSettings(
+        CelerySettings(
             broker_url=system.env["THINKMESH_SEARCH_BROKER_URL"],
             result_backend=system.env["THINKMESH_SEARCH_RESULT_BACKEND"],
         )
@@ -228,7 +227,7 @@ def _result_of(app: Any, question: str, timeout: float) -> dict[str, Any]:
 
 def test_a_retried_task_returns_the_stored_result_without_searching_again(system: System) -> None:
     app = make_celery(
-        SearchSettings(
+        CelerySettings(
             broker_url=system.env["THINKMESH_SEARCH_BROKER_URL"],
             result_backend=system.env["THINKMESH_SEARCH_RESULT_BACKEND"],
         )
@@ -242,7 +241,7 @@ def test_a_retried_task_returns_the_stored_result_without_searching_again(system
 
 def test_a_task_whose_worker_dies_finishes_on_another_with_nothing_lost_or_doubled(system: System) -> None:
     app = make_celery(
-        SearchSettings(
+        CelerySettings(
             broker_url=system.env["THINKMESH_SEARCH_BROKER_URL"],
             result_backend=system.env["THINKMESH_SEARCH_RESULT_BACKEND"],
         )

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from services.search.celery_app import make_celery
-from services.search.settings import SearchSettings
+from services.search.settings import CelerySettings
 
 THINKMESH = str(Path(sys.executable).with_name("thinkmesh"))
 
@@ -25,7 +25,7 @@ def test_worker_answers_a_ping_over_sqlite_and_stops_on_sigterm(tmp_path: Path) 
     )
     try:
         app = make_celery(
-            SearchSettings(
+            CelerySettings(
                 broker_url=env["THINKMESH_SEARCH_BROKER_URL"], result_backend=env["THINKMESH_SEARCH_RESULT_BACKEND"]
             )
         )

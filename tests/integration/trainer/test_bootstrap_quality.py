@@ -15,9 +15,9 @@ import pytest
 
 from services.common.store import ModelStore
 from services.math.curriculum import generate
-from services.search.evaluate import EvalProblem, EvalSettings, trees_for
-from services.search.local import local_backends
-from services.search.orchestrator import Orchestrator, Sampling
+from services.search.engine.orchestrator import Orchestrator, Sampling
+from services.search.eval.evaluate import EvalProblem, EvalSettings, trees_for
+from services.search.eval.local import local_backends
 from services.trainer.bootstrap import bootstrap, config_for
 from support.processes import THINKMESH
 
@@ -67,7 +67,7 @@ def test_the_first_unlearnt_level_stays_reachable_by_sampling(store: ModelStore)
 
     async def run() -> float:
         async with local_backends(store) as backends:
-            forest = [trees_for(p, EvalSettings(method="maj", rollouts=16)) for p in problems]
+            forest = [trees_for(p, EvalSettings("maj").searching(rollouts=16)) for p in problems]
             await Orchestrator(backends, Sampling(temperature=0.8)).run([t for ts in forest for t in ts])
             solved = 0
             for problem, trees in zip(problems, forest, strict=True):

@@ -15,8 +15,8 @@ import pytest
 from services.common.store import ModelStore
 from services.math.curriculum import generate
 from services.search.celery_app import make_celery
-from services.search.compare import read_results
-from services.search.settings import SearchSettings
+from services.search.eval.compare import read_results
+from services.search.settings import CelerySettings
 from services.trainer.config import preset
 from services.trainer.dispatch import CeleryDispatcher
 from services.trainer.rounds import RoundRunner, Rounds, held_out
@@ -74,7 +74,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ModelStore
         )
         try:
             app = make_celery(
-                SearchSettings(
+                CelerySettings(
                     broker_url=env["THINKMESH_SEARCH_BROKER_URL"], result_backend=env["THINKMESH_SEARCH_RESULT_BACKEND"]
                 )
             )

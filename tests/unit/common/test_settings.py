@@ -74,3 +74,37 @@ def test_bad_values_name_the_variable(variable: str, value: str, message: str) -
 
 def test_optional_field_empty_means_none() -> None:
     assert load_settings(DemoSettings, environ={"THINKMESH_DEMO_METRICS_PORT": ""}).metrics_port is None
+
+
+def test_a_composed_group_is_read_under_the_same_prefix() -> None:
+    from services.search.settings import SearchSettings
+    from services.trainer.settings import TrainerSettings
+
+    env = {
+        "THINKMESH_SEARCH_ROLLOUTS": "32",
+        "THINKMESH_SEARCH_Q_MODE": "terminal",
+        "THINKMESH_SEARCH_TEMPERATURE": "0.5",
+        "THINKMESH_SEARCH_BROKER_URL": "redis://redis:6379/0",
+    }
+    s = load_settings(SearchSettings, env, candidates=8)
+    assert (s.search.rollouts, s.search.q_mode, s.search.candidates) == (32, "terminal", 8)
+    assert s.search.max_depth == 16 and s.sampling.temperature == 0.5 and s.sampling.max_new_tokens == 256
+    assert s.celery.broker_url == "redis://redis:6379/0"
+    trainer = load_settings(TrainerSettings, {"THINKMESH_TRAINER_SANDBOX_TARGET": "dns:///sandbox:50051"})
+    assert trainer.targets.sandbox_target == "dns:///sandbox:50051"
+    assert trainer.celery == SearchSettings().celery  # one declaration of the broker's defaults
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("THINKMESH_SEARCH_Q_MODE", "greedy", "THINKMESH_SEARCH_Q_MODE='greedy' must be one of terminal, ppm"),
+        ("THINKMESH_SEARCH_ROLLOUTS", "0", "THINKMESH_SEARCH_ROLLOUTS: must be between 1 and max_rollouts"),
+        ("THINKMESH_SEARCH_MAX_BATCH", "0", "THINKMESH_SEARCH_MAX_BATCH: must be at least 1"),
+    ],
+)
+def test_a_bad_value_in_a_composed_group_is_named(variable: str, value: str, message: str) -> None:
+    from services.search.settings import SearchSettings
+
+    with pytest.raises(ConfigError, match=message):
+        load_settings(SearchSettings, {variable: value})

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from services.cli import main
-from services.search.backends import Backends
-from services.search.compare import compare, read_results, sign_test
-from services.search.evaluate import EvalProblem, EvalSettings, evaluate, write_results
+from services.search.engine.backends import Backends
+from services.search.eval.compare import compare, read_results, sign_test
+from services.search.eval.evaluate import EvalProblem, EvalSettings, evaluate, write_results
 from support.scripted import ScriptedBackends
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.search.core import _search_time
+from services.search.service.core import _search_time
 
 
 @pytest.mark.parametrize(

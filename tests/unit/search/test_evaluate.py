@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.search.backends import Backends
-from services.search.evaluate import EvalProblem, EvalSettings, evaluate, evaluate_rules
+from services.search.engine.backends import Backends
+from services.search.eval.evaluate import EvalProblem, EvalSettings, evaluate, evaluate_rules
 from support.scripted import ScriptedBackends
 
 PROBLEMS = [
@@ -19,12 +19,14 @@ def _backends(scripted: ScriptedBackends) -> Backends:
 
 
 async def test_shared_samples_give_each_rule_what_it_gives_alone_for_half_the_sampling() -> None:
-    settings = EvalSettings(method="maj", rollouts=4, seed=3)
+    settings = EvalSettings("maj").searching(rollouts=4, seed=3)
     shared_backends = ScriptedBackends()
     shared = await evaluate_rules(PROBLEMS, _backends(shared_backends), settings, ("maj", "bon"))
     alone_backends = ScriptedBackends()
     for method in ("maj", "bon"):
-        results, summary = await evaluate(PROBLEMS, _backends(alone_backends), EvalSettings(method, 4, seed=3))
+        results, summary = await evaluate(
+            PROBLEMS, _backends(alone_backends), EvalSettings(method).searching(rollouts=4, seed=3)
+        )
         assert [(r.answer, r.correct, r.found) for r in shared[method][0]] == [
             (r.answer, r.correct, r.found) for r in results
         ]
@@ -40,13 +42,17 @@ async def test_only_sampled_methods_share() -> None:
 
 async def test_accuracy_is_broken_down_by_kind_when_problems_have_one() -> None:
     kinds = [EvalProblem(p.id, p.question, p.answer, kind) for p, kind in zip(PROBLEMS, ("easy", "hard"), strict=True)]
-    results, summary = await evaluate(kinds, _backends(ScriptedBackends()), EvalSettings("maj", 4, seed=3))
+    results, summary = await evaluate(
+        kinds, _backends(ScriptedBackends()), EvalSettings("maj").searching(rollouts=4, seed=3)
+    )
     assert [(r.kind, r.correct) for r in results] == [("easy", True), ("hard", False)]
     assert summary["by_kind"] == {
         "easy": {"n": 1, "accuracy": 1.0, "pass_at_k": 1.0},
         "hard": {"n": 1, "accuracy": 0.0, "pass_at_k": 0.0},
     }
-    _, plain = await evaluate(PROBLEMS, _backends(ScriptedBackends()), EvalSettings("maj", 4, seed=3))
+    _, plain = await evaluate(
+        PROBLEMS, _backends(ScriptedBackends()), EvalSettings("maj").searching(rollouts=4, seed=3)
+    )
     assert "by_kind" not in plain
 
 

@@ -9,8 +9,8 @@ from collections.abc import Callable
 import pytest
 
 from services.math import stepfmt
-from services.search.answers import choose
-from services.search.mcts import Candidate, Execute, Expand, Grade, Node, Score, SearchConfig, Tree
+from services.search.engine.answers import choose
+from services.search.engine.mcts import Candidate, Execute, Expand, Grade, Node, Score, SearchConfig, Tree
 from support.scripted import BAD, GOOD, run_program, scripted
 
 BROKEN = stepfmt.render_step("oops", "x = 1 / 0")

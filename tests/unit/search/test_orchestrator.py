@@ -6,9 +6,9 @@ import asyncio
 import time
 
 from services.math import stepfmt
-from services.search.backends import Backends, Sampled
-from services.search.mcts import SearchConfig
-from services.search.orchestrator import Orchestrator, SearchProblem, solve_many
+from services.search.engine.backends import Backends, Sampled
+from services.search.engine.mcts import SearchConfig
+from services.search.engine.orchestrator import Orchestrator, SearchProblem, solve_many
 from support.scripted import ScriptedBackends
 
 
@@ -82,8 +82,8 @@ async def test_cancellation_stops_the_search() -> None:
 
 
 async def test_search_loop_lets_concurrent_submissions_share_batches() -> None:
-    from services.search.mcts import Tree
-    from services.search.orchestrator import SearchLoop
+    from services.search.engine.mcts import Tree
+    from services.search.engine.orchestrator import SearchLoop
 
     scripted = ScriptedBackends()
     loop = SearchLoop(Orchestrator(_backends(scripted)))
@@ -102,7 +102,7 @@ async def test_search_loop_lets_concurrent_submissions_share_batches() -> None:
 
 
 async def test_a_tick_larger_than_a_backend_batch_is_cut_into_chunks() -> None:
-    from services.search.orchestrator import Sampling
+    from services.search.engine.orchestrator import Sampling
 
     scripted = ScriptedBackends()
     tasks = [SearchProblem(QUESTION, "8") for _ in range(7)]

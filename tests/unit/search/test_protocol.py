@@ -10,8 +10,9 @@ import pytest
 from services.common.errors import InvalidInput
 from services.search.cancellation import CancelRequests
 from services.search.celery_app import make_celery
+from services.search.engine.mcts import SearchConfig
 from services.search.protocol import SolveProgress, SolveResult, SolveTask
-from services.search.settings import SearchSettings
+from services.search.settings import CelerySettings, SearchSettings
 
 # What the trainer sent before the protocol had a type: the same dict shape still parses.
 ROUND_TASK = {
@@ -46,11 +47,14 @@ def test_a_task_round_trips_and_reads_the_dicts_producers_sent_before() -> None:
 
 
 def test_defaults_come_from_the_settings_only_where_the_task_left_them_unset() -> None:
-    settings = SearchSettings(rollouts=16, candidates=4, max_depth=12, searches=2, q_mode="ppm", answer_method="vote")
+    search = SearchConfig(rollouts=16, candidates=4, max_depth=12, q_mode="ppm")
+    settings = SearchSettings(search=search, searches=2, answer_method="vote")
     filled = SolveTask("q", rollouts=8).with_defaults(settings)
     assert (filled.rollouts, filled.candidates, filled.max_depth, filled.searches) == (8, 4, 12, 2)
     assert (filled.q_mode, filled.method, filled.max_code_errors, filled.seed) == ("ppm", "vote", 1, 0)
-    assert filled.with_defaults(SearchSettings(rollouts=99)) == filled  # applying again changes nothing
+    assert (
+        filled.with_defaults(SearchSettings(search=SearchConfig(rollouts=99))) == filled
+    )  # applying again changes nothing
 
 
 @pytest.mark.parametrize(
@@ -109,7 +113,7 @@ def test_progress_round_trips() -> None:
 
 def test_a_cancel_request_is_a_flag_in_the_sqlite_result_backend(tmp_path: Path) -> None:
     app = make_celery(
-        SearchSettings(
+        CelerySettings(
             broker_url=f"sqla+sqlite:///{tmp_path}/broker.sqlite",
             result_backend=f"db+sqlite:///{tmp_path}/results.sqlite",
         )
@@ -123,7 +127,7 @@ def test_a_cancel_request_is_a_flag_in_the_sqlite_result_backend(tmp_path: Path)
 
 
 def test_the_worker_runtime_closes_its_channels_grader_and_loop() -> None:
-    from services.search.runtime import WorkerRuntime
+    from services.search.worker.runtime import WorkerRuntime
 
     WorkerRuntime._instance = runtime = WorkerRuntime(SearchSettings())  # channels connect lazily: none listens
     channels = list(runtime._channels)

@@ -14,7 +14,8 @@ from services.common.store import ModelStore
 from services.math import stepfmt
 from services.ppm.model import ProcessRewardModel
 from services.ppm.scorer import ScoreItem, encode_item
-from services.trainer.ppm_train import GroupCollator, StepPair, encode_group, group_pairs, pair_scores
+from services.trainer.data import StepPair
+from services.trainer.ppm_train import GroupCollator, encode_group, group_pairs, pair_scores
 from services.trainer.sft import pad_id_of
 from support.tiny_models import QUESTION, STEPS, publish_micro_models
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from services.common.store import ModelStore
-from services.search.mcts import SearchConfig, Tree
+from services.search.engine.mcts import SearchConfig, Tree
 from services.search.protocol import SolveTask
 from services.trainer.config import preset
 from services.trainer.dispatch import SearchJob

@@ -10,7 +10,8 @@ from transformers import AutoTokenizer
 from services.common.store import ModelStore
 from services.math import stepfmt
 from services.trainer.corrupt import KINDS, change_operator, corrupt_step, miscopy
-from services.trainer.sft import IGNORE, Trajectory, encode_trajectory
+from services.trainer.data import Trajectory
+from services.trainer.sft import IGNORE, encode_trajectory
 from support.tiny_models import QUESTION, STEPS, publish_micro_models
 
 

@@ -17,9 +17,9 @@ from typing import Any, TypeVar
 
 from prometheus_client import Histogram
 
-from services.search.answers import DEFAULT_METHOD, Choice, Method, choose
-from services.search.backends import Backends, Prompt
-from services.search.mcts import Candidate, Execute, Expand, Grade, Score, SearchConfig, Tree
+from services.search.engine.answers import DEFAULT_METHOD, Choice, Method, choose
+from services.search.engine.backends import Backends, Prompt
+from services.search.engine.mcts import Candidate, Execute, Expand, Grade, Score, SearchConfig, Tree
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from services.search.core import SearchCore, SolveRequest
 from services.search.protocol import SolveResult
+from services.search.service.core import SearchCore, SolveRequest
 from thinkmesh.v1 import search_pb2, search_pb2_grpc
 
 

@@ -46,6 +46,11 @@ class SearchConfig:
     seed: int = 0
 
 
+# A search without a reference answer (a Solve, `thinkmesh eval`): the PPM's score is each node's initial Q.
+# The search tier's settings and the evaluator start from this one; a training round sets q_mode per round.
+INFERENCE = SearchConfig(q_mode="ppm")
+
+
 class NodeState(StrEnum):
     NEW = "new"  # created from a candidate, not yet executed
     READY = "ready"  # executed (if it has code) and scored

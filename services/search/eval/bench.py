@@ -19,9 +19,9 @@ async def bench(
 ) -> dict[str, Any]:
     from services.common.store import ModelStore
     from services.math.curriculum import generate
-    from services.search.local import local_backends
-    from services.search.mcts import SearchConfig
-    from services.search.orchestrator import Orchestrator, Sampling, SearchProblem, solve_many
+    from services.search.engine.mcts import SearchConfig
+    from services.search.engine.orchestrator import Orchestrator, Sampling, SearchProblem, solve_many
+    from services.search.eval.local import local_backends
 
     tasks = [SearchProblem(p.question, p.answer) for p in generate(level, problems, seed=99_001)]
     # Untimed: the first calls pay one-off costs (a GPU's kernel loading and autotuning, lazy imports) that

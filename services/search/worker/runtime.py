@@ -2,7 +2,7 @@
 
 Celery runs tasks in threads (`--pool threads`); every task hands its search to this one loop, so the trees
 of all tasks running on a worker advance together and share each batch sent to the policy, sandbox and PPM.
-The worker closes the runtime when it shuts down (services/search/worker.py): its channels, its grader's
+The worker closes the runtime when it shuts down (services/search/worker/main.py): its channels, its grader's
 processes and the loop's thread.
 """
 
@@ -17,21 +17,24 @@ from dataclasses import replace
 from typing import Any
 
 from services.common.channels import open_channel
-from services.search.answers import Method, choose
-from services.search.backends import Backends, GrpcGenerator, GrpcRunner, GrpcScorer, ProcessGrader
-from services.search.mcts import SearchConfig, Tree
-from services.search.orchestrator import Orchestrator, RunStats, Sampling, SearchLoop
+from services.search.engine.answers import Method, choose
+from services.search.engine.backends import Backends
+from services.search.engine.mcts import SearchConfig, Tree
+from services.search.engine.orchestrator import Orchestrator, RunStats, SearchLoop
+from services.search.grader import ProcessGrader
 from services.search.protocol import SolveProgress, SolveResult, SolveTask
 from services.search.settings import SearchSettings
+from services.search.worker.clients import GrpcGenerator, GrpcRunner, GrpcScorer
 
 
-def search_config(task: SolveTask, c: float) -> SearchConfig:
-    """The engine's configuration for a task whose defaults are applied (`SolveTask.with_defaults`)."""
-    return SearchConfig(
+def search_config(task: SolveTask, defaults: SearchConfig) -> SearchConfig:
+    """The engine's configuration for a task whose knobs are filled (`SolveTask.with_defaults`): the task's knobs
+    over the tier's `SearchConfig` (which alone sets what a task does not carry, such as the UCT constant)."""
+    return replace(
+        defaults,
         rollouts=task.rollouts,
         candidates=task.candidates,
         max_depth=task.max_depth,
-        c=c,
         q_mode=task.q_mode,  # type: ignore[arg-type]
         max_code_errors=task.max_code_errors,
         seed=task.seed,
@@ -92,7 +95,8 @@ class WorkerRuntime:
     async def _build(self) -> SearchLoop:
         s = self.settings
         tls = s.client_tls
-        self._channels = [open_channel(target, tls=tls) for target in (s.policy_target, s.sandbox_target, s.ppm_target)]
+        targets = (s.targets.policy_target, s.targets.sandbox_target, s.targets.ppm_target)
+        self._channels = [open_channel(target, tls=tls) for target in targets]
         policy, sandbox, ppm = self._channels
         backends = Backends(
             generator=GrpcGenerator(policy),
@@ -100,8 +104,7 @@ class WorkerRuntime:
             scorer=GrpcScorer(ppm),
             grader=self._grader,
         )
-        sampling = Sampling(s.temperature, s.max_new_tokens, s.exec_timeout_ms)
-        return SearchLoop(Orchestrator(backends, sampling))
+        return SearchLoop(Orchestrator(backends, s.sampling))
 
     def close(self) -> None:
         """Stop the loop's work, close the channels and the grader's processes, end the loop's thread."""
@@ -141,7 +144,7 @@ class WorkerRuntime:
         is_cancelled: Callable[[], bool] | None,
     ) -> SolveResult:
         task = task.with_defaults(self.settings)
-        config = search_config(task, self.settings.c)
+        config = search_config(task, self.settings.search)
         trees = [
             Tree(task.question, replace(config, seed=config.seed + 1_000 * i), task.reference)
             for i in range(task.searches)

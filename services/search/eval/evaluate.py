@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from services.common.jsonfiles import write_jsonl
-from services.search.answers import DEFAULT_METHOD, Method, choose
-from services.search.backends import Backends
-from services.search.mcts import SearchConfig, Tree
-from services.search.orchestrator import Orchestrator, Sampling
+from services.search.engine.answers import DEFAULT_METHOD, Method, choose
+from services.search.engine.backends import Backends
+from services.search.engine.mcts import INFERENCE, SearchConfig, Tree
+from services.search.engine.orchestrator import Orchestrator, Sampling
 
 EvalMethod = Literal["greedy", "maj", "bon", "mcts"]
 
@@ -36,15 +36,16 @@ class EvalProblem:
 @dataclass(frozen=True)
 class EvalSettings:
     method: EvalMethod = "greedy"
-    rollouts: int = 16  # N for maj/bon, R for mcts
-    candidates: int = 4
-    max_depth: int = 16
-    temperature: float = 0.8
-    max_new_tokens: int = 256
+    # The engine's configuration, as a Solve's: `rollouts` is N for maj/bon (one single-path tree per sample)
+    # and R for mcts; greedy searches one path.
+    search: SearchConfig = INFERENCE
+    sampling: Sampling = field(default_factory=Sampling)  # greedy decodes at temperature 0 whatever it says
     answer_method: Method = DEFAULT_METHOD
-    q_mode: Literal["terminal", "ppm"] = "ppm"
-    seed: int = 0
     batch: int = 64  # problems searched together
+
+    def searching(self, **knobs: Any) -> EvalSettings:
+        """These settings with some of the search's knobs changed (rollouts, candidates, seed, ...)."""
+        return replace(self, search=replace(self.search, **knobs))
 
 
 @dataclass
@@ -62,15 +63,12 @@ class ProblemResult:
 
 
 def trees_for(problem: EvalProblem, s: EvalSettings) -> list[Tree]:
-    single = SearchConfig(rollouts=1, candidates=1, max_depth=s.max_depth, q_mode=s.q_mode, seed=s.seed)
+    single = replace(s.search, rollouts=1, candidates=1)
     if s.method == "greedy":
         return [Tree(problem.question, single)]
     if s.method in ("maj", "bon"):
-        return [Tree(problem.question, replace(single, seed=s.seed + i)) for i in range(s.rollouts)]
-    config = SearchConfig(
-        rollouts=s.rollouts, candidates=s.candidates, max_depth=s.max_depth, q_mode=s.q_mode, seed=s.seed
-    )
-    return [Tree(problem.question, config)]
+        return [Tree(problem.question, replace(single, seed=s.search.seed + i)) for i in range(s.search.rollouts)]
+    return [Tree(problem.question, s.search)]
 
 
 def _answer_rule(s: EvalSettings) -> Method:
@@ -103,8 +101,8 @@ async def evaluate_rules(
     vote and best-of-N by the PPM read the same N samples (half the sampling of running them apart)."""
     if len(methods) > 1 and not set(methods) <= set(SAMPLED):
         raise ValueError(f"only {SAMPLED} share their searches, not {tuple(methods)}")
-    temperature = 0.0 if settings.method == "greedy" else settings.temperature
-    orchestrator = Orchestrator(backends, Sampling(temperature=temperature, max_new_tokens=settings.max_new_tokens))
+    sampling = replace(settings.sampling, temperature=0.0) if settings.method == "greedy" else settings.sampling
+    orchestrator = Orchestrator(backends, sampling)
     results: dict[EvalMethod, list[ProblemResult]] = {method: [] for method in methods}
     tokens_total = 0
     started = time.monotonic()
@@ -112,7 +110,7 @@ async def evaluate_rules(
         chunk = problems[start : start + settings.batch]
         forest = [trees_for(p, settings) for p in chunk]
         chunk_started = time.monotonic()
-        stats = await orchestrator.run([t for trees in forest for t in trees], seed=settings.seed)
+        stats = await orchestrator.run([t for trees in forest for t in trees], seed=settings.search.seed)
         seconds = (time.monotonic() - chunk_started) / len(chunk)
         tokens_total += stats.tokens
         # pass@k: is any terminal answer of the problem's trees right (the search found it, chosen or not)?
@@ -158,7 +156,7 @@ def _summary(
         "n": n,
         "accuracy": sum(r.correct for r in results) / n if n else 0.0,
         "pass_at_k": sum(r.found for r in results) / n if n else 0.0,
-        "rollouts": settings.rollouts if method != "greedy" else 1,
+        "rollouts": settings.search.rollouts if method != "greedy" else 1,
         "tokens_per_problem": tokens / n if n else 0.0,
         "seconds_per_problem": wall / n if n else 0.0,
         "wall_seconds": round(wall, 2),

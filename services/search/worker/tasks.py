@@ -18,11 +18,9 @@ from celery import Celery, Task
 
 from services.common.store import default_root
 from services.search.cancellation import CancelRequests
-from services.search.protocol import SolveProgress, SolveResult, SolveTask
+from services.search.protocol import PING, SOLVE, SolveProgress, SolveResult, SolveTask
 from services.search.results import ResultStore
 
-SOLVE = "thinkmesh.solve"
-PING = "thinkmesh.ping"
 _TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
@@ -34,8 +32,8 @@ def ping() -> str:
 def solve(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     """Search one problem (`SolveTask.to_json()`); returns `SolveResult.to_json()` without the trees."""
     from services.common.settings import load_settings
-    from services.search.runtime import WorkerRuntime
     from services.search.settings import SearchSettings
+    from services.search.worker.runtime import WorkerRuntime
 
     task = SolveTask.from_json(payload)
     results = ResultStore(Path(task.store or default_root())) if task.kept else None

@@ -16,9 +16,8 @@ from celery import Celery
 
 from services.common.errors import DeadlineExceeded, InvalidInput, Overloaded, ThinkmeshError
 from services.search.cancellation import CancelRequests
-from services.search.protocol import SolveProgress, SolveResult, SolveTask
+from services.search.protocol import SOLVE, SolveProgress, SolveResult, SolveTask
 from services.search.settings import SearchSettings
-from services.search.tasks import SOLVE
 
 # Time kept back from the caller's deadline for the result's way back: a share of it, at least a second (the worker
 # looks at its deadline between ticks, and one tick on a busy CPU can take most of a second), at most half of it.
@@ -72,9 +71,9 @@ class SearchCore:
         return SolveTask(
             question=request.problem,
             reference=request.reference_answer or None,
-            rollouts=request.rollouts or s.rollouts,
-            candidates=request.candidates or s.candidates,
-            max_depth=request.max_depth or s.max_depth,
+            rollouts=request.rollouts or s.search.rollouts,
+            candidates=request.candidates or s.search.candidates,
+            max_depth=request.max_depth or s.search.max_depth,
             searches=request.searches or s.searches,
         )
 

@@ -10,10 +10,11 @@ from services.common.server import start_metrics
 from services.common.settings import load_settings
 from services.search.celery_app import make_celery
 from services.search.settings import SearchSettings
+from services.search.worker.tasks import register_tasks
 
 
 def _close_runtime(**_: Any) -> None:
-    from services.search.runtime import WorkerRuntime
+    from services.search.worker.runtime import WorkerRuntime
 
     WorkerRuntime.close_shared()
 
@@ -25,7 +26,8 @@ def run_worker(concurrency: int | None = None, queues: str | None = None) -> int
     }
     settings = load_settings(SearchSettings, **overrides)
     start_metrics(settings)  # batch sizes and stage times of the searches this worker runs
-    app = make_celery(settings)
+    app = make_celery(settings.celery)
+    register_tasks(app)
     # The runtime (built by the first task) holds gRPC channels and the grader's processes: close them on the way out.
     worker_shutdown.connect(_close_runtime, weak=False)
     argv = [

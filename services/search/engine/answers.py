@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from services.math import stepfmt
-from services.search.mcts import Node, Tree
+from services.search.engine.mcts import Node, Tree
 
 Method = Literal["ppm", "vote", "q", "majority", "confidence"]
 METHODS: tuple[Method, ...] = ("confidence", "vote", "ppm", "q", "majority")

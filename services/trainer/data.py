@@ -1,0 +1,61 @@
+"""What the trainers read, as plain data (no torch): the trajectories the policy's SFT learns, the step pairs the
+PPM learns from, and the recipe of each training run. The round's rules and the extraction from trees use these
+without loading any training code."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    question: str
+    steps: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StepPair:
+    question: str
+    prefix: tuple[str, ...]
+    chosen: str
+    rejected: str
+
+
+def step_pairs(rows: Sequence[dict[str, Any]]) -> list[StepPair]:
+    """Pairs from the rows of a round's pair files (`pairs.jsonl`, `pairs_heldout.jsonl`: a StepPair's fields)."""
+    return [StepPair(r["question"], tuple(r["prefix"]), r["chosen"], r["rejected"]) for r in rows]
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    # Optimizer steps, not tokens, decide how fast a tiny model learns to copy numbers (measured): hence a
+    # fixed step budget and a small batch.
+    max_steps: int = 1500
+    batch_size: int = 16
+    learning_rate: float = 2e-3
+    warmup_steps: int = 60
+    weight_decay: float = 0.01
+    adam_beta2: float = 0.999  # transformers' default; the bootstrap's short schedules use 0.95
+    max_length: int = 768
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PPMConfig:
+    max_steps: int = 400
+    batch_size: int = 16  # groups (a prefix and its candidate steps) per optimizer step
+    learning_rate: float = 5e-4
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    adam_beta2: float = 0.999  # transformers' default; the bootstrap's short schedules use 0.95
+    # Adds c·(r_better + r_worse)² to the loss (TRL's `center_rewards_coefficient`). Without it the tanh scores
+    # drift to ±1 for both steps of a pair, where no gradient can separate them: the bootstrap PPM then ranked
+    # pairs of unseen problems below chance (0.29–0.40); with 0.1, 0.78 (docs/results.md).
+    center_coefficient: float = 0.1
+    max_length: int = 768
+    seed: int = 0
+    # Read the policy's likelihood of the path next to the value head (services.ppm.model): a round's PPM ranked
+    # held-out tree pairs at 0.52-0.56 without it (docs/results.md).
+    likelihood: bool = True
