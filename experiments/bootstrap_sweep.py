@@ -40,6 +40,7 @@ from transformers import PreTrainedTokenizerFast, Qwen2ForCausalLM
 
 from services.math import stepfmt
 from services.math.curriculum import generate
+from services.math.prompting import PromptRenderer
 from services.policy.tiny import TinyPreset, tiny_config, train_tokenizer
 from services.trainer.data import Trajectory
 from services.trainer.sft import PadToLongest, encode_trajectory, pad_id_of
@@ -81,7 +82,9 @@ def train_policy(run: dict[str, Any], tokenizer_dir: str, device: str) -> dict[s
     tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
     model = Qwen2ForCausalLM(tiny_config(tokenizer, TinyPreset(**run.get("preset", {})))).to(device)
     teacher = [p for level in (1, 2) for p in generate(level, 6000, seed=seed + level)]
-    data = [encode_trajectory(tokenizer, Trajectory(p.question, tuple(p.solution)), 768) for p in teacher]
+    data = [
+        encode_trajectory(PromptRenderer(tokenizer), Trajectory(p.question, tuple(p.solution)), 768) for p in teacher
+    ]
     collate = PadToLongest(pad_id_of(tokenizer))
     steps, batch_size, lr, warmup = run.get("steps", 1000), run.get("bs", 16), run.get("lr", 2e-3), 60
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n]
@@ -271,7 +274,10 @@ def own_sample_metrics(ppm: Any, tokenizer: Any, path: str) -> dict[str, Any]:
     ppm.eval()
     for start in range(0, len(rows), 64):
         chunk = rows[start : start + 64]
-        encoded = [encode_packable(tokenizer, ScoreItem(r["question"], tuple(r["steps"])), 100_000) for r in chunk]
+        encoded = [
+            encode_packable(PromptRenderer(tokenizer), ScoreItem(r["question"], tuple(r["steps"])), 100_000)
+            for r in chunk
+        ]
         for row, scores in zip(chunk, score_packed(ppm, encoded, pad_id_of(tokenizer)), strict=True):
             row["score"] = scores[-1]
     by_problem: dict[str, list[dict[str, Any]]] = defaultdict(list)

@@ -33,6 +33,7 @@ def _list(args: argparse.Namespace) -> int:
                     "source": lineage.source,
                     "base_model": lineage.base_model,
                     "data": lineage.data,
+                    "prompt_format": version.prompt_format,
                 }
             )
     if args.json:
@@ -81,11 +82,13 @@ def _import(args: argparse.Namespace) -> int:
                 source,
                 Lineage(base_model=args.source, source="import", data=args.note),
                 make_current=not args.no_promote,
+                prompt_format=args.prompt_format,
             )
         except InvalidInput as exc:
             print(f"thinkmesh: {exc}", file=sys.stderr)
             return 2
-    print(f"imported {args.source} as {args.kind} {version.version}" + ("" if args.no_promote else " (current)"))
+    current = "" if args.no_promote else " (current)"
+    print(f"imported {args.source} as {args.kind} {version.version}{current}, {version.prompt_format} prompts")
     return 0
 
 
@@ -132,6 +135,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     importing.add_argument("--kind", choices=("policy", "ppm"), required=True)
     importing.add_argument("--note", default="", help="free text kept in the version's lineage")
     importing.add_argument("--no-promote", action="store_true", help="import without making it current")
+    importing.add_argument(
+        "--prompt-format",
+        choices=("plain", "chat"),
+        default=None,
+        help="how the policy's prompt is rendered for this model, kept with it and with every version trained from "
+        "it (default: chat when its tokenizer has a chat template, else plain)",
+    )
     importing.set_defaults(func=_import)
 
     promote = action("promote", "make a version current (services pick it up by themselves)")

@@ -1,6 +1,6 @@
 """The model store: versions of each model kind in Hugging Face format, under one root directory.
 
-    <root>/models/<kind>/<version>/        the model's files + manifest.json
+    <root>/models/<kind>/<version>/        the model's files + manifest.json (lineage, prompt format)
     <root>/models/<kind>/CURRENT            the name of the current version (one line)
     <root>/rounds/<n>/                      search trees, training data and reports of round n
 
@@ -29,6 +29,10 @@ KINDS: tuple[ModelKindName, ...] = ("policy", "ppm")
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 DEFAULT_ROOT = Path(".thinkmesh/store")
+# How the policy's prompt is rendered for a model (services/math/prompting.py): decided once, when the model
+# enters the store, and kept in its manifest; every version trained from it inherits it.
+PromptFormat = Literal["plain", "chat"]
+PROMPT_FORMATS: tuple[PromptFormat, ...] = ("plain", "chat")
 
 
 def default_root() -> Path:
@@ -59,10 +63,41 @@ class ModelVersion:
     path: Path
     created_at: float
     lineage: Lineage
+    prompt_format: PromptFormat = "plain"
 
     @property
     def number(self) -> int:
         return int(self.version.removeprefix("v"))
+
+
+def has_chat_template(directory: Path) -> bool:
+    """Whether the tokenizer saved in `directory` carries a chat template (read from its files, no tokenizer)."""
+    if (directory / "chat_template.jinja").is_file() or (directory / "chat_template.json").is_file():
+        return True
+    try:
+        config = json.loads((directory / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(isinstance(config, dict) and config.get("chat_template"))
+
+
+def prompt_format_of(directory: Path) -> PromptFormat:
+    """A model directory's prompt format: its manifest's, or for a directory outside the store (no manifest),
+    "chat" when its tokenizer has a chat template."""
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError):
+        manifest = {}
+    recorded = manifest.get("prompt_format") if isinstance(manifest, dict) else None
+    if recorded is not None:
+        return check_prompt_format(recorded)
+    return "chat" if has_chat_template(directory) else "plain"
+
+
+def check_prompt_format(name: str) -> PromptFormat:
+    if name not in PROMPT_FORMATS:
+        raise InvalidInput(f"unknown prompt format {name!r}: expected one of {', '.join(PROMPT_FORMATS)}")
+    return name
 
 
 def check_kind(kind: str) -> ModelKindName:
@@ -96,6 +131,7 @@ class ModelStore:
             path=directory,
             created_at=float(manifest.get("created_at", 0.0)),
             lineage=Lineage(**manifest.get("lineage", {})),
+            prompt_format=prompt_format_of(directory),
         )
 
     def versions(self, kind: str) -> list[ModelVersion]:
@@ -151,8 +187,10 @@ class ModelStore:
         lineage: Lineage,
         *,
         make_current: bool = True,
+        prompt_format: str | None = None,
     ) -> ModelVersion:
-        """`write(directory)` puts the model's files there; the version appears only once complete."""
+        """`write(directory)` puts the model's files there; the version appears only once complete. Its prompt
+        format is `prompt_format` (a trained version: its base model's), else what its tokenizer implies."""
         checked = check_kind(kind)
         kind_dir = self._kind_dir(checked)
         kind_dir.mkdir(parents=True, exist_ok=True)
@@ -160,7 +198,8 @@ class ModelStore:
         staging.mkdir()
         try:
             write(staging)
-            manifest = {"created_at": time.time(), "lineage": asdict(lineage)}
+            chosen = check_prompt_format(prompt_format) if prompt_format else prompt_format_of(staging)
+            manifest = {"created_at": time.time(), "lineage": asdict(lineage), "prompt_format": chosen}
             (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
             published = self._rename_to_next_version(checked, staging)
         except BaseException:
@@ -178,6 +217,7 @@ class ModelStore:
         lineage: Lineage,
         *,
         make_current: bool = True,
+        prompt_format: str | None = None,
     ) -> ModelVersion:
         """Publish a model and its tokenizer as one Hugging Face directory."""
 
@@ -185,7 +225,7 @@ class ModelStore:
             model.save_pretrained(directory)
             tokenizer.save_pretrained(directory)
 
-        return self.publish(kind, write, lineage, make_current=make_current)
+        return self.publish(kind, write, lineage, make_current=make_current, prompt_format=prompt_format)
 
     def _rename_to_next_version(self, kind: ModelKindName, staging: Path) -> ModelVersion:
         kind_dir = self._kind_dir(kind)
@@ -205,15 +245,24 @@ class ModelStore:
             assert loaded is not None
             return loaded
 
-    def import_directory(self, kind: str, source: Path, lineage: Lineage, *, make_current: bool = True) -> ModelVersion:
-        """Copy an existing Hugging Face model directory into the store as a new version."""
+    def import_directory(
+        self,
+        kind: str,
+        source: Path,
+        lineage: Lineage,
+        *,
+        make_current: bool = True,
+        prompt_format: str | None = None,
+    ) -> ModelVersion:
+        """Copy an existing Hugging Face model directory into the store as a new version (its prompt format:
+        `prompt_format`, else "chat" when its tokenizer has a chat template)."""
         if not (source / "config.json").is_file():
             raise InvalidInput(f"{source} is not a Hugging Face model directory (no config.json)")
 
         def copy(directory: Path) -> None:
             shutil.copytree(source, directory, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MANIFEST))
 
-        return self.publish(kind, copy, lineage, make_current=make_current)
+        return self.publish(kind, copy, lineage, make_current=make_current, prompt_format=prompt_format)
 
     def promote(self, kind: str, version: str) -> ModelVersion:
         target = self.get(kind, version)

@@ -83,18 +83,6 @@ def render_prompt(question: str, steps: Sequence[str] = ()) -> str:
     return PROMPT_TEMPLATE.format(question=question.strip()) + _render_steps(steps)
 
 
-def render_chat_prompt(question: str, steps: Sequence[str], tokenizer: object) -> str:
-    """`render_prompt` for a chat model: the question becomes the user turn of the tokenizer's chat template.
-
-    Falls back to `render_prompt` when the tokenizer has no chat template (base models, the embedded model).
-    """
-    apply = getattr(tokenizer, "apply_chat_template", None)
-    if apply is None or getattr(tokenizer, "chat_template", None) is None:
-        return render_prompt(question, steps)
-    head = apply([{"role": "user", "content": question.strip()}], tokenize=False, add_generation_prompt=True)
-    return str(head) + render_solution(steps)
-
-
 def render_solution(steps: Sequence[str]) -> str:
     """What follows the question: the assistant's opening line, `<code>` and the steps, one per line."""
     return ASSISTANT_PREFIX + "\n" + CODE_START + "\n" + _render_steps(steps)

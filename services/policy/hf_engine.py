@@ -22,7 +22,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from services.common.batching import MicroBatcher
 from services.common.devices import cpu_supports_bf16, pick_device
 from services.common.errors import InvalidInput
+from services.common.store import prompt_format_of
 from services.math import stepfmt
+from services.math.prompting import PromptRenderer
 from services.policy.decoding import sample_candidates
 from services.policy.engine import GeneratedStep, SamplingParams, StepPrompt, classify_end, cut_at_stop
 
@@ -62,6 +64,8 @@ class HFEngine:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        # The model's prompt format, as recorded in the store (services/math/prompting.py): the ids it was trained on.
+        self.renderer = PromptRenderer(self.tokenizer, prompt_format_of(Path(model_dir)))
         dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
         self.model = model.to(self.device).eval()  # type: ignore[arg-type]
@@ -92,10 +96,9 @@ class HFEngine:
             ids.append(encoded[0])
         return ids
 
-    def render(self, prompt: StepPrompt) -> str:
-        if getattr(self.tokenizer, "chat_template", None):
-            return stepfmt.render_chat_prompt(prompt.question, list(prompt.steps), self.tokenizer)
-        return stepfmt.render_prompt(prompt.question, list(prompt.steps))
+    def render(self, prompt: StepPrompt) -> tuple[int, ...]:
+        """The prompt's token ids, exactly as SFT and the PPM build them."""
+        return tuple(self.renderer.ids(prompt.question, prompt.steps))
 
     async def generate(self, prompts: Sequence[StepPrompt], params: SamplingParams) -> list[list[GeneratedStep]]:
         return await self.batcher.submit(_Request(prompts, params))
@@ -108,8 +111,8 @@ class HFEngine:
         # Back from the flat prompt list to request → prompt → n candidates.
         return [[next(candidates) for _ in request.prompts] for request in group]
 
-    def _encode(self, texts: list[str], max_new_tokens: int) -> tuple[dict[str, torch.Tensor], int]:
-        encoded = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    def _encode(self, prompts: list[tuple[int, ...]], max_new_tokens: int) -> tuple[dict[str, torch.Tensor], int]:
+        encoded = self.tokenizer.pad({"input_ids": [list(ids) for ids in prompts]}, padding=True, return_tensors="pt")
         prompt_length = encoded["input_ids"].shape[1]
         budget = min(max_new_tokens, self.max_positions - prompt_length)
         if budget <= 0:
@@ -119,12 +122,12 @@ class HFEngine:
         return {name: tensor.to(self.device) for name, tensor in encoded.items()}, budget
 
     def _sample(
-        self, prompts: list[tuple[str, int]], params: SamplingParams, seed: int | None
+        self, prompts: list[tuple[tuple[int, ...], int]], params: SamplingParams, seed: int | None
     ) -> list[list[GeneratedStep]]:
         """Our own loop (services.policy.decoding): each distinct prompt encoded once, finished rows dropped."""
-        asking: dict[str, list[int]] = {}  # each distinct prompt → the indices of the prompts that are it
-        for index, (text, _) in enumerate(prompts):
-            asking.setdefault(text, []).append(index)
+        asking: dict[tuple[int, ...], list[int]] = {}  # each distinct prompt → the indices of the prompts that are it
+        for index, (ids, _) in enumerate(prompts):
+            asking.setdefault(ids, []).append(index)
         counts = [sum(prompts[index][1] for index in indices) for indices in asking.values()]
         encoded, budget = self._encode(list(asking), params.max_new_tokens)
         generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
@@ -150,11 +153,11 @@ class HFEngine:
         return candidates
 
     def _sample_with_generate(
-        self, prompts: list[tuple[str, int]], params: SamplingParams, seed: int | None
+        self, prompts: list[tuple[tuple[int, ...], int]], params: SamplingParams, seed: int | None
     ) -> list[list[GeneratedStep]]:
         """transformers' generate() with stop strings: for tokenizers whose step markers span several tokens."""
-        texts = [text for text, n in prompts for _ in range(n)]
-        encoded, budget = self._encode(texts, params.max_new_tokens)
+        rows_in = [ids for ids, n in prompts for _ in range(n)]
+        encoded, budget = self._encode(rows_in, params.max_new_tokens)
         if seed is not None:
             torch.manual_seed(seed)
         sampling: dict[str, Any] = (
@@ -176,7 +179,7 @@ class HFEngine:
         prompt_length = encoded["input_ids"].shape[1]
         scores = self.model.compute_transition_scores(output.sequences, output.scores, normalize_logits=True)
         steps = []
-        for row in range(len(texts)):
+        for row in range(len(rows_in)):
             ids = output.sequences[row, prompt_length:].tolist()
             if self.tokenizer.pad_token_id in ids:  # finished early in the batch: the rest is padding
                 ids = ids[: ids.index(self.tokenizer.pad_token_id)]

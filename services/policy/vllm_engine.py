@@ -14,7 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from services.common.store import prompt_format_of
 from services.math import stepfmt
+from services.math.prompting import PromptRenderer
 from services.policy.engine import GeneratedStep, SamplingParams, StepPrompt, classify_end, cut_at_stop
 
 
@@ -32,20 +34,21 @@ class VLLMEngine:
             max_model_len=max_model_len,
         )
         self.engine: Any = AsyncLLMEngine.from_engine_args(args)
-        self.tokenizer: Any = None
+        self._prompt_format = prompt_format_of(Path(model_dir))
+        self.renderer: PromptRenderer | None = None
 
     @property
     def version(self) -> str:
         return self._version
 
-    async def _render(self, prompt: StepPrompt) -> str:
-        if self.tokenizer is None:
+    async def _render(self, prompt: StepPrompt) -> dict[str, list[int]]:
+        """The prompt as token ids (vLLM's TokensPrompt), exactly as SFT and the PPM build them."""
+        if self.renderer is None:
             tokenizer = self.engine.get_tokenizer()
             # Older vLLM releases return a coroutine here, newer ones the tokenizer itself.
-            self.tokenizer = await tokenizer if inspect.isawaitable(tokenizer) else tokenizer
-        if getattr(self.tokenizer, "chat_template", None):
-            return stepfmt.render_chat_prompt(prompt.question, list(prompt.steps), self.tokenizer)
-        return stepfmt.render_prompt(prompt.question, list(prompt.steps))
+            tokenizer = await tokenizer if inspect.isawaitable(tokenizer) else tokenizer
+            self.renderer = PromptRenderer(tokenizer, self._prompt_format)
+        return {"prompt_token_ids": self.renderer.ids(prompt.question, prompt.steps)}
 
     async def _one(self, prompt: StepPrompt, params: SamplingParams) -> list[GeneratedStep]:
         from vllm import SamplingParams as VLLMSamplingParams

@@ -19,7 +19,9 @@ from transformers import AutoTokenizer
 from services.common.batching import MicroBatcher
 from services.common.devices import cpu_supports_bf16, pick_device
 from services.common.errors import InvalidInput
+from services.common.store import prompt_format_of
 from services.math import stepfmt
+from services.math.prompting import PromptRenderer
 from services.ppm.model import ProcessRewardModel
 from services.ppm.packing import PackedRow, pack
 
@@ -41,9 +43,9 @@ class StepScorer(Protocol):
     async def close(self) -> None: ...
 
 
-def encode_step(tokenizer: object, step: str) -> list[int]:
+def encode_step(renderer: PromptRenderer, step: str) -> list[int]:
     """A step's token ids, exactly as they follow the prompt and earlier steps; an empty step is refused."""
-    piece: list[int] = list(tokenizer.encode(step, add_special_tokens=False))  # type: ignore[attr-defined]
+    piece = renderer.step_ids(step)
     if not piece:
         raise InvalidInput("a step is empty: every step needs text")
     return piece
@@ -71,29 +73,29 @@ class PackableItem:
     last_counted: bool
 
 
-def encode_item(tokenizer: object, item: ScoreItem, max_length: int) -> EncodedItem:
-    encode = tokenizer.encode  # type: ignore[attr-defined]
-    ids: list[int] = list(encode(stepfmt.render_prompt(item.question, []), add_special_tokens=False))
+def encode_item(renderer: PromptRenderer, item: ScoreItem, max_length: int) -> EncodedItem:
+    """The policy's prompt for the item (`PromptRenderer.ids`), with where each step's score is read."""
+    ids = renderer.head_ids(item.question)
     counted = [False] * len(ids)
-    newline: list[int] = list(encode("\n", add_special_tokens=False))
+    newline = renderer.newline_ids
     positions = []
     for step in item.steps:
-        piece = encode_step(tokenizer, step)
+        piece = encode_step(renderer, step)
         ids.extend(piece)
         counted.extend([stepfmt.written_by_policy(step)] * len(piece))
         positions.append(len(ids) - 1)  # the step's last token: its end marker
-        ids.extend(newline)  # steps are separated exactly as the policy saw them (stepfmt.render_prompt)
+        ids.extend(newline)  # steps are separated exactly as the policy saw them
         counted.extend([False] * len(newline))
     require_fits(len(ids), max_length)
     return EncodedItem(ids, positions, counted)
 
 
-def encode_packable(tokenizer: object, item: ScoreItem, max_length: int) -> PackableItem:
+def encode_packable(renderer: PromptRenderer, item: ScoreItem, max_length: int) -> PackableItem:
     """prefix + last step is exactly `encode_item`'s sequence (without the final newline)."""
     if not item.steps:
         raise InvalidInput("an item has no steps: there is nothing to score")
-    prefix = encode_item(tokenizer, ScoreItem(item.question, item.steps[:-1]), max_length)
-    last = encode_step(tokenizer, item.steps[-1])
+    prefix = encode_item(renderer, ScoreItem(item.question, item.steps[:-1]), max_length)
+    last = encode_step(renderer, item.steps[-1])
     require_fits(len(prefix.ids) + len(last), max_length)
     return PackableItem(prefix, last, stepfmt.written_by_policy(item.steps[-1]))
 
@@ -141,6 +143,8 @@ class HFScorer:
         self._version = version
         self.device = pick_device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        # The prompt format of the policy this PPM scores for, recorded with the model (services/common/store.py).
+        self.renderer = PromptRenderer(self.tokenizer, prompt_format_of(Path(model_dir)))
         dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
         self.model = ProcessRewardModel.from_pretrained(model_dir, dtype=dtype).to(self.device).eval()
         self._autocast = self.device == "cpu" and cpu_supports_bf16()
@@ -170,7 +174,7 @@ class HFScorer:
         encoded: list[PackableItem | InvalidInput] = []
         for item in items:
             try:
-                encoded.append(encode_packable(self.tokenizer, item, self.max_length))
+                encoded.append(encode_packable(self.renderer, item, self.max_length))
             except InvalidInput as exc:
                 encoded.append(exc)
         valid = [e for e in encoded if not isinstance(e, InvalidInput)]

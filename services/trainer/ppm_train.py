@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase, Trainer
 
 from services.math import stepfmt
+from services.math.prompting import PromptRenderer
 from services.ppm.model import ProcessRewardModel
 from services.ppm.packing import PackedRow, pack
 from services.ppm.scorer import ScoreItem, encode_item, encode_step, require_fits
@@ -56,15 +57,15 @@ def group_pairs(pairs: Sequence[StepPair]) -> list[PairGroup]:
     ]
 
 
-def encode_group(tokenizer: PreTrainedTokenizerBase, group: PairGroup, max_length: int) -> dict[str, Any]:
+def encode_group(renderer: PromptRenderer, group: PairGroup, max_length: int) -> dict[str, Any]:
     """One row: the prefix once, then every candidate step.
 
     A causal model's prefix states do not depend on what follows, so running the prefix once for all of a
     node's candidates gives the same scores as one row per candidate for a fraction of the tokens (a pair:
     about 40% fewer on the curriculum). The collator's mask keeps each step from seeing the others, and each
     step's positions restart where the prefix ends (tested against separate rows)."""
-    prefix = encode_item(tokenizer, ScoreItem(group.question, group.prefix), max_length)
-    steps = [encode_step(tokenizer, step) for step in group.steps]
+    prefix = encode_item(renderer, ScoreItem(group.question, group.prefix), max_length)
+    steps = [encode_step(renderer, step) for step in group.steps]
     for ids in steps:
         require_fits(len(prefix.ids) + len(ids), max_length)  # each step is read as if alone
     return {
@@ -133,12 +134,15 @@ def train_ppm(
     pairs: Sequence[StepPair],
     config: PPMConfig,
     *,
+    prompt_format: str = "plain",
     progress: bool = True,
     on_step: Callable[[int, int], None] | None = None,
 ) -> dict[str, float]:
+    """Trains the value head and backbone on step pairs, read in the policy's `prompt_format`."""
     if not pairs:
         raise ValueError("no pairs to train on")
-    dataset = [encode_group(tokenizer, group, config.max_length) for group in group_pairs(pairs)]
+    renderer = PromptRenderer(tokenizer, prompt_format)
+    dataset = [encode_group(renderer, group, config.max_length) for group in group_pairs(pairs)]
     collator = GroupCollator(pad_id_of(tokenizer))
     return run_trainer(
         BradleyTerryTrainer,
@@ -155,7 +159,12 @@ def train_ppm(
 
 @torch.inference_mode()
 def pairwise_accuracy(
-    model: ProcessRewardModel, tokenizer: PreTrainedTokenizerBase, pairs: Sequence[StepPair], batch_size: int = 32
+    model: ProcessRewardModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[StepPair],
+    batch_size: int = 32,
+    *,
+    prompt_format: str = "plain",
 ) -> float:
     """Share of (distinct) pairs whose chosen step scores above the rejected one."""
     if not pairs:
@@ -164,9 +173,10 @@ def pairwise_accuracy(
     collate = GroupCollator(pad_id_of(tokenizer))
     device = next(model.parameters()).device
     groups = group_pairs(pairs)
+    renderer = PromptRenderer(tokenizer, prompt_format)
     wins = total = 0
     for start in range(0, len(groups), batch_size):
-        chunk = [encode_group(tokenizer, group, 100_000) for group in groups[start : start + batch_size]]
+        chunk = [encode_group(renderer, group, 100_000) for group in groups[start : start + batch_size]]
         batch = {k: v.to(device) for k, v in collate(chunk).items()}
         better, worse = pair_scores(model, batch)
         wins += int((better > worse).sum())

@@ -16,16 +16,19 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 
 from services.math import stepfmt
+from services.math.prompting import PromptRenderer
 from services.trainer.data import SFTConfig, Trajectory
 
 IGNORE = -100
 
 
-def encode_trajectory(tokenizer: PreTrainedTokenizerBase, trajectory: Trajectory, max_length: int) -> dict[str, Any]:
-    ids: list[int] = tokenizer.encode(stepfmt.render_prompt(trajectory.question, []), add_special_tokens=False)
+def encode_trajectory(renderer: PromptRenderer, trajectory: Trajectory, max_length: int) -> dict[str, Any]:
+    """The ids the policy is served (`PromptRenderer.ids`), with labels on the steps it writes itself."""
+    ids = renderer.head_ids(trajectory.question)
     labels = [IGNORE] * len(ids)
+    newline = renderer.newline_ids
     for step in trajectory.steps:
-        piece = tokenizer.encode(step + "\n", add_special_tokens=False)
+        piece = renderer.step_ids(step) + newline
         written_by_model = stepfmt.written_by_policy(step)
         ids.extend(piece)
         labels.extend(piece if written_by_model else [IGNORE] * len(piece))
@@ -136,13 +139,16 @@ def train_sft(
     trajectories: Sequence[Trajectory],
     config: SFTConfig,
     *,
+    prompt_format: str = "plain",
     progress: bool = True,
     on_step: Callable[[int, int], None] | None = None,
 ) -> dict[str, float]:
-    """Fine-tunes `model` in place; returns the training metrics (final loss, steps, seconds)."""
+    """Fine-tunes `model` in place on prompts in its `prompt_format`; returns the training metrics (final loss,
+    steps, seconds)."""
     if not trajectories:
         raise ValueError("no trajectories to train on")
-    dataset = [encode_trajectory(tokenizer, t, config.max_length) for t in trajectories]
+    renderer = PromptRenderer(tokenizer, prompt_format)
+    dataset = [encode_trajectory(renderer, t, config.max_length) for t in trajectories]
     return run_trainer(
         Trainer,
         model,

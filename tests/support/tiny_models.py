@@ -42,3 +42,24 @@ def publish_micro_models(store: ModelStore, seed: int = 0) -> tuple[ModelVersion
 
     ppm = store.publish("ppm", write_ppm, Lineage(base_model=f"policy {policy.version}", source="test"))
     return policy, ppm
+
+
+# A chat template of Qwen2.5's shape, set by hand (no template can be downloaded here).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def write_chat_checkpoint(directory: Path, seed: int = 0) -> Path:
+    """A user's Hugging Face checkpoint as it would arrive: a micro Qwen2 causal LM whose tokenizer has a chat
+    template and its turn markers, in a plain directory (not in any store)."""
+    torch.manual_seed(seed)
+    corpus = [stepfmt.render_prompt(QUESTION.replace("3", str(n)), STEPS) for n in range(20)]
+    tokenizer = train_tokenizer(corpus, 320)
+    tokenizer.add_special_tokens({"additional_special_tokens": [*stepfmt.MARKERS, "<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = CHAT_TEMPLATE
+    model = Qwen2ForCausalLM(tiny_config(tokenizer, PRESETS["micro"]))
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

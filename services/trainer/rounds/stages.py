@@ -91,9 +91,14 @@ class RoundContext:
         data: str,
         metrics: dict[str, float],
     ) -> str:
-        """Stores a trained candidate without making it current (`publish` promotes it if it passes the gate)."""
+        """Stores a trained candidate without making it current (`publish` promotes it if it passes the gate). It
+        keeps the prompt format of the policy `base` it was trained from."""
         lineage = Lineage(base_model=f"policy {base}", round=state.round, source=source, data=data, metrics=metrics)
-        return self.store.publish_pretrained(kind, model, tokenizer, lineage, make_current=False).version
+        prompt_format = self.store.get("policy", base).prompt_format
+        published = self.store.publish_pretrained(
+            kind, model, tokenizer, lineage, make_current=False, prompt_format=prompt_format
+        )
+        return published.version
 
     def evaluate(self, number: int, policy: str, ppm: str, heldout: list[StepPair]) -> dict[str, Any]:
         from services.trainer.evaluation import EvalPlan, evaluate_models
@@ -193,6 +198,7 @@ def run_sft(context: RoundContext, state: RoundState) -> None:
         tokenizer,
         trajectories,
         replace(c.sft, max_steps=steps),
+        prompt_format=base.prompt_format,
         progress=False,
         on_step=lambda done, total: context.progress("sft", done, total),
     )
@@ -241,6 +247,7 @@ def run_ppm(context: RoundContext, state: RoundState) -> None:
         tokenizer,
         pairs,
         replace(c.ppm, max_steps=steps),
+        prompt_format=policy.prompt_format,
         progress=False,
         on_step=lambda done, total: context.progress("ppm", done, total),
     )

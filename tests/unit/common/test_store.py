@@ -114,3 +114,29 @@ def test_import_copies_a_hugging_face_directory(tmp_path: Path) -> None:
 def test_bad_names_are_clear_errors(tmp_path: Path, kind: str, version: str, error: type[Exception]) -> None:
     with pytest.raises(error):
         ModelStore(tmp_path).get(kind, version)
+
+
+def _chat_writer(directory: Path) -> None:
+    (directory / "config.json").write_text("{}")
+    (directory / "tokenizer_config.json").write_text('{"chat_template": "{{ messages }}"}')
+
+
+def test_the_prompt_format_is_decided_at_publishing_and_kept(tmp_path: Path) -> None:
+    import json
+
+    from services.common.store import prompt_format_of
+
+    store = ModelStore(tmp_path)
+    assert store.publish("policy", _writer("a"), Lineage()).prompt_format == "plain"
+    chat = store.publish("policy", _chat_writer, Lineage())
+    assert chat.prompt_format == "chat"  # the tokenizer has a chat template
+    chosen = store.publish("policy", _chat_writer, Lineage(), prompt_format="plain")
+    assert chosen.prompt_format == "plain" and prompt_format_of(chosen.path) == "plain"  # an explicit choice wins
+    manifest = json.loads((chosen.path / "manifest.json").read_text())
+    assert manifest["prompt_format"] == "plain"
+    # A version published before formats were recorded reads as its tokenizer implies.
+    del manifest["prompt_format"]
+    (chat.path / "manifest.json").write_text(json.dumps(manifest))
+    assert store.get("policy", chat.version).prompt_format == "chat"
+    with pytest.raises(InvalidInput, match="unknown prompt format 'chatml'"):
+        store.publish("policy", _writer("b"), Lineage(), prompt_format="chatml")

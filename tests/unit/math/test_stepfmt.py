@@ -37,30 +37,6 @@ def test_stop_strings_end_one_step_each() -> None:
     assert stepfmt.STOP_STRINGS == ("<end_of_step>", "<end_of_code>", "<end_of_answer>")
 
 
-class _ChatTokenizer:
-    chat_template = "{{ messages }}"
-
-    def apply_chat_template(
-        self, messages: list[dict[str, str]], *, tokenize: bool, add_generation_prompt: bool
-    ) -> str:
-        assert not tokenize and add_generation_prompt
-        return f"<|user|>{messages[0]['content']}<|assistant|>"
-
-
-class _BaseTokenizer:
-    chat_template = None
-
-    def apply_chat_template(self, *args: object, **kwargs: object) -> str:
-        raise AssertionError("a tokenizer without a chat template must not be asked to apply one")
-
-
-def test_chat_prompt_wraps_the_question_in_the_tokenizers_template() -> None:
-    prompt = stepfmt.render_chat_prompt("What is 3 + 5?", [STEP1], _ChatTokenizer())
-    assert prompt == "<|user|>What is 3 + 5?<|assistant|>" + stepfmt.render_solution([STEP1])
-    assert stepfmt.render_chat_prompt("Q", [STEP1], _BaseTokenizer()) == stepfmt.render_prompt("Q", [STEP1])
-    assert stepfmt.render_chat_prompt("Q", [], object()) == stepfmt.render_prompt("Q", [])
-
-
 @pytest.mark.parametrize(
     ("text", "kind", "code", "answer", "output"),
     [

@@ -29,8 +29,8 @@ def engine(policy_dir: Path) -> HFEngine:
     return engine
 
 
-def _left_padded(engine: HFEngine, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    encoded = engine.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+def _left_padded(engine: HFEngine, prompts: list[tuple[int, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
+    encoded = engine.tokenizer.pad({"input_ids": [list(ids) for ids in prompts]}, padding=True, return_tensors="pt")
     return encoded["input_ids"], encoded["attention_mask"]
 
 
@@ -101,8 +101,8 @@ def test_greedy_decoding_matches_generate_row_for_row(lively_model: Qwen2ForCaus
 
 
 def test_candidates_follow_counts_and_a_seed_reproduces_them(engine: HFEngine) -> None:
-    texts = [engine.render(StepPrompt(QUESTION, STEPS[:k])) for k in (0, 2)]
-    input_ids, attention_mask = _left_padded(engine, texts)
+    prompts = [engine.render(StepPrompt(QUESTION, STEPS[:k])) for k in (0, 2)]
+    input_ids, attention_mask = _left_padded(engine, prompts)
 
     def sample(seed: int) -> list[list[int]]:
         with torch.inference_mode():

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from services.common.store import ModelStore
 from services.math import stepfmt
+from services.math.prompting import PromptRenderer
 from services.ppm.model import WEIGHTS, ProcessRewardModel
 from services.ppm.scorer import ScoreItem, encode_item
 from support.tiny_models import QUESTION, STEPS, publish_micro_models
@@ -44,7 +45,7 @@ def test_the_likelihood_term_is_the_policys_mean_logprob_of_the_counted_tokens(t
     tokenizer = AutoTokenizer.from_pretrained(policy.path)
     model = ProcessRewardModel.from_pretrained(policy.path).eval()
     torch.nn.init.zeros_(model.value_head.weight)  # the score is then the likelihood term and the bias alone
-    item = encode_item(tokenizer, ScoreItem(QUESTION, STEPS), 10_000)
+    item = encode_item(PromptRenderer(tokenizer), ScoreItem(QUESTION, STEPS), 10_000)
     ids, counted = torch.tensor([item.ids]), torch.tensor([item.counted])
     with torch.no_grad():
         scores = model(ids, counted=counted)[0]
@@ -81,7 +82,7 @@ def test_positions_are_each_steps_end_marker(tmp_path: Path) -> None:
 
     policy, _ = publish_micro_models(ModelStore(tmp_path))
     tokenizer = AutoTokenizer.from_pretrained(policy.path)
-    item = encode_item(tokenizer, ScoreItem(QUESTION, STEPS), 10_000)
+    item = encode_item(PromptRenderer(tokenizer), ScoreItem(QUESTION, STEPS), 10_000)
     assert len(item.positions) == len(STEPS)
     last_tokens = [tokenizer.decode([item.ids[p]]) for p in item.positions]
     assert last_tokens == ["<end_of_step>", "<end_of_code>", "<end_of_output>", "<end_of_answer>"]
@@ -112,7 +113,7 @@ def test_scorer_packs_a_nodes_children_into_one_row_and_scores_each_as_alone(tmp
     assert batch_rows == [3]  # the children's row, and one row for each other item
     tokenizer = AutoTokenizer.from_pretrained(ppm_version.path)
     for item, scores in zip(items, packed, strict=True):
-        encoded = encode_item(tokenizer, item, 10_000)
+        encoded = encode_item(PromptRenderer(tokenizer), item, 10_000)
         with torch.no_grad():
             alone = scorer.model(torch.tensor([encoded.ids]), counted=torch.tensor([encoded.counted]))
         alone = alone[0, encoded.positions].tolist()

@@ -12,6 +12,7 @@ from transformers import AutoTokenizer
 from services.common.errors import InvalidInput
 from services.common.store import ModelStore
 from services.math import stepfmt
+from services.math.prompting import PromptRenderer
 from services.ppm.model import ProcessRewardModel
 from services.ppm.scorer import ScoreItem, encode_item
 from services.trainer.data import StepPair
@@ -39,7 +40,7 @@ def test_pairs_sharing_a_prefix_form_one_group_with_each_step_once() -> None:
 
 
 def alone(model: ProcessRewardModel, tokenizer: object, question: str, steps: tuple[str, ...]) -> float:
-    item = encode_item(tokenizer, ScoreItem(question, steps), 10_000)
+    item = encode_item(PromptRenderer(tokenizer), ScoreItem(question, steps), 10_000)
     with torch.no_grad():
         return float(model(torch.tensor([item.ids]), counted=torch.tensor([item.counted]))[0, item.positions[-1]])
 
@@ -53,7 +54,7 @@ def test_each_step_of_a_packed_group_scores_as_it_would_alone(tmp_path: Path) ->
         model.likelihood_weight.fill_(0.1)
         model.value_head.bias.zero_()
     groups = group_pairs(PAIRS)
-    batch = GroupCollator(pad_id_of(tokenizer))([encode_group(tokenizer, g, 10_000) for g in groups])
+    batch = GroupCollator(pad_id_of(tokenizer))([encode_group(PromptRenderer(tokenizer), g, 10_000) for g in groups])
     with torch.no_grad():
         better, worse = pair_scores(model, batch)
 
@@ -73,6 +74,6 @@ def test_a_group_over_the_length_limit_or_with_an_empty_step_is_refused(tmp_path
     _, ppm = publish_micro_models(ModelStore(tmp_path))
     tokenizer = AutoTokenizer.from_pretrained(ppm.path)
     with pytest.raises(InvalidInput, match="at most 20"):
-        encode_group(tokenizer, group_pairs(PAIRS[:1])[0], 20)
+        encode_group(PromptRenderer(tokenizer), group_pairs(PAIRS[:1])[0], 20)
     with pytest.raises(InvalidInput, match="empty"):
-        encode_group(tokenizer, group_pairs([StepPair(QUESTION, (), STEPS[0], "")])[0], 10_000)
+        encode_group(PromptRenderer(tokenizer), group_pairs([StepPair(QUESTION, (), STEPS[0], "")])[0], 10_000)

@@ -9,6 +9,7 @@ from transformers import AutoTokenizer
 
 from services.common.store import ModelStore
 from services.math import stepfmt
+from services.math.prompting import PromptRenderer
 from services.trainer.corrupt import KINDS, change_operator, corrupt_step, miscopy
 from services.trainer.data import Trajectory
 from services.trainer.sft import IGNORE, encode_trajectory
@@ -18,7 +19,7 @@ from support.tiny_models import QUESTION, STEPS, publish_micro_models
 def test_loss_covers_model_written_steps_only(tmp_path: Path) -> None:
     policy, _ = publish_micro_models(ModelStore(tmp_path))
     tokenizer = AutoTokenizer.from_pretrained(policy.path)
-    example = encode_trajectory(tokenizer, Trajectory(QUESTION, STEPS), 10_000)
+    example = encode_trajectory(PromptRenderer(tokenizer), Trajectory(QUESTION, STEPS), 10_000)
     learned = tokenizer.decode(
         [i for i, label in zip(example["input_ids"], example["labels"], strict=True) if label != IGNORE]
     )
