@@ -51,9 +51,13 @@ def encode_step(renderer: PromptRenderer, step: str) -> list[int]:
     return piece
 
 
+class ItemTooLong(InvalidInput):
+    """An item longer than the PPM reads (a caller's bad input; training leaves such an example out)."""
+
+
 def require_fits(length: int, max_length: int) -> None:
     if length > max_length:
-        raise InvalidInput(f"item is {length} tokens; the PPM reads at most {max_length}")
+        raise ItemTooLong(f"item is {length} tokens; the PPM reads at most {max_length}")
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,9 @@ from services.math import stepfmt
 from services.math.prompting import PromptRenderer
 from services.ppm.model import ProcessRewardModel
 from services.ppm.packing import PackedRow, pack
-from services.ppm.scorer import ScoreItem, encode_item, encode_step, require_fits
+from services.ppm.scorer import ItemTooLong, ScoreItem, encode_item, encode_step, require_fits
 from services.trainer.data import PPMConfig, StepPair
-from services.trainer.sft import pad_id_of, run_trainer
+from services.trainer.sft import TooLong, pad_id_of, run_trainer
 
 
 @dataclass(frozen=True)
@@ -138,13 +138,23 @@ def train_ppm(
     progress: bool = True,
     on_step: Callable[[int, int], None] | None = None,
 ) -> dict[str, float]:
-    """Trains the value head and backbone on step pairs, read in the policy's `prompt_format`."""
+    """Trains the value head and backbone on step pairs, read in the policy's `prompt_format`. A group whose prefix
+    and step do not fit in `config.max_length` is left out, never cut, and its pairs are counted in the metrics
+    (`dropped_too_long`)."""
     if not pairs:
         raise ValueError("no pairs to train on")
     renderer = PromptRenderer(tokenizer, prompt_format)
-    dataset = [encode_group(renderer, group, config.max_length) for group in group_pairs(pairs)]
+    dataset = []
+    dropped = 0
+    for group in group_pairs(pairs):
+        try:
+            dataset.append(encode_group(renderer, group, config.max_length))
+        except ItemTooLong:
+            dropped += len(group.preferences)
+    if not dataset:
+        raise TooLong(f"all {dropped} pairs are longer than max_length={config.max_length} tokens")
     collator = GroupCollator(pad_id_of(tokenizer))
-    return run_trainer(
+    metrics = run_trainer(
         BradleyTerryTrainer,
         model,
         dataset,
@@ -155,6 +165,7 @@ def train_ppm(
         on_step=on_step,
         center_coefficient=config.center_coefficient,
     )
+    return {**metrics, "dropped_too_long": float(dropped)}
 
 
 @torch.inference_mode()

@@ -22,8 +22,13 @@ from services.trainer.data import SFTConfig, Trajectory
 IGNORE = -100
 
 
-def encode_trajectory(renderer: PromptRenderer, trajectory: Trajectory, max_length: int) -> dict[str, Any]:
-    """The ids the policy is served (`PromptRenderer.ids`), with labels on the steps it writes itself."""
+class TooLong(ValueError):
+    """Every example of a training run is longer than its max_length: there is nothing left to train on."""
+
+
+def encode_trajectory(renderer: PromptRenderer, trajectory: Trajectory, max_length: int) -> dict[str, Any] | None:
+    """The ids the policy is served (`PromptRenderer.ids`), with labels on the steps it writes itself; None when
+    they do not fit in `max_length` (never cut: a cut trajectory teaches a solution without its end)."""
     ids = renderer.head_ids(trajectory.question)
     labels = [IGNORE] * len(ids)
     newline = renderer.newline_ids
@@ -32,7 +37,9 @@ def encode_trajectory(renderer: PromptRenderer, trajectory: Trajectory, max_leng
         written_by_model = stepfmt.written_by_policy(step)
         ids.extend(piece)
         labels.extend(piece if written_by_model else [IGNORE] * len(piece))
-    return {"input_ids": ids[:max_length], "labels": labels[:max_length]}
+    if len(ids) > max_length:
+        return None
+    return {"input_ids": ids, "labels": labels}
 
 
 class PadToLongest:
@@ -144,12 +151,16 @@ def train_sft(
     on_step: Callable[[int, int], None] | None = None,
 ) -> dict[str, float]:
     """Fine-tunes `model` in place on prompts in its `prompt_format`; returns the training metrics (final loss,
-    steps, seconds)."""
+    steps, seconds, and `dropped_too_long`: trajectories longer than `config.max_length`, left out)."""
     if not trajectories:
         raise ValueError("no trajectories to train on")
     renderer = PromptRenderer(tokenizer, prompt_format)
-    dataset = [encode_trajectory(renderer, t, config.max_length) for t in trajectories]
-    return run_trainer(
+    encoded = [encode_trajectory(renderer, t, config.max_length) for t in trajectories]
+    dataset = [example for example in encoded if example is not None]
+    dropped = len(encoded) - len(dataset)
+    if not dataset:
+        raise TooLong(f"all {dropped} trajectories are longer than max_length={config.max_length} tokens")
+    metrics = run_trainer(
         Trainer,
         model,
         dataset,
@@ -159,3 +170,4 @@ def train_sft(
         name="sft",
         on_step=on_step,
     )
+    return {**metrics, "dropped_too_long": float(dropped)}

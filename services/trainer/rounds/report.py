@@ -34,6 +34,8 @@ def _cell(value: Any) -> str:
 
 # Shown only when some round searched its unsolved problems again (`unsolved_retries`).
 RETRY_COLUMNS = (("retried", "retried"), ("solved by retries", "solved_by_retries"))
+# Shown only when some round left training examples out for their length (over the preset's max_length).
+DROPPED_COLUMNS = (("SFT dropped (long)", "sft_dropped_long"), ("PPM pairs dropped (long)", "ppm_dropped_long"))
 
 
 def markdown_table(states: list[RoundState]) -> str:
@@ -41,6 +43,8 @@ def markdown_table(states: list[RoundState]) -> str:
     if any("retried" in s.metrics for s in states):
         solved_at = [key for _, key in COLUMNS].index("pool_solved") + 1
         columns = (*COLUMNS[:solved_at], *RETRY_COLUMNS, *COLUMNS[solved_at:])
+    if any(s.metrics.get(key) for s in states for _, key in DROPPED_COLUMNS):
+        columns = (*columns, *DROPPED_COLUMNS)
     header = "| round | " + " | ".join(name for name, _ in columns) + " | policy | ppm | state |"
     rule = "|---" * (len(columns) + 4) + "|"
     rows = [

@@ -173,18 +173,23 @@ def run_extract(context: RoundContext, state: RoundState) -> None:
     state.metrics["ppm_pairs"] = len(pairs)
 
 
+def _reject(context: RoundContext, state: RoundState, why: str) -> None:
+    """The round ends here without new models: the current ones stay."""
+    state.state = "rejected"
+    state.message = f"{why}; current models kept"
+    context.report(state)
+
+
 def run_sft(context: RoundContext, state: RoundState) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from services.trainer.sft import train_sft
+    from services.trainer.sft import TooLong, train_sft
 
     rows = context.rounds.accumulated(state.round, "sft.jsonl")
     if not rows:
         # Nothing to learn from: the current models stay (the curriculum ladder may be too steep).
-        state.state = "rejected"
-        state.message = "no problem of any round was solved yet: nothing to fine-tune on; current models kept"
-        context.report(state)
+        _reject(context, state, "no problem of any round was solved yet: nothing to fine-tune on")
         return
     base = context.store.get("policy", context.base_policy())
     torch.manual_seed(context.config.seed + state.round)
@@ -193,15 +198,20 @@ def run_sft(context: RoundContext, state: RoundState) -> None:
     c = context.config
     searched = [Trajectory(r["question"], tuple(r["steps"])) for r in rows]
     trajectories, replayed, steps = rules.sft_mix(c, state.round, searched)
-    metrics = train_sft(
-        model,
-        tokenizer,
-        trajectories,
-        replace(c.sft, max_steps=steps),
-        prompt_format=base.prompt_format,
-        progress=False,
-        on_step=lambda done, total: context.progress("sft", done, total),
-    )
+    try:
+        metrics = train_sft(
+            model,
+            tokenizer,
+            trajectories,
+            replace(c.sft, max_steps=steps),
+            prompt_format=base.prompt_format,
+            progress=False,
+            on_step=lambda done, total: context.progress("sft", done, total),
+        )
+    except TooLong as exc:
+        _reject(context, state, f"SFT: {exc}; raise the preset's sft max_length or shorten the steps")
+        return
+    state.metrics["sft_dropped_long"] = metrics["dropped_too_long"]
     state.policy_version = context.publish_candidate(
         "policy",
         model,
@@ -221,6 +231,7 @@ def run_ppm(context: RoundContext, state: RoundState) -> None:
 
     from services.ppm.model import ProcessRewardModel
     from services.trainer.ppm_train import group_pairs, train_ppm
+    from services.trainer.sft import TooLong
 
     rows = context.rounds.accumulated(state.round, "pairs.jsonl")
     policy = context.store.get("policy", state.policy_version)
@@ -242,15 +253,20 @@ def run_ppm(context: RoundContext, state: RoundState) -> None:
     # A batch holds groups (one prefix and its candidate steps), so the epochs count groups.
     groups = len(group_pairs(pairs))
     steps = rules.scaled_steps(groups, c.ppm_epochs, c.ppm.batch_size, c.ppm_min_steps, c.ppm.max_steps)
-    metrics = train_ppm(
-        model,
-        tokenizer,
-        pairs,
-        replace(c.ppm, max_steps=steps),
-        prompt_format=policy.prompt_format,
-        progress=False,
-        on_step=lambda done, total: context.progress("ppm", done, total),
-    )
+    try:
+        metrics = train_ppm(
+            model,
+            tokenizer,
+            pairs,
+            replace(c.ppm, max_steps=steps),
+            prompt_format=policy.prompt_format,
+            progress=False,
+            on_step=lambda done, total: context.progress("ppm", done, total),
+        )
+    except TooLong as exc:
+        _reject(context, state, f"PPM: {exc}; raise the preset's ppm max_length")
+        return
+    state.metrics["ppm_dropped_long"] = metrics["dropped_too_long"]
     state.ppm_version = context.publish_candidate(
         "ppm",
         model,
