@@ -8,9 +8,12 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.search.engine.answers import DEFAULT_METHOD, METHODS
+
+if TYPE_CHECKING:
+    from services.search.eval.evaluate import EvalSettings
 
 # --------------------------------------------------------------------------------------------------- up
 
@@ -131,31 +134,25 @@ def _eval(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from services.common.store import ModelStore
-    from services.search.engine.mcts import INFERENCE
-    from services.search.engine.orchestrator import Sampling
-    from services.search.eval.evaluate import EvalSettings, evaluate, write_results
+    from services.search.eval.evaluate import evaluate, write_results
     from services.search.eval.local import local_backends
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
     problems = load_problems(args)
+    chosen = eval_settings(args)
     if args.target:
         print("thinkmesh: --target evaluation goes through SearchService.Solve", file=sys.stderr)
-        return _eval_remote(args, problems)
-    sweep = [int(x) for x in args.sweep.split(",")] if args.sweep else [args.rollouts]
+        return _eval_remote(args, problems, chosen)
+    sweep = [int(x) for x in args.sweep.split(",")] if args.sweep else [chosen.search.rollouts]
     points = []
     every_result = []  # with --sweep, one row per problem and rollout count
     for rollouts in sweep:
-        settings = EvalSettings(
-            method=args.method,
-            search=dataclasses.replace(INFERENCE, rollouts=rollouts, candidates=args.candidates, seed=args.seed),
-            sampling=Sampling(temperature=args.temperature),
-            answer_method=args.answer,
-        )
+        settings = chosen.searching(rollouts=rollouts)
 
         async def run(settings: EvalSettings = settings) -> Any:
             async with local_backends(ModelStore(args.store)) as backends:
                 with tqdm(
-                    total=len(problems), desc=f"{args.method} r={settings.search.rollouts}", disable=args.json
+                    total=len(problems), desc=f"{settings.method} r={settings.search.rollouts}", disable=args.json
                 ) as bar:
                     return await evaluate(problems, backends, settings, progress=bar.update)
 
@@ -184,7 +181,29 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_remote(args: argparse.Namespace, problems: list[Any]) -> int:
+def eval_settings(args: argparse.Namespace) -> EvalSettings:
+    """The evaluation's settings: the preset's (--preset) or the defaults, then every flag given over them."""
+    from services.search.eval.evaluate import EVAL_PRESETS, EvalSettings
+
+    base = EVAL_PRESETS[args.preset] if args.preset else EvalSettings(method="greedy")
+    knobs = {
+        "rollouts": args.rollouts,
+        "candidates": args.candidates,
+        "max_depth": args.max_depth,
+        "seed": args.seed,
+    }
+    settings = base.searching(**{k: v for k, v in knobs.items() if v is not None})
+    sampling = {"temperature": args.temperature, "max_new_tokens": args.max_new_tokens}
+    return dataclasses.replace(
+        settings,
+        method=args.method or settings.method,
+        answer_method=args.answer or settings.answer_method,
+        searches=args.searches or settings.searches,
+        sampling=dataclasses.replace(settings.sampling, **{k: v for k, v in sampling.items() if v is not None}),
+    )
+
+
+def _eval_remote(args: argparse.Namespace, problems: list[Any], settings: EvalSettings) -> int:
     import asyncio
 
     from services.math.grading import Grader
@@ -194,7 +213,17 @@ def _eval_remote(args: argparse.Namespace, problems: list[Any]) -> int:
     async def run() -> list[Any]:
         async with _channel(args) as channel:
             stub = search_pb2_grpc.SearchServiceStub(channel)
-            requests = [search_pb2.SolveRequest(problem=p.question, rollouts=args.rollouts) for p in problems]
+            s = settings.search
+            requests = [
+                search_pb2.SolveRequest(
+                    problem=p.question,
+                    rollouts=s.rollouts,
+                    candidates=s.candidates,
+                    max_depth=s.max_depth,
+                    searches=settings.searches,
+                )
+                for p in problems
+            ]
             return list(await asyncio.gather(*(stub.Solve(r, timeout=args.timeout) for r in requests)))
 
     replies = asyncio.run(run())
@@ -219,7 +248,9 @@ def _eval_remote(args: argparse.Namespace, problems: list[Any]) -> int:
     summary = {
         "method": "mcts",
         "n": len(problems),
-        "rollouts": args.rollouts,
+        "rollouts": settings.search.rollouts,
+        "candidates": settings.search.candidates,
+        "searches": settings.searches,
         "accuracy": sum(v.equal for v in verdicts) / max(1, len(problems)),
     }
     print(json.dumps(summary) if args.json else f"accuracy={summary['accuracy']:.3f} n={summary['n']}")
@@ -263,7 +294,7 @@ def _plot(points: list[dict[str, Any]], path: Path, args: argparse.Namespace) ->
     axis.set_xlabel("rollouts")
     axis.set_ylabel("accuracy")
     axis.set_title(
-        f"{args.method} on {args.dataset}" + (f" level {args.level}" if args.dataset == "curriculum" else "")
+        f"{points[-1]['method']} on {args.dataset}" + (f" level {args.level}" if args.dataset == "curriculum" else "")
     )
     axis.grid(True, alpha=0.3)
     figure.tight_layout()
@@ -298,11 +329,22 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     evaluation.add_argument("--level", type=int, default=1)
     evaluation.add_argument("--n", type=int, default=100)
     evaluation.add_argument("--seed", type=int, default=12345, help="curriculum seed (held out from training seeds)")
-    evaluation.add_argument("--method", choices=("greedy", "bon", "maj", "mcts"), default="greedy")
-    evaluation.add_argument("--rollouts", type=int, default=16)
-    evaluation.add_argument("--candidates", type=int, default=4)
-    evaluation.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (not greedy)")
-    evaluation.add_argument("--answer", choices=METHODS, default=DEFAULT_METHOD, help="how MCTS picks its answer")
+    evaluation.add_argument(
+        "--preset",
+        choices=("rstar-eval",),
+        default=None,
+        help="start from a named configuration (rstar-eval: the authors' inference search); flags override it",
+    )
+    evaluation.add_argument("--method", choices=("greedy", "bon", "maj", "mcts"), default=None, help="default greedy")
+    evaluation.add_argument("--rollouts", type=int, default=None, help="N for maj/bon, R for mcts (default 16)")
+    evaluation.add_argument("--candidates", type=int, default=None, help="candidates per expansion (default 4)")
+    evaluation.add_argument("--max-depth", type=int, default=None, help="steps per trajectory (default 16)")
+    evaluation.add_argument("--searches", type=int, default=None, help="mcts: independent searches pooled (default 1)")
+    evaluation.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 0.8)")
+    evaluation.add_argument("--max-new-tokens", type=int, default=None, help="new tokens per step (default 256)")
+    evaluation.add_argument(
+        "--answer", choices=METHODS, default=None, help=f"how MCTS picks its answer (default {DEFAULT_METHOD})"
+    )
     evaluation.add_argument("--sweep", default=None, help="comma-separated rollout counts, e.g. 1,2,4,8,16")
     evaluation.add_argument("--plot", default=None, help="write accuracy against rollouts to this PNG")
     evaluation.add_argument("--store", default=None)

@@ -133,7 +133,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     evolve = sub.add_parser("evolve", help="run self-evolution rounds on this machine (resumable)")
     evolve.add_argument("--rounds", type=int, default=3)
-    evolve.add_argument("--preset", choices=("default", "demo", "tiny"), default="default")
+    evolve.add_argument(
+        "--preset",
+        choices=("default", "demo", "tiny", "rstar-r1", "rstar-r2", "rstar-r3", "rstar-r4"),
+        default="default",
+        help="the round's configuration: the embedded ones, or the paper's rounds for real models (docs/models.md)",
+    )
     evolve.add_argument("--pool", type=int, default=None, help="problems per round (default: the preset's)")
     evolve.add_argument(
         "--pool-levels",

@@ -78,6 +78,9 @@ class SolveTask:
     method: str = ""  # how the final answer is chosen (services/search/engine/answers.py)
     max_code_errors: int = 0
     seed: int = 0
+    # How the policy is sampled for this task (a training round's preset); None / 0 = the worker's settings.
+    temperature: float | None = None
+    max_new_tokens: int = 0
     deadline: float | None = None  # epoch seconds: stop searching then and answer with the best so far
     # Where the result is kept (<store>/<job>/<problem_id>.json), so a retried task returns it instead of searching
     # again: a training round's searches. "" = not kept (an online Solve: its result goes back through Celery).
@@ -87,9 +90,11 @@ class SolveTask:
     include_trees: bool = False  # the finished trees go into the stored result (training)
 
     def __post_init__(self) -> None:
-        for name in ("rollouts", "candidates", "max_depth", "searches", "max_code_errors"):
+        for name in ("rollouts", "candidates", "max_depth", "searches", "max_code_errors", "max_new_tokens"):
             if getattr(self, name) < 0:
                 raise InvalidInput(f"solve task: {name} must not be negative")
+        if self.temperature is not None and not 0 <= self.temperature <= 2:
+            raise InvalidInput(f"solve task: temperature must be between 0 and 2, not {self.temperature}")
         if self.q_mode not in ("", *Q_MODES):
             raise InvalidInput(f"solve task: q_mode must be one of {', '.join(Q_MODES)}, not {self.q_mode!r}")
         if self.method not in ("", *METHODS):

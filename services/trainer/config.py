@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from services.search.engine.mcts import SearchConfig
+from services.search.engine.orchestrator import Sampling
 from services.trainer.data import PPMConfig, SFTConfig
 
 
@@ -22,6 +23,9 @@ class RoundConfig:
     # rollouts (round 1: 5 × 8); scaled to a 2-core CPU. Each round sets q_mode and, in round 1, the code errors
     # tolerated (below); `max_code_errors` (authors' code: 1 after round 1) holds for the later rounds.
     search: SearchConfig = field(default_factory=lambda: SearchConfig(rollouts=8, candidates=4, max_depth=12))
+    # How the pool's searches sample the policy (temperature, new tokens per step); None: the search tier's own
+    # THINKMESH_SEARCH_TEMPERATURE / _MAX_NEW_TOKENS.
+    sampling: Sampling | None = None
     # What the first search did not solve is searched again, once per entry (rollouts, candidates), each pass on
     # the problems still unsolved: the paper's round 4 gives them 64, then 128 rollouts with 16 candidates. Off
     # here: on 2 cores a pass with more candidates costs several times the first search (docs/results.md).
@@ -105,6 +109,60 @@ PRESETS: dict[str, RoundConfig] = {
         frontier_samples=4,
     ),
 }
+
+
+# --- The paper's rounds, for real models (arXiv 2501.04519 and the authors' code, microsoft/rStar branch rStar-math;
+# ../shared/docs/rstar-math.md). docs/models.md lists every field with its source. Each preset says everything its
+# round does whatever the round's number: q_mode and the code errors tolerated are fixed by the preset.
+NEVER = 1_000_000  # a round number no run reaches: terminal-guided Q throughout
+
+
+def _rstar_round(
+    *, rollouts: int, candidates: int, temperature: float, ppm_q: bool, code_errors: int, **more: object
+) -> RoundConfig:
+    return RoundConfig(
+        # Search: c = 2, depth 16 (paper, MCTS); the rollouts and candidates of the round (below); 2,048 new tokens
+        # per step (authors' inference config, which their training configs share).
+        search=SearchConfig(rollouts=rollouts, candidates=candidates, max_depth=16, c=2.0, max_code_errors=code_errors),
+        sampling=Sampling(temperature=temperature, max_new_tokens=2048),
+        ppm_q_from_round=1 if ppm_q else NEVER,
+        first_round_code_errors=code_errors,
+        # SFT: lr 7e-6, 2 epochs, batch 128 (paper), sequences up to 4,096 tokens (code); the data decides the steps.
+        sft=SFTConfig(max_steps=NEVER, batch_size=128, learning_rate=7e-6, warmup_steps=0, max_length=4096),
+        sft_epochs=2.0,
+        sft_min_steps=1,
+        sft_weight=1,
+        sft_replay=0,  # real problems: no synthetic curriculum replay
+        # PPM: lr 7e-6, batch 512 (paper), 2 epochs and max length 2,048 (code; the paper says 1 epoch).
+        ppm=PPMConfig(max_steps=NEVER, batch_size=512, learning_rate=7e-6, warmup_steps=0, max_length=2048),
+        ppm_epochs=2.0,
+        ppm_min_steps=1,
+        ppm_replay=0,
+        pair_margin=0.5,  # code: a pair needs a Q margin of at least 0.5
+        **more,  # type: ignore[arg-type]
+    )
+
+
+PRESETS.update(
+    {
+        # Round 1: terminal-guided, 5 candidates x 8 rollouts (paper), temperature 0.7 (code's bootstrap config),
+        # 2 consecutive code errors tolerated (code). The paper's round 1 searched with a stronger teacher model.
+        "rstar-r1": _rstar_round(rollouts=8, candidates=5, temperature=0.7, ppm_q=False, code_errors=2),
+        # Round 2: the round-1 policy, terminal-guided, 8 candidates x 16 rollouts (paper), temperature 1.0 (code).
+        "rstar-r2": _rstar_round(rollouts=16, candidates=8, temperature=1.0, ppm_q=False, code_errors=1),
+        # Round 3: PPM-augmented Q from here on (paper).
+        "rstar-r3": _rstar_round(rollouts=16, candidates=8, temperature=1.0, ppm_q=True, code_errors=1),
+        # Round 4: as round 3, and the problems still unsolved get 64, then 128 rollouts with 16 candidates (paper).
+        "rstar-r4": _rstar_round(
+            rollouts=16,
+            candidates=8,
+            temperature=1.0,
+            ppm_q=True,
+            code_errors=1,
+            unsolved_retries=((64, 16), (128, 16)),
+        ),
+    }
+)
 
 
 def parse_retries(text: str) -> tuple[tuple[int, int], ...]:

@@ -95,6 +95,20 @@ class Orchestrator:
         self.backends = backends
         self.sampling = sampling
         self.batched = batched
+        # Trees whose search samples the policy otherwise (a task's own temperature or step length), by id.
+        self._sampling_of: dict[int, Sampling] = {}
+
+    def sampling_for(self, tree: Tree) -> Sampling:
+        return self._sampling_of.get(id(tree), self.sampling)
+
+    def sample(self, trees: Sequence[Tree], sampling: Sampling | None) -> None:
+        """Sample the policy for these trees with `sampling` (None: this orchestrator's) until `forget`."""
+        if sampling is not None and sampling != self.sampling:
+            self._sampling_of.update((id(tree), sampling) for tree in trees)
+
+    def forget(self, trees: Sequence[Tree]) -> None:
+        for tree in trees:
+            self._sampling_of.pop(id(tree), None)
 
     async def run(
         self,
@@ -104,8 +118,23 @@ class Orchestrator:
         cancelled: asyncio.Event | None = None,
         progress: Progress | None = None,
         seed: int = 0,
+        sampling: Sampling | None = None,
     ) -> RunStats:
         """Advance every tree until all are done, the monotonic `deadline` passes, or `cancelled` is set."""
+        self.sample(trees, sampling)
+        try:
+            return await self._run(trees, deadline, cancelled, progress, seed)
+        finally:
+            self.forget(trees)
+
+    async def _run(
+        self,
+        trees: Sequence[Tree],
+        deadline: float | None,
+        cancelled: asyncio.Event | None,
+        progress: Progress | None,
+        seed: int,
+    ) -> RunStats:
         stats = RunStats()
         started = time.monotonic()
         while True:
@@ -151,18 +180,20 @@ class Orchestrator:
         STAGE_SECONDS.labels(stage).observe(elapsed)
 
     async def _expand(self, waiting: list[tuple[Tree, Expand]], stats: RunStats, seed: int) -> None:
-        # Trees may ask for different numbers of candidates: one call per distinct n.
-        by_n: dict[int, list[tuple[Tree, Expand]]] = {}
+        # Trees may ask for different numbers of candidates, or sample otherwise: one call per distinct kind.
+        by_kind: dict[tuple[int, float, int], list[tuple[Tree, Expand]]] = {}
         for tree, need in waiting:
-            by_n.setdefault(tree.config.candidates, []).append((tree, need))
-        for n, group in by_n.items():
+            sampling = self.sampling_for(tree)
+            kind = (tree.config.candidates, sampling.temperature, sampling.max_new_tokens)
+            by_kind.setdefault(kind, []).append((tree, need))
+        for (n, temperature, max_new_tokens), group in by_kind.items():
             prompts = [Prompt(tree.question, need.steps) for tree, need in group]
 
-            async def call(batch: list[Prompt], n: int = n) -> Any:
+            async def call(
+                batch: list[Prompt], n: int = n, t: float = temperature, length: int = max_new_tokens
+            ) -> Any:
                 started = time.monotonic()
-                result = await self.backends.generator.generate(
-                    batch, n, self.sampling.temperature, self.sampling.max_new_tokens, seed
-                )
+                result = await self.backends.generator.generate(batch, n, t, length, seed)
                 self._timed("policy", stats.policy, len(batch), started)
                 return result
 
@@ -325,8 +356,11 @@ class SearchLoop:
         deadline: float | None = None,
         cancelled: asyncio.Event | None = None,
         progress: Progress | None = None,
+        sampling: Sampling | None = None,
     ) -> RunStats:
+        """Search `trees` in the shared ticks; `sampling` overrides the loop's for them (a task's own)."""
         done: asyncio.Future[RunStats] = asyncio.get_running_loop().create_future()
+        self.orchestrator.sample(trees, sampling)
         self._submissions.append(_Submission(trees, deadline, cancelled, progress, done))
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run())
@@ -342,6 +376,7 @@ class SearchLoop:
                 submission.stats.policy_version = self.stats.policy_version
                 submission.stats.ppm_version = self.stats.ppm_version
                 self._submissions.remove(submission)
+                self.orchestrator.forget(submission.trees)
                 if not submission.done.done():
                     submission.done.set_result(submission.stats)
 
@@ -360,6 +395,7 @@ class SearchLoop:
             except Exception as exc:  # a failed backend call fails the searches of this tick, not the loop
                 for submission in {id(s): s for s, _ in active}.values():
                     self._submissions.remove(submission)
+                    self.orchestrator.forget(submission.trees)
                     if not submission.done.done():
                         submission.done.set_exception(exc)
                 continue

@@ -41,6 +41,7 @@ class EvalSettings:
     search: SearchConfig = INFERENCE
     sampling: Sampling = field(default_factory=Sampling)  # greedy decodes at temperature 0 whatever it says
     answer_method: Method = DEFAULT_METHOD
+    searches: int = 1  # mcts: independent searches of a problem, their terminals pooled (the paper's 64 trajectories)
     batch: int = 64  # problems searched together
 
     def searching(self, **knobs: Any) -> EvalSettings:
@@ -62,13 +63,29 @@ class ProblemResult:
     found: bool = False  # some terminal answer was right (pass@k)
 
 
+# The authors' inference configuration (../shared/docs/rstar-math.md, docs/models.md gives each source): 32
+# candidates per step, temperature 1.0, up to 2,048 new tokens per step, PPM-augmented Q, c = 2, depth 16, and the
+# headline's 64 trajectories (independent searches) with the answer chosen by the PPM's score (the paper's rule;
+# their code takes a majority vote of the top-4 answers by score). The inference rollout count is not stated:
+# 16, the paper's training search.
+EVAL_PRESETS: dict[str, EvalSettings] = {
+    "rstar-eval": EvalSettings(
+        method="mcts",
+        search=SearchConfig(rollouts=16, candidates=32, max_depth=16, c=2.0, q_mode="ppm"),
+        sampling=Sampling(temperature=1.0, max_new_tokens=2048),
+        answer_method="ppm",
+        searches=64,
+    ),
+}
+
+
 def trees_for(problem: EvalProblem, s: EvalSettings) -> list[Tree]:
     single = replace(s.search, rollouts=1, candidates=1)
     if s.method == "greedy":
         return [Tree(problem.question, single)]
     if s.method in ("maj", "bon"):
         return [Tree(problem.question, replace(single, seed=s.search.seed + i)) for i in range(s.search.rollouts)]
-    return [Tree(problem.question, s.search)]
+    return [Tree(problem.question, replace(s.search, seed=s.search.seed + 1_000 * i)) for i in range(s.searches)]
 
 
 def _answer_rule(s: EvalSettings) -> Method:

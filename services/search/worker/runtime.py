@@ -20,7 +20,7 @@ from services.common.channels import open_channel
 from services.search.engine.answers import Method, choose
 from services.search.engine.backends import Backends
 from services.search.engine.mcts import SearchConfig, Tree
-from services.search.engine.orchestrator import Orchestrator, RunStats, SearchLoop
+from services.search.engine.orchestrator import Orchestrator, RunStats, Sampling, SearchLoop
 from services.search.grader import ProcessGrader
 from services.search.protocol import SolveProgress, SolveResult, SolveTask
 from services.search.settings import SearchSettings
@@ -38,6 +38,18 @@ def search_config(task: SolveTask, defaults: SearchConfig) -> SearchConfig:
         q_mode=task.q_mode,  # type: ignore[arg-type]
         max_code_errors=task.max_code_errors,
         seed=task.seed,
+    )
+
+
+def task_sampling(task: SolveTask, settings: SearchSettings) -> Sampling | None:
+    """The task's own sampling of the policy over the worker's (None: the worker's as it is)."""
+    if task.temperature is None and not task.max_new_tokens:
+        return None
+    base = settings.sampling
+    return replace(
+        base,
+        temperature=base.temperature if task.temperature is None else task.temperature,
+        max_new_tokens=task.max_new_tokens or base.max_new_tokens,
     )
 
 
@@ -173,5 +185,7 @@ class WorkerRuntime:
                     )
                 )
 
-        stats = await self.search_loop.submit(trees, deadline=deadline, cancelled=cancelled, progress=on_tick)
+        stats = await self.search_loop.submit(
+            trees, deadline=deadline, cancelled=cancelled, progress=on_tick, sampling=task_sampling(task, self.settings)
+        )
         return summarise(trees, stats, method, include_trees=task.include_trees)

@@ -56,6 +56,8 @@ def pool(config: RoundConfig, number: int, levels: tuple[int, ...]) -> list[Solv
             max_code_errors=errors,
             searches=1,
             seed=c.seed + number,
+            temperature=c.sampling.temperature if c.sampling else None,
+            max_new_tokens=c.sampling.max_new_tokens if c.sampling else 0,
         )
         for p in problems[: c.pool_size]
     ]

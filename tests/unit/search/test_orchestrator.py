@@ -111,3 +111,26 @@ async def test_a_tick_larger_than_a_backend_batch_is_cut_into_chunks() -> None:
     assert all(s.choice is not None and s.choice.answer == "8" for s in solved)
     assert max(n for stage in ("policy", "sandbox", "ppm") for n in scripted.calls[stage]) <= 3
     assert scripted.calls["policy"][:3] == [3, 3, 1]  # the first tick: seven root expansions
+
+
+async def test_a_submission_may_sample_the_policy_its_own_way() -> None:
+    from services.search.engine.mcts import Tree
+    from services.search.engine.orchestrator import Sampling, SearchLoop
+
+    class Recording(ScriptedBackends):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sampled: list[tuple[int, float, int]] = []
+
+        async def generate(self, prompts, n, temperature, max_new_tokens, seed):  # type: ignore[no-untyped-def]
+            self.sampled.append((len(prompts), temperature, max_new_tokens))
+            return await super().generate(prompts, n, temperature, max_new_tokens, seed)
+
+    scripted = Recording()
+    orchestrator = Orchestrator(_backends(scripted), Sampling(temperature=0.8, max_new_tokens=256))
+    loop = SearchLoop(orchestrator)
+    plain = [Tree(QUESTION, SearchConfig(rollouts=2, seed=1), "8")]
+    own = [Tree(QUESTION, SearchConfig(rollouts=2, seed=2), "8")]
+    await asyncio.gather(loop.submit(plain), loop.submit(own, sampling=Sampling(temperature=0.7, max_new_tokens=2048)))
+    assert {(t, m) for _, t, m in scripted.sampled} == {(0.8, 256), (0.7, 2048)}  # one call per way of sampling
+    assert not orchestrator._sampling_of  # forgotten once the submission is done

@@ -136,3 +136,20 @@ def test_the_worker_runtime_closes_its_channels_grader_and_loop() -> None:
     assert WorkerRuntime._instance is None and runtime.loop.is_closed() and not runtime._thread.is_alive()
     assert all(channel._channel.closed() for channel in channels)
     assert runtime._grader._grader._closed
+
+
+def test_a_task_may_set_how_the_policy_is_sampled() -> None:
+    from services.search.engine.orchestrator import Sampling
+    from services.search.worker.runtime import task_sampling
+
+    settings = SearchSettings(sampling=Sampling(temperature=0.8, max_new_tokens=256, exec_timeout_ms=5_000))
+    assert task_sampling(SolveTask("q"), settings) is None  # the worker's own
+    own = task_sampling(SolveTask("q", temperature=0.0, max_new_tokens=2048), settings)
+    assert own == Sampling(temperature=0.0, max_new_tokens=2048, exec_timeout_ms=5_000)
+    assert task_sampling(SolveTask("q", max_new_tokens=512), settings) == Sampling(0.8, 512, 5_000)
+    task = SolveTask("q", temperature=0.7, max_new_tokens=2048)
+    assert SolveTask.from_json(task.to_json()) == task
+    with pytest.raises(InvalidInput, match="temperature must be between 0 and 2"):
+        SolveTask("q", temperature=3.0)
+    with pytest.raises(InvalidInput, match="max_new_tokens must not be negative"):
+        SolveTask("q", max_new_tokens=-1)

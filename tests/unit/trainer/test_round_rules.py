@@ -194,3 +194,26 @@ def test_the_stages_run_in_one_fixed_order_under_their_saved_names() -> None:
     # The names are saved in every round's state.json (`stage`, `finished`): a renamed stage would not resume.
     assert STAGE_NAMES == ("search", "extract", "sft", "ppm", "evaluate", "publish")
     assert [stage.name for stage in STAGES] == list(STAGE_NAMES)
+
+
+def test_the_papers_rounds_fix_their_search_whatever_the_rounds_number() -> None:
+    from services.trainer.rounds.rules import pool
+
+    expected = {  # rollouts, candidates, q_mode, code errors, temperature
+        "rstar-r1": (8, 5, "terminal", 2, 0.7),
+        "rstar-r2": (16, 8, "terminal", 1, 1.0),
+        "rstar-r3": (16, 8, "ppm", 1, 1.0),
+        "rstar-r4": (16, 8, "ppm", 1, 1.0),
+    }
+    for name, (rollouts, candidates, q_mode, errors, temperature) in expected.items():
+        config = preset(name, pool_size=2, pool_levels=(1,))
+        for number in (1, 2, 5):
+            tasks = pool(config, number, (1,))
+            got = {(t.rollouts, t.candidates, t.q_mode, t.max_code_errors, t.temperature, t.max_depth) for t in tasks}
+            assert got == {(rollouts, candidates, q_mode, errors, temperature, 16)}, (name, number)
+            assert {t.max_new_tokens for t in tasks} == {2048}
+        assert (config.sft.max_length, config.ppm.max_length, config.sft.learning_rate) == (4096, 2048, 7e-6)
+        assert config.sft_replay == config.ppm_replay == 0  # real problems: no synthetic replay
+    assert preset("rstar-r4").unsolved_retries == ((64, 16), (128, 16))
+    # The embedded presets leave sampling to the search tier, as before.
+    assert {(t.temperature, t.max_new_tokens) for t in pool(preset("tiny"), 1, (1,))} == {(None, 0)}
