@@ -106,24 +106,15 @@ def _solve(args: argparse.Namespace) -> int:
 
 
 def load_problems(args: argparse.Namespace) -> list[Any]:
-    from services.common.jsonfiles import read_jsonl
     from services.search.eval.evaluate import EvalProblem
 
     if args.dataset == "curriculum":
         from services.math.curriculum import generate
 
         return [EvalProblem(p.id, p.question, p.answer, p.shape) for p in generate(args.level, args.n, seed=args.seed)]
-    path = Path(args.dataset)
-    if path.is_file():
-        rows = read_jsonl(path)
-        problems = [
-            EvalProblem(str(r.get("id", i)), r.get("question") or r["problem"], str(r["answer"]))
-            for i, r in enumerate(rows)
-        ]
-    else:
-        from services.math.datasets import load_dataset
+    from services.math.datasets import load_problems as load
 
-        problems = [EvalProblem(p.id, p.question, p.answer) for p in load_dataset(args.dataset)]
+    problems = [EvalProblem(p.id, p.question, p.answer) for p in load(args.dataset)]
     return problems[: args.n] if args.n else problems
 
 

@@ -63,13 +63,24 @@ def _levels(text: str) -> tuple[int, ...]:
     return levels
 
 
+def _eval_dataset(spec: str | None) -> str | None:
+    """A dataset name as it is; a file as an absolute path (the trainer may run elsewhere than the shell)."""
+    if spec is None:
+        return None
+    from services.math.datasets import dataset_names
+
+    return spec if spec in dataset_names() else str(Path(spec).resolve())
+
+
 def _evolve(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from tqdm import tqdm
 
+    from services.common.errors import ThinkmeshError
     from services.common.store import ModelStore
     from services.dev.stack import LocalStack, interrupt_on_sigterm, local_trainer_settings
+    from services.math.datasets import load_problems, read_problem_file
     from services.trainer.bootstrap import bootstrap, config_for
     from services.trainer.config import preset
     from services.trainer.progress import StageBars
@@ -88,9 +99,21 @@ def _evolve(args: argparse.Namespace) -> int:
         pool_levels=args.pool_levels,
         seed=args.seed,
         unsolved_retries=args.unsolved_retries,
+        pool_file=str(Path(args.pool_file).resolve()) if args.pool_file else None,
+        eval_dataset=_eval_dataset(args.eval_dataset),
+        eval_size=args.eval_size,
+        curriculum_replay=args.curriculum_replay or None,
     )
     if args.rollouts:
         config = config.searching(rollouts=args.rollouts)
+    try:  # a bad problem file is reported before anything starts
+        if config.pool_file:
+            read_problem_file(Path(config.pool_file))
+        if config.eval_dataset:
+            load_problems(config.eval_dataset)
+    except ThinkmeshError as exc:
+        print(f"thinkmesh: {exc}", file=sys.stderr)
+        return 2
     bars = StageBars()
 
     interrupt_on_sigterm()
@@ -146,6 +169,26 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default=None,
         metavar="L[,L…]",
         help="curriculum levels of the pool, a repeat weighting a level (default: around the frontier)",
+    )
+    evolve.add_argument(
+        "--pool-file",
+        default=None,
+        metavar="FILE",
+        help="search your own problems instead of the curriculum: JSONL with question and answer (optional id, "
+        "level, source); the MATH and GSM8K files of ../shared/data as they are",
+    )
+    evolve.add_argument(
+        "--eval-dataset",
+        default=None,
+        metavar="NAME|FILE",
+        help="evaluate each round on this dataset (any `thinkmesh eval` dataset, or a problem file) instead of "
+        "the curriculum's levels",
+    )
+    evolve.add_argument("--eval-size", type=int, default=None, help="problems of --eval-dataset (default 100)")
+    evolve.add_argument(
+        "--curriculum-replay",
+        action="store_true",
+        help="with --pool-file, still mix the curriculum's teacher data into SFT and PPM training",
     )
     evolve.add_argument("--rollouts", type=int, default=None)
     evolve.add_argument(

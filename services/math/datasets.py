@@ -187,6 +187,84 @@ def load_dataset(name: str) -> list[Problem]:
     return [problem for path in files for problem in spec.reader(path, name)]
 
 
+def read_problem_file(path: Path) -> list[Problem]:
+    """A user's own problems: JSONL (or a JSON list) with `question` (or `problem`) and `answer`, optional `id`
+    (or `unique_id`), `level` and `source` (or `subject`/`type`). The formats of ../shared/data are accepted as
+    they are: a GSM8K answer's final number after `####`, a MATH row's `unique_id`, `Level 3` and, without an
+    `answer`, the last `\\boxed{}` of its `solution`. A row without a question or an answer is an InvalidInput
+    naming its line."""
+    path = Path(path)
+    if not path.is_file():
+        raise NotFound(f"problem file {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+        rows: list[Any] = json.loads(text) if text.lstrip().startswith("[") else _json_lines(text)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidInput(f"problem file {path}: {exc}") from exc
+    problems = []
+    seen: set[str] = set()
+    for number, row in enumerate(rows, start=1):
+        problem = _user_problem(row, path.stem, number)
+        if problem.id in seen:
+            raise InvalidInput(f"problem file {path}, row {number}: id {problem.id!r} appears twice")
+        seen.add(problem.id)
+        problems.append(problem)
+    if not problems:
+        raise InvalidInput(f"problem file {path} holds no problems")
+    return problems
+
+
+def _json_lines(text: str) -> list[Any]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError as exc:
+                raise ValueError(f"line {number} is not JSON: {exc}") from exc
+    return rows
+
+
+def _user_problem(row: Any, stem: str, number: int) -> Problem:
+    where = f"row {number}"
+    if not isinstance(row, dict):
+        raise InvalidInput(f"{where} is not a JSON object")
+    question = row.get("question") or row.get("problem")
+    answer: object = row.get("answer")
+    if answer is None and isinstance(row.get("solution"), str):
+        from services.math.stepfmt import extract_boxed
+
+        answer = extract_boxed(row["solution"])
+    if not isinstance(question, str) or not question.strip():
+        raise InvalidInput(f"{where} has no question (a 'question' or 'problem' field)")
+    if answer is None or not str(answer).strip():
+        raise InvalidInput(f"{where} has no answer (an 'answer' field, or a 'solution' with a \\boxed{{}} answer)")
+    text = _answer_text(answer)
+    if "####" in text:  # GSM8K: the worked solution, then the final answer
+        text = text.rsplit("####", 1)[-1].strip()
+    identifier = row.get("id", row.get("unique_id"))
+    source = row.get("source") or row.get("subject") or row.get("type") or stem
+    level = _math_level(row["level"]) if row.get("level") is not None else None
+    return Problem(
+        str(identifier) if identifier is not None else f"{stem}/{number - 1}",
+        question,
+        text,
+        str(source),
+        level,
+        row.get("subject") or row.get("type"),
+    )
+
+
+def load_problems(spec: str) -> list[Problem]:
+    """A dataset of ../shared/data by name, or a problem file by path (`read_problem_file`)."""
+    if spec in _SPECS:
+        return load_dataset(spec)
+    path = Path(spec)
+    if path.suffix in (".jsonl", ".json") or path.exists():
+        return read_problem_file(path)
+    raise InvalidInput(f"{spec!r} is neither a dataset ({', '.join(_SPECS)}) nor a problem file")
+
+
 def list_datasets() -> list[DatasetInfo]:
     """Name, location and row count of every dataset whose files are present."""
     root = _require_dir()

@@ -42,6 +42,11 @@ class GeneratedStep:
     logprob: float
 
 
+# The candidate of a prompt that leaves no room in the model's context: empty, ended by the length limit. The
+# search counts such a node as unfinished (−1); the other prompts of a batch are not failed for it.
+NO_ROOM = GeneratedStep(text="", end=StepEnd.LENGTH, num_tokens=0, logprob=0.0)
+
+
 class GenerationEngine(Protocol):
     """n candidate next steps per prompt; one list of candidates per prompt, in order."""
 

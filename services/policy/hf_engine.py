@@ -26,7 +26,14 @@ from services.common.store import prompt_format_of
 from services.math import stepfmt
 from services.math.prompting import PromptRenderer
 from services.policy.decoding import sample_candidates
-from services.policy.engine import GeneratedStep, SamplingParams, StepPrompt, classify_end, cut_at_stop
+from services.policy.engine import (
+    NO_ROOM,
+    GeneratedStep,
+    SamplingParams,
+    StepPrompt,
+    classify_end,
+    cut_at_stop,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +114,12 @@ class HFEngine:
         prompts = [(self.render(prompt), request.params.n) for request in group for prompt in request.prompts]
         seed = next((r.params.seed for r in group if r.params.seed is not None), None)
         sample = self._sample if self._stop_ids is not None else self._sample_with_generate
-        candidates = iter(sample(prompts, group[0].params, seed))
+        # A prompt that fills the model's context gets no token: its candidates end at the length limit, empty,
+        # and the search counts the node as unfinished — the other prompts of the batch are not failed for it.
+        fits = [len(ids) < self.max_positions for ids, _ in prompts]
+        fitting = [p for p, ok in zip(prompts, fits, strict=True) if ok]
+        sampled = iter(sample(fitting, group[0].params, seed) if fitting else [])
+        candidates = iter([next(sampled) if ok else [NO_ROOM] * n for (_, n), ok in zip(prompts, fits, strict=True)])
         # Back from the flat prompt list to request → prompt → n candidates.
         return [[next(candidates) for _ in request.prompts] for request in group]
 

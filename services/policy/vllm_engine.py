@@ -17,7 +17,7 @@ from typing import Any
 from services.common.store import prompt_format_of
 from services.math import stepfmt
 from services.math.prompting import PromptRenderer
-from services.policy.engine import GeneratedStep, SamplingParams, StepPrompt, classify_end, cut_at_stop
+from services.policy.engine import NO_ROOM, GeneratedStep, SamplingParams, StepPrompt, classify_end, cut_at_stop
 
 
 class VLLMEngine:
@@ -34,6 +34,7 @@ class VLLMEngine:
             max_model_len=max_model_len,
         )
         self.engine: Any = AsyncLLMEngine.from_engine_args(args)
+        self.max_model_len = max_model_len
         self._prompt_format = prompt_format_of(Path(model_dir))
         self.renderer: PromptRenderer | None = None
 
@@ -53,6 +54,10 @@ class VLLMEngine:
     async def _one(self, prompt: StepPrompt, params: SamplingParams) -> list[GeneratedStep]:
         from vllm import SamplingParams as VLLMSamplingParams
 
+        rendered = await self._render(prompt)
+        if len(rendered["prompt_token_ids"]) >= self.max_model_len:
+            return [NO_ROOM] * params.n
+
         sampling = VLLMSamplingParams(
             n=params.n,
             temperature=params.temperature,
@@ -64,7 +69,7 @@ class VLLMEngine:
             logprobs=0,  # the sampled token's logprob only: gives cumulative_logprob
         )
         final = None
-        async for output in self.engine.generate(await self._render(prompt), sampling, uuid.uuid4().hex):
+        async for output in self.engine.generate(rendered, sampling, uuid.uuid4().hex):
             final = output
         assert final is not None
         steps = []

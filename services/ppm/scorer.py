@@ -8,6 +8,7 @@ last step (a search node's new children) share one row (services.ppm.packing).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from services.math import stepfmt
 from services.math.prompting import PromptRenderer
 from services.ppm.model import ProcessRewardModel
 from services.ppm.packing import PackedRow, pack
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -174,16 +177,21 @@ class HFScorer:
         return [r for r in results if not isinstance(r, InvalidInput)]
 
     def _score_batch(self, items: list[ScoreItem]) -> list[list[float] | InvalidInput]:
-        """Scores for each item; an item that cannot be encoded gets its error, the others their scores."""
-        encoded: list[PackableItem | InvalidInput] = []
+        """Scores for each item; an item that cannot be encoded gets its error, the others their scores. A path
+        longer than the model reads (a deep search of a long problem) scores -1 at every step, the lowest, so the
+        search stops preferring it, instead of failing the whole batch."""
+        encoded: list[PackableItem | InvalidInput | list[float]] = []
         for item in items:
             try:
                 encoded.append(encode_packable(self.renderer, item, self.max_length))
+            except ItemTooLong:
+                log.warning("an item is longer than the %d tokens the PPM reads: scored -1", self.max_length)
+                encoded.append([-1.0] * len(item.steps))
             except InvalidInput as exc:
                 encoded.append(exc)
-        valid = [e for e in encoded if not isinstance(e, InvalidInput)]
+        valid = [e for e in encoded if isinstance(e, PackableItem)]
         scores = iter(self._forward(valid) if valid else [])
-        return [e if isinstance(e, InvalidInput) else next(scores) for e in encoded]
+        return [next(scores) if isinstance(e, PackableItem) else e for e in encoded]
 
     def _forward(self, encoded: list[PackableItem]) -> list[list[float]]:
         return score_packed(self.model, encoded, self.pad_id, device=self.device, bf16_on_cpu=self._autocast)

@@ -11,12 +11,23 @@ import json
 import os
 import re
 import uuid
+import zlib
 from pathlib import Path
 from typing import Any
 
 from services.common.errors import InvalidInput
 
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def result_key(name: str) -> str:
+    """A problem's id as a result key: itself when it is one already ("curriculum-L3-0007"), else its safe
+    characters and a checksum of the whole id, so distinct ids stay distinct ("test/algebra/1.json" →
+    "test-algebra-1.json-5d2b1a3c")."""
+    if _SAFE.match(name):
+        return name
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-._")[:110] or "problem"
+    return f"{cleaned}-{zlib.crc32(name.encode()):08x}"
 
 
 def _checked(name: str, what: str) -> str:

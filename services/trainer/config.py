@@ -19,6 +19,13 @@ class RoundConfig:
     # sampling loop and the dispatcher fix, a round's search of 240 takes about what 80 did before.
     pool_size: int = 240
     pool_levels: tuple[int, ...] = ()
+    # The user's own problems instead of the curriculum: a problem file (services/math/datasets.py
+    # `read_problem_file`: JSONL with question and answer, or a file of ../shared/data as it is). Each round
+    # searches `pool_size` of them, drawn with the round's seed (all of them when the file holds no more).
+    pool_file: str = ""
+    # With a pool file, SFT and the PPM also replay the curriculum's teacher data (`sft_replay`, `ppm_replay`)
+    # only when asked: it is the embedded world's, not the user's.
+    curriculum_replay: bool = False
     # The engine's configuration for the pool's searches. Search budget per problem. Paper: 8 candidates × 16
     # rollouts (round 1: 5 × 8); scaled to a 2-core CPU. Each round sets q_mode and, in round 1, the code errors
     # tolerated (below); `max_code_errors` (authors' code: 1 after round 1) holds for the later rounds.
@@ -54,7 +61,10 @@ class RoundConfig:
     ppm_replay: int = 1500
     ppm_epochs: float = 2.0
     ppm_min_steps: int = 100
-    # Held-out evaluation: unseen problems of levels 3–5, every method at equal rollouts.
+    # Held-out evaluation: unseen problems of levels 3–5, every method at equal rollouts; or the first
+    # `eval_size` problems of `eval_dataset` (any `thinkmesh eval` dataset or a problem file).
+    eval_dataset: str = ""
+    eval_size: int = 100
     eval_levels: tuple[int, ...] = (3, 4, 5)
     eval_per_level: int = 20
     eval_rollouts: int = 8
@@ -65,6 +75,11 @@ class RoundConfig:
     # A round whose MCTS or greedy accuracy drops more than this below the current models' is not published.
     regression_gate: float = 0.05
     seed: int = 0
+
+    @property
+    def replays_curriculum(self) -> bool:
+        """Whether SFT and the PPM mix in the curriculum's teacher data."""
+        return not self.pool_file or self.curriculum_replay
 
     def searching(self, **knobs: object) -> RoundConfig:
         """This config with some of the pool search's knobs changed (rollouts, candidates, ...)."""

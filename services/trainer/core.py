@@ -10,9 +10,11 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 from services.common.errors import FailedPrecondition, InvalidInput, NotFound
 from services.common.store import ModelStore, ModelVersion
+from services.math.datasets import read_problem_file
 from services.trainer.config import RoundConfig
 from services.trainer.rounds import RoundRunner, Rounds, RoundState
 
@@ -34,14 +36,28 @@ class TrainerCore:
     def busy(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def start_round(self, pool_size: int = 0, rollouts: int = 0, candidates: int = 0) -> int:
+    def start_round(
+        self,
+        pool_size: int = 0,
+        rollouts: int = 0,
+        candidates: int = 0,
+        *,
+        pool_file: str = "",
+        eval_dataset: str = "",
+    ) -> int:
         for name, value in (("pool_size", pool_size), ("rollouts", rollouts), ("candidates", candidates)):
             if value > 10_000:
                 raise InvalidInput(f"{name}={value} is unreasonably large (at most 10000)")
+        pool = self.in_store(pool_file, "pool_file") if pool_file else self.config.pool_file
+        evaluated = self.eval_source(eval_dataset) if eval_dataset else self.config.eval_dataset
+        if pool:
+            read_problem_file(Path(pool))  # a bad file fails the call, not the round
         with self._lock:
             if self.busy:
                 raise FailedPrecondition("a round is already running: follow it with GetRound")
-            config = replace(self.config, pool_size=pool_size or self.config.pool_size).searching(
+            config = replace(
+                self.config, pool_size=pool_size or self.config.pool_size, pool_file=pool, eval_dataset=evaluated
+            ).searching(
                 rollouts=rollouts or self.config.search.rollouts,
                 candidates=candidates or self.config.search.candidates,
             )
@@ -50,6 +66,21 @@ class TrainerCore:
             self._thread = threading.Thread(target=self._run, args=(runner,), name=f"round-{number}", daemon=True)
             self._thread.start()
             return number
+
+    def in_store(self, name: str, what: str) -> str:
+        """A file named by a client, relative to the store's root: it may not point outside it."""
+        root = self.store.root.resolve()
+        path = (root / name).resolve()
+        if Path(name).is_absolute() or not path.is_relative_to(root):
+            raise InvalidInput(f"{what} {name!r} must be a path inside the model store (relative to its root)")
+        if not path.is_file():
+            raise InvalidInput(f"{what} {name!r}: no such file in the model store")
+        return str(path)
+
+    def eval_source(self, name: str) -> str:
+        from services.math.datasets import dataset_names
+
+        return name if name in dataset_names() else self.in_store(name, "eval_dataset")
 
     @staticmethod
     def _run(runner: RoundRunner) -> None:

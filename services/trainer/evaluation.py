@@ -42,12 +42,34 @@ class EvalPlan:
     candidates: int
     frontier_problems: int
     frontier_samples: int
+    # A dataset of ../shared/data or a problem file to evaluate on instead of the curriculum's levels: its first
+    # `size` problems (the frontier, a curriculum measure, is then not measured).
+    dataset: str = ""
+    size: int = 100
 
 
 def heldout_problems(levels: Sequence[int], per_level: int) -> list[EvalProblem]:
     return [
         EvalProblem(p.id, p.question, p.answer) for level in levels for p in generate(level, per_level, seed=EVAL_SEED)
     ]
+
+
+def plan_problems(plan: EvalPlan) -> tuple[list[EvalProblem], dict[str, list[str]]]:
+    """The plan's problems, and the ids of each level's ("L3": [...]) for the per-level accuracies."""
+    if not plan.dataset:
+        problems = heldout_problems(plan.levels, plan.per_level)
+        levels = {
+            f"L{level}": [p.id for p in problems if p.id.startswith(f"curriculum-L{level}-")] for level in plan.levels
+        }
+        return problems, levels
+    from services.math.datasets import load_problems
+
+    chosen = load_problems(plan.dataset)[: plan.size]
+    by_level: dict[str, list[str]] = {}
+    for p in chosen:
+        if p.level is not None:
+            by_level.setdefault(f"L{p.level}", []).append(p.id)
+    return [EvalProblem(p.id, p.question, p.answer) for p in chosen], dict(sorted(by_level.items()))
 
 
 async def _evaluate(
@@ -59,7 +81,7 @@ async def _evaluate(
     results_dir: Path | None,
     sandbox: OpenSandbox | None,
 ) -> dict[str, Any]:
-    problems = heldout_problems(plan.levels, plan.per_level)
+    problems, levels = plan_problems(plan)
     metrics: dict[str, Any] = {}
     async with contextlib.AsyncExitStack() as stack:
         runner = await stack.enter_async_context(sandbox()) if sandbox is not None else None
@@ -74,19 +96,21 @@ async def _evaluate(
             for method, (results, summary) in (await evaluate_rules(problems, backends, settings, methods)).items():
                 by_method[method] = results
                 metrics[f"{method}_accuracy"] = summary["accuracy"]
-                for level in plan.levels:
-                    scoped = [r for r in results if r.id.startswith(f"curriculum-L{level}-")]
-                    per_level[f"{method}_L{level}"] = sum(r.correct for r in scoped) / max(1, len(scoped))
+                for level, ids in levels.items():
+                    wanted = set(ids)
+                    scoped = [r for r in results if r.id in wanted]
+                    per_level[f"{method}_{level}"] = sum(r.correct for r in scoped) / max(1, len(scoped))
         metrics["per_level"] = per_level
         if results_dir is not None:  # every problem's result: `thinkmesh compare` tells a round's gain from chance
             for name, rows in by_method.items():
                 write_results(results_dir / f"{name}.jsonl", rows)
-        frontier = next(
-            (lvl for lvl in range(1, 6) if per_level.get(f"greedy_L{lvl}", 0.0) < 0.5 and lvl in plan.levels),
-            max(plan.levels),
-        )
-        metrics["frontier_level"] = frontier
-        metrics.update(await _frontier(backends, frontier, plan, by_method["mcts"]))
+        if not plan.dataset:  # the frontier is the curriculum's first level the policy has not learnt
+            frontier = next(
+                (lvl for lvl in range(1, 6) if per_level.get(f"greedy_L{lvl}", 0.0) < 0.5 and lvl in plan.levels),
+                max(plan.levels),
+            )
+            metrics["frontier_level"] = frontier
+            metrics.update(await _frontier(backends, frontier, plan, by_method["mcts"]))
         scorer = backends.scorer
         metrics["ppm_pair_accuracy"] = await _pair_accuracy(scorer, pairs) if pairs else None
     return metrics

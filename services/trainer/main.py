@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
+from services.common.errors import ConfigError, InvalidInput
 from services.common.logs import configure_logging
 from services.common.server import Service, serve, service_name
 from services.common.settings import load_settings
@@ -22,6 +24,14 @@ async def run(**overrides: Any) -> None:
     store = ModelStore()
     retries = parse_retries(settings.unsolved_retries) or None
     core = TrainerCore(store, preset(settings.preset, unsolved_retries=retries), make_runner_factory(settings, store))
+    try:  # the server's own pool and evaluation, checked like a client's
+        core.config = replace(
+            core.config,
+            pool_file=core.in_store(settings.pool_file, "pool_file") if settings.pool_file else "",
+            eval_dataset=core.eval_source(settings.eval_dataset) if settings.eval_dataset else "",
+        )
+    except InvalidInput as exc:
+        raise ConfigError(f"THINKMESH_TRAINER_POOL_FILE / THINKMESH_TRAINER_EVAL_DATASET: {exc}") from exc
     servicer = TrainerServicer(core)
     await serve(
         settings,

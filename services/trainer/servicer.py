@@ -22,7 +22,13 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         self.core = core
 
     async def StartRound(self, request: trainer_pb2.StartRoundRequest, context: Any) -> trainer_pb2.StartRoundResponse:
-        number = self.core.start_round(request.pool_size, request.rollouts, request.candidates)
+        number = self.core.start_round(
+            request.pool_size,
+            request.rollouts,
+            request.candidates,
+            pool_file=request.pool_file,
+            eval_dataset=request.eval_dataset,
+        )
         return trainer_pb2.StartRoundResponse(round=number)
 
     async def GetRound(self, request: trainer_pb2.GetRoundRequest, context: Any) -> trainer_pb2.GetRoundResponse:

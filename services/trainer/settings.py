@@ -21,6 +21,11 @@ class TrainerSettings(ServerSettings):
     # Searches again what a round's first search did not solve, e.g. "64:16,128:16" (rollouts:candidates per
     # pass, as the paper's round 4); empty: the preset's (none by default).
     unsolved_retries: str = ""
+    # The user's problems instead of the curriculum, and what rounds are evaluated on: a problem file relative to
+    # the store's root (the volume the trainer mounts) or, for the evaluation, a dataset name. StartRound may
+    # name others per round.
+    pool_file: str = ""
+    eval_dataset: str = ""
     # The search tier's broker, as its pods read it (THINKMESH_TRAINER_BROKER_URL, ...).
     celery: CelerySettings = field(default_factory=CelerySettings)
     # The services a round calls: the policy and PPM whose new versions it waits for before its search (their hot

@@ -25,29 +25,29 @@ _sym_db = _symbol_database.Default()
 from thinkmesh.v1 import common_pb2 as thinkmesh_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1athinkmesh/v1/trainer.proto\x12\x0cthinkmesh.v1\x1a\x19thinkmesh/v1/common.proto\"L\n\x11StartRoundRequest\x12\x11\n\tpool_size\x18\x01 \x01(\r\x12\x10\n\x08rollouts\x18\x02 \x01(\r\x12\x12\n\ncandidates\x18\x03 \x01(\r\"#\n\x12StartRoundResponse\x12\r\n\x05round\x18\x01 \x01(\r\" \n\x0fGetRoundRequest\x12\r\n\x05round\x18\x01 \x01(\r\"*\n\x0bRoundMetric\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\"\xf2\x01\n\x10GetRoundResponse\x12\r\n\x05round\x18\x01 \x01(\r\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.thinkmesh.v1.RoundState\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x15\n\rproblems_done\x18\x04 \x01(\r\x12\x16\n\x0eproblems_total\x18\x05 \x01(\r\x12*\n\x07metrics\x18\x06 \x03(\x0b\x32\x19.thinkmesh.v1.RoundMetric\x12\x16\n\x0epolicy_version\x18\x07 \x01(\t\x12\x13\n\x0bppm_version\x18\x08 \x01(\t\x12\x0f\n\x07message\x18\t \x01(\t\":\n\x11ListModelsRequest\x12%\n\x04kind\x18\x01 \x01(\x0e\x32\x17.thinkmesh.v1.ModelKind\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.thinkmesh.v1.ModelInfo*\x8f\x01\n\nRoundState\x12\x1b\n\x17ROUND_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13ROUND_STATE_RUNNING\x10\x01\x12\x19\n\x15ROUND_STATE_SUCCEEDED\x10\x02\x12\x16\n\x12ROUND_STATE_FAILED\x10\x03\x12\x18\n\x14ROUND_STATE_REJECTED\x10\x04\x32\xfd\x01\n\x0eTrainerService\x12O\n\nStartRound\x12\x1f.thinkmesh.v1.StartRoundRequest\x1a .thinkmesh.v1.StartRoundResponse\x12I\n\x08GetRound\x12\x1d.thinkmesh.v1.GetRoundRequest\x1a\x1e.thinkmesh.v1.GetRoundResponse\x12O\n\nListModels\x12\x1f.thinkmesh.v1.ListModelsRequest\x1a .thinkmesh.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1athinkmesh/v1/trainer.proto\x12\x0cthinkmesh.v1\x1a\x19thinkmesh/v1/common.proto\"u\n\x11StartRoundRequest\x12\x11\n\tpool_size\x18\x01 \x01(\r\x12\x10\n\x08rollouts\x18\x02 \x01(\r\x12\x12\n\ncandidates\x18\x03 \x01(\r\x12\x11\n\tpool_file\x18\x04 \x01(\t\x12\x14\n\x0c\x65val_dataset\x18\x05 \x01(\t\"#\n\x12StartRoundResponse\x12\r\n\x05round\x18\x01 \x01(\r\" \n\x0fGetRoundRequest\x12\r\n\x05round\x18\x01 \x01(\r\"*\n\x0bRoundMetric\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\"\xf2\x01\n\x10GetRoundResponse\x12\r\n\x05round\x18\x01 \x01(\r\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.thinkmesh.v1.RoundState\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x15\n\rproblems_done\x18\x04 \x01(\r\x12\x16\n\x0eproblems_total\x18\x05 \x01(\r\x12*\n\x07metrics\x18\x06 \x03(\x0b\x32\x19.thinkmesh.v1.RoundMetric\x12\x16\n\x0epolicy_version\x18\x07 \x01(\t\x12\x13\n\x0bppm_version\x18\x08 \x01(\t\x12\x0f\n\x07message\x18\t \x01(\t\":\n\x11ListModelsRequest\x12%\n\x04kind\x18\x01 \x01(\x0e\x32\x17.thinkmesh.v1.ModelKind\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.thinkmesh.v1.ModelInfo*\x8f\x01\n\nRoundState\x12\x1b\n\x17ROUND_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13ROUND_STATE_RUNNING\x10\x01\x12\x19\n\x15ROUND_STATE_SUCCEEDED\x10\x02\x12\x16\n\x12ROUND_STATE_FAILED\x10\x03\x12\x18\n\x14ROUND_STATE_REJECTED\x10\x04\x32\xfd\x01\n\x0eTrainerService\x12O\n\nStartRound\x12\x1f.thinkmesh.v1.StartRoundRequest\x1a .thinkmesh.v1.StartRoundResponse\x12I\n\x08GetRound\x12\x1d.thinkmesh.v1.GetRoundRequest\x1a\x1e.thinkmesh.v1.GetRoundResponse\x12O\n\nListModels\x12\x1f.thinkmesh.v1.ListModelsRequest\x1a .thinkmesh.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'thinkmesh.v1.trainer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROUNDSTATE']._serialized_start=633
-  _globals['_ROUNDSTATE']._serialized_end=776
+  _globals['_ROUNDSTATE']._serialized_start=674
+  _globals['_ROUNDSTATE']._serialized_end=817
   _globals['_STARTROUNDREQUEST']._serialized_start=71
-  _globals['_STARTROUNDREQUEST']._serialized_end=147
-  _globals['_STARTROUNDRESPONSE']._serialized_start=149
-  _globals['_STARTROUNDRESPONSE']._serialized_end=184
-  _globals['_GETROUNDREQUEST']._serialized_start=186
-  _globals['_GETROUNDREQUEST']._serialized_end=218
-  _globals['_ROUNDMETRIC']._serialized_start=220
-  _globals['_ROUNDMETRIC']._serialized_end=262
-  _globals['_GETROUNDRESPONSE']._serialized_start=265
-  _globals['_GETROUNDRESPONSE']._serialized_end=507
-  _globals['_LISTMODELSREQUEST']._serialized_start=509
-  _globals['_LISTMODELSREQUEST']._serialized_end=567
-  _globals['_LISTMODELSRESPONSE']._serialized_start=569
-  _globals['_LISTMODELSRESPONSE']._serialized_end=630
-  _globals['_TRAINERSERVICE']._serialized_start=779
-  _globals['_TRAINERSERVICE']._serialized_end=1032
+  _globals['_STARTROUNDREQUEST']._serialized_end=188
+  _globals['_STARTROUNDRESPONSE']._serialized_start=190
+  _globals['_STARTROUNDRESPONSE']._serialized_end=225
+  _globals['_GETROUNDREQUEST']._serialized_start=227
+  _globals['_GETROUNDREQUEST']._serialized_end=259
+  _globals['_ROUNDMETRIC']._serialized_start=261
+  _globals['_ROUNDMETRIC']._serialized_end=303
+  _globals['_GETROUNDRESPONSE']._serialized_start=306
+  _globals['_GETROUNDRESPONSE']._serialized_end=548
+  _globals['_LISTMODELSREQUEST']._serialized_start=550
+  _globals['_LISTMODELSREQUEST']._serialized_end=608
+  _globals['_LISTMODELSRESPONSE']._serialized_start=610
+  _globals['_LISTMODELSRESPONSE']._serialized_end=671
+  _globals['_TRAINERSERVICE']._serialized_start=820
+  _globals['_TRAINERSERVICE']._serialized_end=1073
 # @@protoc_insertion_point(module_scope)

@@ -50,20 +50,32 @@ class StartRoundRequest(_message.Message):
     POOL_SIZE_FIELD_NUMBER: _builtins.int
     ROLLOUTS_FIELD_NUMBER: _builtins.int
     CANDIDATES_FIELD_NUMBER: _builtins.int
+    POOL_FILE_FIELD_NUMBER: _builtins.int
+    EVAL_DATASET_FIELD_NUMBER: _builtins.int
     pool_size: _builtins.int
     """Problems in the round's pool; 0 = the server's default."""
     rollouts: _builtins.int
     candidates: _builtins.int
+    pool_file: _builtins.str
+    """The user's problems for the pool: a problem file (JSONL with question and answer) named relative to the
+    model store's root, the volume the trainer mounts; "" = the server's pool (the curriculum by default).
+    """
+    eval_dataset: _builtins.str
+    """What the round is evaluated on: a dataset name or a problem file relative to the store's root; "" = the
+    server's (the curriculum's held-out levels by default).
+    """
     def __init__(
         self,
         *,
         pool_size: _builtins.int = ...,
         rollouts: _builtins.int = ...,
         candidates: _builtins.int = ...,
+        pool_file: _builtins.str = ...,
+        eval_dataset: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "pool_size", b"pool_size", "rollouts", b"rollouts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "eval_dataset", b"eval_dataset", "pool_file", b"pool_file", "pool_size", b"pool_size", "rollouts", b"rollouts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

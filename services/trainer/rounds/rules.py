@@ -7,13 +7,20 @@ are used as data only, but their modules import torch, so importing this one doe
 
 from __future__ import annotations
 
+import functools
 import math
+import random
 import zlib
-from typing import Any
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 
+from services.common.errors import InvalidInput
 from services.math.curriculum import generate
+from services.math.datasets import Problem, read_problem_file
 from services.search.engine.mcts import Tree
 from services.search.protocol import SolveTask
+from services.search.results import result_key
 from services.trainer.config import RoundConfig
 from services.trainer.data import Trajectory
 from services.trainer.extract import sft_trajectories
@@ -22,6 +29,7 @@ REPLAY_LEVELS = (1, 2)  # the bootstrap policy's teacher levels
 PPM_REPLAY_LEVELS = (1, 2, 3)  # the bootstrap PPM's levels
 CURRICULUM_LEVELS = (1, 5)  # the lowest and highest level the curriculum generates
 DEFAULT_FRONTIER = 3  # before any round has measured one
+T = TypeVar("T")
 
 
 def pool_levels(configured: tuple[int, ...], frontier: int) -> tuple[int, ...]:
@@ -34,21 +42,25 @@ def pool_levels(configured: tuple[int, ...], frontier: int) -> tuple[int, ...]:
 
 
 def pool(config: RoundConfig, number: int, levels: tuple[int, ...]) -> list[SolveTask]:
-    """Round `number`'s search tasks: `pool_size` problems over `levels`, a repeated level weighting it."""
+    """Round `number`'s search tasks: `pool_size` problems of the pool file, or of the curriculum over `levels`
+    (a repeated level weighting it)."""
     c = config
-    shares = {level: levels.count(level) for level in levels}
-    problems = [
-        p
-        for level, share in shares.items()
-        for p in generate(level, -(-c.pool_size * share // len(levels)), seed=c.seed + 7_001 * number)
-    ]
+    if c.pool_file:
+        problems: list[Any] = drawn(read_pool(c.pool_file), c.pool_size, c.seed + 7_001 * number)
+    else:
+        shares = {level: levels.count(level) for level in levels}
+        problems = [
+            p
+            for level, share in shares.items()
+            for p in generate(level, -(-c.pool_size * share // len(levels)), seed=c.seed + 7_001 * number)
+        ]
     q_mode = "ppm" if number >= c.ppm_q_from_round else "terminal"
     errors = c.first_round_code_errors if number == 1 else c.search.max_code_errors
     return [
         SolveTask(
             question=p.question,
             reference=p.answer,
-            problem_id=p.id,
+            problem_id=result_key(p.id),
             rollouts=c.search.rollouts,
             candidates=c.search.candidates,
             max_depth=c.search.max_depth,
@@ -61,6 +73,28 @@ def pool(config: RoundConfig, number: int, levels: tuple[int, ...]) -> list[Solv
         )
         for p in problems[: c.pool_size]
     ]
+
+
+def read_pool(path: str) -> list[Problem]:
+    """The pool file's problems (read once per file and modification time)."""
+    file = Path(path)
+    try:
+        stamp = file.stat().st_mtime_ns
+    except OSError as exc:
+        raise InvalidInput(f"pool file {path}: {exc.strerror or exc}") from exc
+    return list(_read_pool(str(file.resolve()), stamp))
+
+
+@functools.lru_cache(maxsize=4)
+def _read_pool(path: str, stamp: int) -> tuple[Problem, ...]:
+    return tuple(read_problem_file(Path(path)))
+
+
+def drawn(problems: Sequence[T], size: int, seed: int) -> list[T]:
+    """`size` of the problems drawn with `seed`, in their file order; all of them when there are no more."""
+    if size >= len(problems):
+        return list(problems)
+    return [problems[i] for i in sorted(random.Random(seed).sample(range(len(problems)), size))]
 
 
 def search_job(number: int, attempt: int) -> str:
@@ -81,10 +115,11 @@ def sft_mix(config: RoundConfig, number: int, searched: list[Trajectory]) -> tup
     """Round `number`'s SFT data: the searched trajectories `sft_weight` times and a replay of the bootstrap's
     teacher solutions; returns the data, how many of it are replayed, and the step count the data calls for."""
     c = config
+    replayed = c.sft_replay if c.replays_curriculum else 0
     replay = [
         Trajectory(p.question, tuple(p.solution))
         for level in REPLAY_LEVELS
-        for p in generate(level, c.sft_replay // len(REPLAY_LEVELS), seed=c.seed + 31 * number + level)
+        for p in generate(level, replayed // len(REPLAY_LEVELS), seed=c.seed + 31 * number + level)
     ]
     trajectories = searched * c.sft_weight + replay
     steps = scaled_steps(len(trajectories), c.sft_epochs, c.sft.batch_size, c.sft_min_steps, c.sft.max_steps)

@@ -111,6 +111,8 @@ class RoundContext:
             c.search.candidates,
             c.frontier_problems,
             c.frontier_samples,
+            dataset=c.eval_dataset,
+            size=c.eval_size,
         )
         results_dir = self.rounds.directory(number) / "eval"
         return evaluate_models(self.store, policy, ppm, plan, heldout, results_dir=results_dir, sandbox=self.sandbox)
@@ -173,6 +175,11 @@ def run_extract(context: RoundContext, state: RoundState) -> None:
     state.metrics["ppm_pairs"] = len(pairs)
 
 
+def _pool_note(config: RoundConfig) -> str:
+    """Where the searched problems came from, for a candidate's lineage."""
+    return f"; pool {config.pool_file}" if config.pool_file else "; pool: curriculum"
+
+
 def _reject(context: RoundContext, state: RoundState, why: str) -> None:
     """The round ends here without new models: the current ones stay."""
     state.state = "rejected"
@@ -219,7 +226,8 @@ def run_sft(context: RoundContext, state: RoundState) -> None:
         state,
         base=base.version,
         source="sft",
-        data=f"{len(searched)} trajectories of rounds 1-{state.round} x{c.sft_weight}, {replayed} teacher",
+        data=f"{len(searched)} trajectories of rounds 1-{state.round} x{c.sft_weight}, {replayed} teacher"
+        + _pool_note(c),
         metrics=metrics,
     )
     state.metrics["sft_loss"] = metrics["final_loss"]
@@ -242,12 +250,14 @@ def run_ppm(context: RoundContext, state: RoundState) -> None:
     searched = step_pairs(rows)
     rng = random.Random(c.seed + state.round)
     # About three corruptible steps per problem: a sixth of the wanted pairs per level is enough problems.
+    wanted = c.ppm_replay if c.replays_curriculum else 0
     teacher = [
         p
         for level in rules.PPM_REPLAY_LEVELS
-        for p in generate(level, max(1, c.ppm_replay // 6), seed=c.seed + 53 * state.round + level)
+        if wanted
+        for p in generate(level, max(1, wanted // 6), seed=c.seed + 53 * state.round + level)
     ]
-    replay = corrupted_pairs(teacher, rng)[: c.ppm_replay]
+    replay = corrupted_pairs(teacher, rng)[:wanted]
     pairs = searched + replay
     rng.shuffle(pairs)
     # A batch holds groups (one prefix and its candidate steps), so the epochs count groups.
@@ -274,7 +284,8 @@ def run_ppm(context: RoundContext, state: RoundState) -> None:
         state,
         base=policy.version,
         source="bradley-terry",
-        data=f"{len(searched)} tree pairs from rounds 1-{state.round} + {len(replay)} teacher-vs-corrupted",
+        data=f"{len(searched)} tree pairs from rounds 1-{state.round} + {len(replay)} teacher-vs-corrupted"
+        + _pool_note(c),
         metrics=metrics,
     )
 
