@@ -24,7 +24,8 @@ class PolicySettings(ServerSettings):
     max_n: int = 64
     max_prompts: int = 256
     default_max_new_tokens: int = 256
-    max_new_tokens: int = 1024
+    # The most a request may ask for: the authors' per-step limit for real models (the rstar presets ask for it).
+    max_new_tokens: int = 2048
     batch_window_ms: float = 5.0
     max_batch_sequences: int = 64
     # How often the store's current pointer is checked for a new version.
