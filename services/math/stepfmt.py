@@ -243,15 +243,24 @@ def extract_boxed(text: str) -> str | None:
 
     One pass over the text, however many unclosed boxes it holds (model output can be any garbage).
     """
-    starts = sorted(i + len(command) for command in _BOX_COMMANDS for i in _find_all(text, command + "{"))
+    spans = boxed_spans(text)
+    return spans[-1][2] if spans else None
+
+
+def boxed_spans(text: str) -> list[tuple[int, int, str]]:
+    """Every closed `\\boxed{...}` / `\\fbox{...}`: (where its command starts, where it ends, its content)."""
+    starts = sorted(
+        (i, i + len(command)) for command in _BOX_COMMANDS for i in _find_all(text, command + "{")
+    )
     if not starts:
-        return None
+        return []
     closing = _matching_braces(text)
-    for open_index in reversed(starts):
+    spans = []
+    for command_index, open_index in starts:
         close_index = closing.get(open_index)
         if close_index is not None:
-            return text[open_index + 1 : close_index].strip()
-    return None
+            spans.append((command_index, close_index + 1, text[open_index + 1 : close_index].strip()))
+    return spans
 
 
 def _find_all(text: str, needle: str) -> list[int]:

@@ -232,3 +232,30 @@ def test_close_stops_the_workers() -> None:
     grader.close()
     assert not any(p.is_alive() for p in processes)
     assert grader.grade("\\sqrt{4}", "2") == GradeResult(False, "grader is closed", "error")
+
+
+# Public equivalence judgements (Math-Verify's test suite, huggingface/Math-Verify tests/) that this grader missed
+# before: decimal commas, several boxed answers, a final statement after an intermediate \boxed{}.
+@pytest.mark.parametrize(
+    ("reference", "prediction", "equal"),
+    [
+        ("1,22", "1.22", True),
+        ("1000.99", "1000,99", True),
+        ("0,111", "0.111", True),
+        ("$\\boxed{1}\\boxed{2}$", "$\\boxed{1,2}$", True),
+        ("\\(\\boxed{1}\\) and \\(\\boxed{-2}\\).", "$\\boxed{-2,1}$.", True),
+        ("$$\\boxed{2}, \\boxed{3}, \\boxed{5}, \\boxed{7}, \\boxed{13}$$", "$${2, 3, 5, 7, 13}$$", True),
+        ("\\boxed{1} papers and \\boxed{2} bins", "$\\boxed{1,2}$", True),
+        ("$10455$", "So $\\boxed{200}$ is earned first. The final answer is $10,455$. I hope it is correct.", True),
+        (" So the answer is: \\[ \\boxed{32349} \\]", "is $\\boxed{32, 349}$", False),  # a list, not 32,349
+        ("\\boxed{1} no no no no no \\boxed{2}", "$\\boxed{1,2}$", False),  # not one answer
+    ],
+)
+def test_public_judgements_it_used_to_miss(grader: Grader, reference: str, prediction: str, equal: bool) -> None:
+    assert grader.grade(reference, prediction).equal is equal
+
+
+def test_a_comma_alone_is_not_taken_for_a_decimal() -> None:
+    # MATH writes solution sets as "0,1": against another list the fast path does not decide; math-verify does.
+    assert fast_grade("0,1", "1,0") is None
+    assert extract_answer("we get \\boxed{3}, so x = 4 and \\boxed{5}") == "5"  # an equation between: not joined
