@@ -83,6 +83,7 @@ def _evolve(args: argparse.Namespace) -> int:
     from services.math.datasets import load_problems, read_problem_file
     from services.trainer.bootstrap import bootstrap, config_for
     from services.trainer.config import preset
+    from services.trainer.data import read_trajectories
     from services.trainer.progress import StageBars
     from services.trainer.rounds import RoundRunner, Rounds
     from services.trainer.rounds.report import markdown_table
@@ -103,6 +104,7 @@ def _evolve(args: argparse.Namespace) -> int:
         eval_dataset=_eval_dataset(args.eval_dataset),
         eval_size=args.eval_size,
         curriculum_replay=args.curriculum_replay or None,
+        sft_file=str(Path(args.sft_file).resolve()) if args.sft_file else None,
     )
     if args.rollouts:
         config = config.searching(rollouts=args.rollouts)
@@ -111,6 +113,8 @@ def _evolve(args: argparse.Namespace) -> int:
             read_problem_file(Path(config.pool_file))
         if config.eval_dataset:
             load_problems(config.eval_dataset)
+        if config.sft_file:
+            read_trajectories(Path(config.sft_file))
     except ThinkmeshError as exc:
         print(f"thinkmesh: {exc}", file=sys.stderr)
         return 2
@@ -119,6 +123,8 @@ def _evolve(args: argparse.Namespace) -> int:
     interrupt_on_sigterm()
     try:
         stack.start(with_search=False)
+        if args.teacher:
+            config = replace(config, teacher_target=stack.start_teacher(args.teacher, model=args.teacher_model))
         factory = make_runner_factory(local_trainer_settings(stack), store, progress=bars, stop_after=args.stop_after)
         rounds = Rounds(store)
         for _ in tqdm(range(args.rounds), desc="rounds"):
@@ -189,6 +195,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--curriculum-replay",
         action="store_true",
         help="with --pool-file, still mix the curriculum's teacher data into SFT and PPM training",
+    )
+    evolve.add_argument(
+        "--teacher",
+        default=None,
+        metavar="TARGET",
+        help="search round 1 with a teacher instead of your model: an OpenAI-compatible endpoint (http://…/v1, "
+        "shown 2 worked examples), a model directory, or a running PolicyService's host:port",
+    )
+    evolve.add_argument("--teacher-model", default="", help="the endpoint's model name (with an http teacher)")
+    evolve.add_argument(
+        "--sft-file",
+        default=None,
+        metavar="FILE",
+        help="round 1 trains on these trajectories (JSONL: question and steps in the step format) instead of searching",
     )
     evolve.add_argument("--rollouts", type=int, default=None)
     evolve.add_argument(

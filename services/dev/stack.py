@@ -148,6 +148,26 @@ class LocalStack:
         search = self._spawn("search", [*serve, "search", "--port", "0"], env, listens=True)
         return search.address
 
+    def start_teacher(self, target: str, *, model: str = "", few_shot: int = 2) -> str:
+        """A teacher PolicyService for a first round; returns its address. `target`: an OpenAI-compatible
+        endpoint (http…: the openai backend, with `few_shot` worked examples before each prompt), a model
+        directory (served by the hf backend), or the address of a PolicyService already running (used as is)."""
+        if target.startswith(("http://", "https://")):
+            env = {
+                "THINKMESH_POLICY_BACKEND": "openai",
+                "THINKMESH_POLICY_OPENAI_BASE_URL": target,
+                "THINKMESH_POLICY_OPENAI_MODEL": model,
+                "THINKMESH_POLICY_FEW_SHOT": str(few_shot),
+            }
+        elif Path(target).is_dir():
+            env = {"THINKMESH_POLICY_MODEL": str(Path(target).resolve())}
+        else:
+            return target
+        teacher = self._spawn(
+            "teacher", [*THINKMESH, "serve", "policy", "--port", "0"], {**self._env(), **env}, listens=True
+        )
+        return teacher.address
+
     def address(self, name: str) -> str:
         return next(child.address for child in self.children if child.name == name)
 

@@ -72,3 +72,17 @@ class PromptRenderer:
             ids.extend(self.step_ids(step))
             ids.extend(newline)
         return ids
+
+
+FEW_SHOT_SEED = 2_024  # the worked examples a teacher is shown: fixed, so every teacher prompt is the same
+
+
+def few_shot_prefix(examples: int) -> str:
+    """`examples` solved problems in the step format, each a whole plain prompt and solution, for a teacher model
+    that has never seen the format (the authors' round 1 shows two)."""
+    if examples <= 0:
+        return ""
+    from services.math.curriculum import generate
+
+    solved = generate(2, examples, seed=FEW_SHOT_SEED)
+    return "".join(stepfmt.render_prompt(p.question, p.solution) + "\n" for p in solved)

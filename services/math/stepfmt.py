@@ -249,9 +249,7 @@ def extract_boxed(text: str) -> str | None:
 
 def boxed_spans(text: str) -> list[tuple[int, int, str]]:
     """Every closed `\\boxed{...}` / `\\fbox{...}`: (where its command starts, where it ends, its content)."""
-    starts = sorted(
-        (i, i + len(command)) for command in _BOX_COMMANDS for i in _find_all(text, command + "{")
-    )
+    starts = sorted((i, i + len(command)) for command in _BOX_COMMANDS for i in _find_all(text, command + "{"))
     if not starts:
         return []
     closing = _matching_braces(text)

@@ -24,7 +24,9 @@ def engine_loader(settings: PolicySettings, store: ModelStore):  # type: ignore[
         if settings.backend == "openai":
             from services.policy.openai_engine import OpenAIEngine
 
-            return OpenAIEngine(settings.openai_base_url, name, settings.openai_api_key_file)
+            return OpenAIEngine(
+                settings.openai_base_url, name, settings.openai_api_key_file, few_shot=settings.few_shot
+            )
         path, version = store.resolve("policy", name)
         if settings.backend == "vllm":
             from services.policy.vllm_engine import VLLMEngine

@@ -18,12 +18,17 @@ from typing import Any
 
 from services.common.errors import NotReady
 from services.math import stepfmt
+from services.math.prompting import few_shot_prefix
 from services.policy.engine import GeneratedStep, SamplingParams, StepEnd, StepPrompt, classify_end, cut_at_stop
 
 
 class OpenAIEngine:
-    def __init__(self, base_url: str, model: str, api_key_file: str = "", timeout_s: float = 300.0) -> None:
+    def __init__(
+        self, base_url: str, model: str, api_key_file: str = "", timeout_s: float = 300.0, few_shot: int = 0
+    ) -> None:
         self.url = base_url.rstrip("/") + "/completions"
+        # Worked examples before each prompt, for a teacher that does not know the step format.
+        self._prefix = few_shot_prefix(few_shot)
         self.model = model
         self.timeout_s = timeout_s
         self._api_key = Path(api_key_file).read_text().strip() if api_key_file else ""
@@ -49,7 +54,7 @@ class OpenAIEngine:
     async def _one(self, prompt: StepPrompt, params: SamplingParams) -> list[GeneratedStep]:
         body: dict[str, Any] = {
             "model": self.model,
-            "prompt": stepfmt.render_prompt(prompt.question, list(prompt.steps)),
+            "prompt": self._prefix + stepfmt.render_prompt(prompt.question, list(prompt.steps)),
             "n": params.n,
             "temperature": params.temperature,
             "top_p": params.top_p,

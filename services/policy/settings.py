@@ -34,6 +34,9 @@ class PolicySettings(ServerSettings):
     openai_base_url: str = ""
     openai_model: str = ""
     openai_api_key_file: str = ""
+    # Worked examples in the step format before each prompt (a teacher model for a first round: the authors
+    # show 2); openai backend only, whose prompts are plain text.
+    few_shot: int = 0
     # vllm backend.
     vllm_gpu_memory_utilization: float = 0.85
     vllm_max_model_len: int = 4096

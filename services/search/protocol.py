@@ -81,6 +81,9 @@ class SolveTask:
     # How the policy is sampled for this task (a training round's preset); None / 0 = the worker's settings.
     temperature: float | None = None
     max_new_tokens: int = 0
+    # Another PolicyService to generate with ("host:port"; "" = the worker's): a teacher model for a first
+    # round. Only the trainer sets it; a Solve request cannot.
+    policy_target: str = ""
     deadline: float | None = None  # epoch seconds: stop searching then and answer with the best so far
     # Where the result is kept (<store>/<job>/<problem_id>.json), so a retried task returns it instead of searching
     # again: a training round's searches. "" = not kept (an online Solve: its result goes back through Celery).

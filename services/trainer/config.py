@@ -26,6 +26,12 @@ class RoundConfig:
     # With a pool file, SFT and the PPM also replay the curriculum's teacher data (`sft_replay`, `ppm_replay`)
     # only when asked: it is the embedded world's, not the user's.
     curriculum_replay: bool = False
+    # Round 1 from a teacher: its searches generate with this PolicyService ("host:port": a stronger model behind
+    # any backend, as the paper's round 1 used DeepSeek-Coder-V2), terminal-guided; the user's model is trained on
+    # what it finds. Or from supplied trajectories: round 1 trains on this file (JSONL: question and the steps in
+    # the step format) instead of searching.
+    teacher_target: str = ""
+    sft_file: str = ""
     # The engine's configuration for the pool's searches. Search budget per problem. Paper: 8 candidates × 16
     # rollouts (round 1: 5 × 8); scaled to a 2-core CPU. Each round sets q_mode and, in round 1, the code errors
     # tolerated (below); `max_code_errors` (authors' code: 1 after round 1) holds for the later rounds.
@@ -75,6 +81,10 @@ class RoundConfig:
     # A round whose MCTS or greedy accuracy drops more than this below the current models' is not published.
     regression_gate: float = 0.05
     seed: int = 0
+
+    def supplied(self, number: int) -> bool:
+        """Whether round `number` trains on the supplied trajectories instead of searching."""
+        return number == 1 and bool(self.sft_file)
 
     @property
     def replays_curriculum(self) -> bool:

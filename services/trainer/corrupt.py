@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from services.math import stepfmt
-from services.trainer.data import StepPair
+from services.trainer.data import StepPair, Trajectory
 
 _NUMBER = re.compile(r"(?<![\w.])\d+(?![\w.])")
 _OPERATORS = {"+": "-", "-": "+", "*": "/", "/": "*"}
@@ -183,3 +184,14 @@ def corrupted_pairs(problems: list, rng: random.Random, per_step: int = 1) -> li
                 if len(wrongs) == per_step:
                     break
     return pairs
+
+
+@dataclass(frozen=True)
+class _Solved:
+    question: str
+    solution: tuple[str, ...]
+
+
+def trajectory_pairs(trajectories: Sequence[Trajectory], rng: random.Random, per_step: int = 1) -> list[StepPair]:
+    """`corrupted_pairs` of supplied trajectories: each step against corrupted versions of itself."""
+    return corrupted_pairs([_Solved(t.question, t.steps) for t in trajectories], rng, per_step)

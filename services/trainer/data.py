@@ -4,8 +4,10 @@ without loading any training code."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -59,3 +61,40 @@ class PPMConfig:
     # Read the policy's likelihood of the path next to the value head (services.ppm.model): a round's PPM ranked
     # held-out tree pairs at 0.52-0.56 without it (docs/results.md).
     likelihood: bool = True
+
+
+def read_trajectories(path: Path) -> list[Trajectory]:
+    """Supplied solutions in the step format: JSONL with `question` and `steps` (a list of steps) or `solution`
+    (the steps as one text). Every step must parse, and the last must be the answer; a bad row is refused with
+    its number."""
+    from services.common.errors import InvalidInput, NotFound
+    from services.math import stepfmt
+
+    if not Path(path).is_file():
+        raise NotFound(f"trajectory file {path} does not exist")
+    trajectories = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise InvalidInput(f"trajectory file {path}, line {number} is not JSON: {exc}") from exc
+        if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not row["question"].strip():
+            raise InvalidInput(f"trajectory file {path}, line {number}: no question")
+        steps = row.get("steps")
+        if steps is None and isinstance(row.get("solution"), str):
+            steps = stepfmt.parse_solution(row["solution"])
+        if not isinstance(steps, list) or not steps or not all(isinstance(s, str) for s in steps):
+            raise InvalidInput(f"trajectory file {path}, line {number}: no steps (a 'steps' list or a 'solution')")
+        broken = next((s for s in steps if not stepfmt.parse_step(s).ok), None)
+        if broken is not None:
+            raise InvalidInput(
+                f"trajectory file {path}, line {number}: a step is not in the step format: {broken[:80]!r}"
+            )
+        if not stepfmt.is_final(steps[-1]):
+            raise InvalidInput(f"trajectory file {path}, line {number}: the last step is not the answer")
+        trajectories.append(Trajectory(row["question"], tuple(steps)))
+    if not trajectories:
+        raise InvalidInput(f"trajectory file {path} holds no trajectories")
+    return trajectories

@@ -29,6 +29,7 @@ async def run(**overrides: Any) -> None:
             core.config,
             pool_file=core.in_store(settings.pool_file, "pool_file") if settings.pool_file else "",
             eval_dataset=core.eval_source(settings.eval_dataset) if settings.eval_dataset else "",
+            teacher_target=settings.teacher_target,
         )
     except InvalidInput as exc:
         raise ConfigError(f"THINKMESH_TRAINER_POOL_FILE / THINKMESH_TRAINER_EVAL_DATASET: {exc}") from exc

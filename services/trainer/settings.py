@@ -26,6 +26,9 @@ class TrainerSettings(ServerSettings):
     # name others per round.
     pool_file: str = ""
     eval_dataset: str = ""
+    # A teacher PolicyService ("host:port", e.g. a Deployment of the openai backend with THINKMESH_POLICY_FEW_SHOT)
+    # that searches round 1 instead of the user's model.
+    teacher_target: str = ""
     # The search tier's broker, as its pods read it (THINKMESH_TRAINER_BROKER_URL, ...).
     celery: CelerySettings = field(default_factory=CelerySettings)
     # The services a round calls: the policy and PPM whose new versions it waits for before its search (their hot

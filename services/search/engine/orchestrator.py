@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from prometheus_client import Histogram
 
 from services.search.engine.answers import DEFAULT_METHOD, Choice, Method, choose
-from services.search.engine.backends import Backends, Prompt
+from services.search.engine.backends import Backends, Generator, Prompt
 from services.search.engine.mcts import Candidate, Execute, Expand, Grade, Score, SearchConfig, Tree
 
 log = logging.getLogger(__name__)
@@ -95,20 +95,29 @@ class Orchestrator:
         self.backends = backends
         self.sampling = sampling
         self.batched = batched
-        # Trees whose search samples the policy otherwise (a task's own temperature or step length), by id.
+        # Trees whose search asks the policy otherwise, by id: a task's own temperature or step length, or
+        # another policy altogether (a teacher model for a first round).
         self._sampling_of: dict[int, Sampling] = {}
+        self._generator_of: dict[int, Generator] = {}
 
     def sampling_for(self, tree: Tree) -> Sampling:
         return self._sampling_of.get(id(tree), self.sampling)
 
-    def sample(self, trees: Sequence[Tree], sampling: Sampling | None) -> None:
-        """Sample the policy for these trees with `sampling` (None: this orchestrator's) until `forget`."""
+    def generator_for(self, tree: Tree) -> Generator:
+        return self._generator_of.get(id(tree), self.backends.generator)
+
+    def sample(self, trees: Sequence[Tree], sampling: Sampling | None, generator: Generator | None = None) -> None:
+        """Ask the policy for these trees with `sampling`, of `generator` (None: this orchestrator's) until
+        `forget`."""
         if sampling is not None and sampling != self.sampling:
             self._sampling_of.update((id(tree), sampling) for tree in trees)
+        if generator is not None:
+            self._generator_of.update((id(tree), generator) for tree in trees)
 
     def forget(self, trees: Sequence[Tree]) -> None:
         for tree in trees:
             self._sampling_of.pop(id(tree), None)
+            self._generator_of.pop(id(tree), None)
 
     async def run(
         self,
@@ -181,19 +190,25 @@ class Orchestrator:
 
     async def _expand(self, waiting: list[tuple[Tree, Expand]], stats: RunStats, seed: int) -> None:
         # Trees may ask for different numbers of candidates, or sample otherwise: one call per distinct kind.
-        by_kind: dict[tuple[int, float, int], list[tuple[Tree, Expand]]] = {}
+        by_kind: dict[tuple[int, int, float, int], list[tuple[Tree, Expand]]] = {}
+        generators: dict[int, Generator] = {}
         for tree, need in waiting:
-            sampling = self.sampling_for(tree)
-            kind = (tree.config.candidates, sampling.temperature, sampling.max_new_tokens)
+            sampling, generator = self.sampling_for(tree), self.generator_for(tree)
+            generators[id(generator)] = generator
+            kind = (id(generator), tree.config.candidates, sampling.temperature, sampling.max_new_tokens)
             by_kind.setdefault(kind, []).append((tree, need))
-        for (n, temperature, max_new_tokens), group in by_kind.items():
+        for (which, n, temperature, max_new_tokens), group in by_kind.items():
             prompts = [Prompt(tree.question, need.steps) for tree, need in group]
 
             async def call(
-                batch: list[Prompt], n: int = n, t: float = temperature, length: int = max_new_tokens
+                batch: list[Prompt],
+                n: int = n,
+                t: float = temperature,
+                length: int = max_new_tokens,
+                policy: Generator = generators[which],
             ) -> Any:
                 started = time.monotonic()
-                result = await self.backends.generator.generate(batch, n, t, length, seed)
+                result = await policy.generate(batch, n, t, length, seed)
                 self._timed("policy", stats.policy, len(batch), started)
                 return result
 
@@ -312,113 +327,3 @@ async def solve_many(
         seed=config.seed,
     )
     return [Solved(task, trees, choose(trees, method)) for task, trees in zip(tasks, forest, strict=True)], stats
-
-
-@dataclass
-class _Submission:
-    trees: Sequence[Tree]
-    deadline: float | None
-    cancelled: asyncio.Event | None
-    progress: Progress | None
-    done: asyncio.Future[RunStats]
-    stats: RunStats = field(default_factory=RunStats)
-    started: float = field(default_factory=time.monotonic)
-
-    def expired(self) -> bool:
-        late = self.deadline is not None and time.monotonic() >= self.deadline
-        return late or (self.cancelled is not None and self.cancelled.is_set())
-
-
-class SearchLoop:
-    """A long-running orchestrator: searches submitted at any time join the next tick, so concurrent requests
-    (Celery tasks on one worker, Solve calls) share every batch. Each submission returns when its own trees are
-    done, its deadline passes or it is cancelled."""
-
-    _STAGES: tuple[tuple[str, type], ...] = (
-        ("policy", Expand),
-        ("sandbox", Execute),
-        ("ppm", Score),
-        ("grade", Grade),
-    )
-
-    def __init__(self, orchestrator: Orchestrator, seed: int = 0) -> None:
-        self.orchestrator = orchestrator
-        self.seed = seed
-        self.stats = RunStats()
-        self._submissions: list[_Submission] = []
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def submit(
-        self,
-        trees: Sequence[Tree],
-        *,
-        deadline: float | None = None,
-        cancelled: asyncio.Event | None = None,
-        progress: Progress | None = None,
-        sampling: Sampling | None = None,
-    ) -> RunStats:
-        """Search `trees` in the shared ticks; `sampling` overrides the loop's for them (a task's own)."""
-        done: asyncio.Future[RunStats] = asyncio.get_running_loop().create_future()
-        self.orchestrator.sample(trees, sampling)
-        self._submissions.append(_Submission(trees, deadline, cancelled, progress, done))
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run())
-        self._wake.set()
-        return await done
-
-    def _retire_finished(self) -> None:
-        for submission in list(self._submissions):
-            finished = all(t.done for t in submission.trees)
-            if finished or submission.expired():
-                submission.stats.stopped_early = not finished
-                submission.stats.wall_seconds = time.monotonic() - submission.started
-                submission.stats.policy_version = self.stats.policy_version
-                submission.stats.ppm_version = self.stats.ppm_version
-                self._submissions.remove(submission)
-                self.orchestrator.forget(submission.trees)
-                if not submission.done.done():
-                    submission.done.set_result(submission.stats)
-
-    async def _run(self) -> None:
-        while True:
-            self._retire_finished()
-            if not self._submissions:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            active = [(s, t) for s in self._submissions for t in s.trees if not t.done]
-            self._count(active)
-            self.stats.ticks += 1
-            try:
-                await self.orchestrator.tick([t for _, t in active], self.stats, self.seed + self.stats.ticks)
-            except Exception as exc:  # a failed backend call fails the searches of this tick, not the loop
-                for submission in {id(s): s for s, _ in active}.values():
-                    self._submissions.remove(submission)
-                    self.orchestrator.forget(submission.trees)
-                    if not submission.done.done():
-                        submission.done.set_exception(exc)
-                continue
-            for submission in {id(s): s for s, _ in active}.values():
-                if submission.progress is not None:
-                    try:
-                        submission.progress(submission.trees, submission.stats)
-                    except Exception:  # a broken progress report must not stop the searches
-                        log.exception("progress callback failed")
-
-    def _count(self, active: list[tuple[_Submission, Tree]]) -> None:
-        """Per submission: the calls it took part in and its items in them."""
-        for submission in {id(s): s for s, _ in active}.values():
-            submission.stats.ticks += 1
-            mine = [t for s, t in active if s is submission]
-            for name, kind in self._STAGES:
-                needs = [t.need for t in mine if isinstance(t.need, kind)]
-                if needs:
-                    stage: StageStats = getattr(submission.stats, name)
-                    stage.calls += 1
-                    stage.items += sum(_items(need) for need in needs)
-
-
-def _items(need: object) -> int:
-    """Items a need puts into its backend call: one prompt, or one per node."""
-    return 1 if isinstance(need, Expand) else len(getattr(need, "nodes", ()))

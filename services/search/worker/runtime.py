@@ -17,10 +17,12 @@ from dataclasses import replace
 from typing import Any
 
 from services.common.channels import open_channel
+from services.common.errors import InvalidInput
 from services.search.engine.answers import Method, choose
 from services.search.engine.backends import Backends
+from services.search.engine.loop import SearchLoop
 from services.search.engine.mcts import SearchConfig, Tree
-from services.search.engine.orchestrator import Orchestrator, RunStats, Sampling, SearchLoop
+from services.search.engine.orchestrator import Orchestrator, RunStats, Sampling
 from services.search.grader import ProcessGrader
 from services.search.protocol import SolveProgress, SolveResult, SolveTask
 from services.search.settings import SearchSettings
@@ -39,6 +41,9 @@ def search_config(task: SolveTask, defaults: SearchConfig) -> SearchConfig:
         max_code_errors=task.max_code_errors,
         seed=task.seed,
     )
+
+
+MAX_OTHER_POLICIES = 4
 
 
 def task_sampling(task: SolveTask, settings: SearchSettings) -> Sampling | None:
@@ -83,6 +88,7 @@ class WorkerRuntime:
     def __init__(self, settings: SearchSettings) -> None:
         self.settings = settings
         self._channels: list[Any] = []
+        self._policies: dict[str, GrpcGenerator] = {}  # other PolicyServices tasks named (a teacher), by target
         self._grader = ProcessGrader()
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="search-loop", daemon=True)
@@ -117,6 +123,18 @@ class WorkerRuntime:
             grader=self._grader,
         )
         return SearchLoop(Orchestrator(backends, s.sampling))
+
+    def _policy(self, target: str) -> GrpcGenerator | None:
+        """The generator of a task's own PolicyService (None: the worker's); one channel per target, kept."""
+        if not target or target == self.settings.targets.policy_target:
+            return None
+        if target not in self._policies:
+            if len(self._policies) >= MAX_OTHER_POLICIES:
+                raise InvalidInput(f"a worker talks to at most {MAX_OTHER_POLICIES} other policy services")
+            channel = open_channel(target, tls=self.settings.client_tls)
+            self._channels.append(channel)
+            self._policies[target] = GrpcGenerator(channel)
+        return self._policies[target]
 
     def close(self) -> None:
         """Stop the loop's work, close the channels and the grader's processes, end the loop's thread."""
@@ -186,6 +204,11 @@ class WorkerRuntime:
                 )
 
         stats = await self.search_loop.submit(
-            trees, deadline=deadline, cancelled=cancelled, progress=on_tick, sampling=task_sampling(task, self.settings)
+            trees,
+            deadline=deadline,
+            cancelled=cancelled,
+            progress=on_tick,
+            sampling=task_sampling(task, self.settings),
+            generator=self._policy(task.policy_target),
         )
         return summarise(trees, stats, method, include_trees=task.include_trees)

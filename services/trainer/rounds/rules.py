@@ -54,7 +54,8 @@ def pool(config: RoundConfig, number: int, levels: tuple[int, ...]) -> list[Solv
             for level, share in shares.items()
             for p in generate(level, -(-c.pool_size * share // len(levels)), seed=c.seed + 7_001 * number)
         ]
-    q_mode = "ppm" if number >= c.ppm_q_from_round else "terminal"
+    # A teacher's round is terminal-guided: no PPM has been trained for the user's model yet.
+    q_mode = "ppm" if number >= c.ppm_q_from_round and not (number == 1 and c.teacher_target) else "terminal"
     errors = c.first_round_code_errors if number == 1 else c.search.max_code_errors
     return [
         SolveTask(
@@ -70,6 +71,7 @@ def pool(config: RoundConfig, number: int, levels: tuple[int, ...]) -> list[Solv
             seed=c.seed + number,
             temperature=c.sampling.temperature if c.sampling else None,
             max_new_tokens=c.sampling.max_new_tokens if c.sampling else 0,
+            policy_target=c.teacher_target if number == 1 else "",
         )
         for p in problems[: c.pool_size]
     ]

@@ -19,6 +19,7 @@ import functools
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from services.common.jsonfiles import write_jsonl
@@ -27,8 +28,8 @@ from services.math.curriculum import generate
 from services.search.engine.mcts import Tree
 from services.search.protocol import SolveTask
 from services.trainer.config import RoundConfig
-from services.trainer.corrupt import corrupted_pairs
-from services.trainer.data import StepPair, Trajectory, step_pairs
+from services.trainer.corrupt import corrupted_pairs, trajectory_pairs
+from services.trainer.data import StepPair, Trajectory, read_trajectories, step_pairs
 from services.trainer.dispatch import CeleryDispatcher, SearchJob
 from services.trainer.extract import extract
 from services.trainer.rounds import rules
@@ -122,6 +123,8 @@ class RoundContext:
 
 
 def run_search(context: RoundContext, state: RoundState) -> None:
+    if context.config.supplied(state.round):
+        return  # round 1 trains on the supplied trajectories (`extract` reads them)
     if context.before_search is not None:
         context.before_search()
     pool = context.pool(state.round)
@@ -152,6 +155,9 @@ def run_search(context: RoundContext, state: RoundState) -> None:
 
 
 def run_extract(context: RoundContext, state: RoundState) -> None:
+    if context.config.supplied(state.round):
+        _extract_supplied(context, state)
+        return
     trees = context.trees(state.round)
     data = extract(trees, context.config.pair_margin)
     directory = context.rounds.directory(state.round)
@@ -175,9 +181,29 @@ def run_extract(context: RoundContext, state: RoundState) -> None:
     state.metrics["ppm_pairs"] = len(pairs)
 
 
+def _extract_supplied(context: RoundContext, state: RoundState) -> None:
+    """Round 1 from supplied trajectories: SFT data as they are, PPM pairs of each step against corrupted versions
+    of it (the bootstrap's kind), held out by problem as a search's are."""
+    c = context.config
+    supplied = read_trajectories(Path(c.sft_file))
+    fraction = c.heldout_pair_fraction
+    directory = context.rounds.directory(state.round)
+    trained = [t for t in supplied if not rules.held_out(t.question, fraction)]
+    write_jsonl(directory / "sft.jsonl", [asdict(t) for t in trained])
+    pairs = trajectory_pairs(supplied, random.Random(c.seed + state.round))
+    heldout = [asdict(p) for p in pairs if rules.held_out(p.question, fraction)]
+    write_jsonl(directory / "pairs_heldout.jsonl", heldout)
+    write_jsonl(directory / "pairs.jsonl", [asdict(p) for p in pairs if not rules.held_out(p.question, fraction)])
+    state.metrics["supplied_trajectories"] = len(supplied)
+    state.metrics["sft_trajectories"] = len(trained)
+    state.metrics["ppm_pairs"] = len(pairs)
+
+
 def _pool_note(config: RoundConfig) -> str:
     """Where the searched problems came from, for a candidate's lineage."""
-    return f"; pool {config.pool_file}" if config.pool_file else "; pool: curriculum"
+    supplied = f"; round 1 from {config.sft_file}" if config.sft_file else ""
+    teacher = f"; round 1 searched by the teacher at {config.teacher_target}" if config.teacher_target else ""
+    return (f"; pool {config.pool_file}" if config.pool_file else "; pool: curriculum") + supplied + teacher
 
 
 def _reject(context: RoundContext, state: RoundState, why: str) -> None:

@@ -75,6 +75,16 @@ async def test_completions_become_steps(endpoint: str, tmp_path: Any) -> None:
     assert engine.version == "openai:big-model"
 
 
+async def test_a_teacher_is_shown_worked_examples_before_the_question(endpoint: str) -> None:
+    from services.math import stepfmt
+
+    engine = OpenAIEngine(endpoint, "teacher-model", few_shot=2)
+    await engine.generate([StepPrompt("What is 1?", ())], SamplingParams(n=1))
+    prompt = RECEIVED[-1]["prompt"]
+    assert prompt.count("Question: ") == 3 and prompt.count(stepfmt.END_OF_ANSWER) == 2  # two solved examples
+    assert prompt.endswith(stepfmt.render_prompt("What is 1?"))  # then the question, in the step format
+
+
 async def test_an_unreachable_endpoint_is_not_ready() -> None:
     engine = OpenAIEngine("http://127.0.0.1:9/v1", "m", timeout_s=2)
     with pytest.raises(NotReady):

@@ -1,7 +1,7 @@
 """The user's path: their Hugging Face checkpoint (chat-templated) imported as policy and PPM, their problems
-(16 of GSM8K's training set, in GSM8K's own format) as the pool, a round through the real services and a Celery
-worker, evaluated on 8 problems of MATH500. The machinery is asserted, not the accuracy: the search is a teacher
-that knows the answers, the model trained is the user's.
+(16 of GSM8K's training set, in GSM8K's own format) as the pool, round 1 searched by a teacher PolicyService
+through the real services and a Celery worker, evaluated on 8 problems of MATH500. The machinery is asserted, not
+the accuracy: the teacher knows the answers, the model served and trained is the user's.
 """
 
 from __future__ import annotations
@@ -80,9 +80,10 @@ def test_a_round_on_the_users_model_and_problems(tmp_path: Path) -> None:
     with (
         server_process([THINKMESH, "serve", "sandbox", "--port", "0"], env) as (_, sandbox),
         server_process([THINKMESH, "serve", "ppm", "--port", "0"], env) as (_, ppm),
-        server_process([sys.executable, "-m", "support.teacher_policy"], env) as (_, policy),
+        server_process([THINKMESH, "serve", "policy", "--port", "0"], env) as (_, policy),
+        server_process([sys.executable, "-m", "support.teacher_policy"], env) as (_, teacher),
     ):
-        for address in (sandbox, ppm, policy):
+        for address in (sandbox, ppm, policy, teacher):
             wait_serving(address)
         env.update(
             THINKMESH_SEARCH_SANDBOX_TARGET=sandbox,
@@ -98,6 +99,8 @@ def test_a_round_on_the_users_model_and_problems(tmp_path: Path) -> None:
                     broker_url=env["THINKMESH_SEARCH_BROKER_URL"], result_backend=env["THINKMESH_SEARCH_RESULT_BACKEND"]
                 )
             )
+            # The worker's policy is the user's model; round 1's tasks name the teacher's PolicyService instead.
+            config = replace(config, teacher_target=teacher)
             state = RoundRunner(store, config, CeleryDispatcher(app, store.root, poll_s=0.2)).run()
         finally:
             worker.terminate()
@@ -120,6 +123,9 @@ def test_a_round_on_the_users_model_and_problems(tmp_path: Path) -> None:
     assert "ppm_dropped_long" in state.metrics
     policy = store.get("policy", state.policy_version)
     assert f"pool {pool_file}" in policy.lineage.data and ", 0 teacher" in policy.lineage.data
+    assert "searched by the teacher" in policy.lineage.data
+    stored = json.loads(next((round_dir / "trees").glob("*.json")).read_text())
+    assert stored["policy_version"] == "teacher"  # the teacher generated, not the worker's own policy
     assert policy.prompt_format == store.get("ppm", state.ppm_version).prompt_format == "chat"  # inherited
     assert "SFT dropped (long)" in (store.root / "rounds" / "report.md").read_text()
 

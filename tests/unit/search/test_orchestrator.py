@@ -82,8 +82,8 @@ async def test_cancellation_stops_the_search() -> None:
 
 
 async def test_search_loop_lets_concurrent_submissions_share_batches() -> None:
+    from services.search.engine.loop import SearchLoop
     from services.search.engine.mcts import Tree
-    from services.search.engine.orchestrator import SearchLoop
 
     scripted = ScriptedBackends()
     loop = SearchLoop(Orchestrator(_backends(scripted)))
@@ -114,8 +114,9 @@ async def test_a_tick_larger_than_a_backend_batch_is_cut_into_chunks() -> None:
 
 
 async def test_a_submission_may_sample_the_policy_its_own_way() -> None:
+    from services.search.engine.loop import SearchLoop
     from services.search.engine.mcts import Tree
-    from services.search.engine.orchestrator import Sampling, SearchLoop
+    from services.search.engine.orchestrator import Sampling
 
     class Recording(ScriptedBackends):
         def __init__(self) -> None:
@@ -134,3 +135,19 @@ async def test_a_submission_may_sample_the_policy_its_own_way() -> None:
     await asyncio.gather(loop.submit(plain), loop.submit(own, sampling=Sampling(temperature=0.7, max_new_tokens=2048)))
     assert {(t, m) for _, t, m in scripted.sampled} == {(0.8, 256), (0.7, 2048)}  # one call per way of sampling
     assert not orchestrator._sampling_of  # forgotten once the submission is done
+
+
+async def test_a_submission_may_generate_with_another_policy() -> None:
+    from services.search.engine.loop import SearchLoop
+    from services.search.engine.mcts import Tree
+
+    own, teacher = ScriptedBackends(), ScriptedBackends()
+    orchestrator = Orchestrator(_backends(own))
+    loop = SearchLoop(orchestrator)
+    mine = [Tree(QUESTION, SearchConfig(rollouts=2, seed=1), "8")]
+    taught = [Tree(QUESTION, SearchConfig(rollouts=2, seed=2), "8")]
+    await asyncio.gather(loop.submit(mine), loop.submit(taught, generator=teacher))
+    assert mine[0].done and taught[0].done
+    assert sum(own.calls["policy"]) == mine[0].stats.expansions  # each tree asked its own policy only
+    assert sum(teacher.calls["policy"]) == taught[0].stats.expansions
+    assert not orchestrator._generator_of

@@ -102,3 +102,32 @@ def test_start_round_takes_files_inside_the_store_only(tmp_path: Path) -> None:
         with pytest.raises(InvalidInput, match="pool_file"):
             core.in_store(name, "pool_file")
     assert core.eval_source("math500") == "math500"
+
+
+def test_round_one_from_a_teacher_names_it_in_its_tasks_and_is_terminal_guided() -> None:
+    config = preset("rstar-r3", teacher_target="teacher:50052", pool_size=3, pool_levels=(1,))
+    first, second = pool(config, 1, (1,)), pool(config, 2, (1,))
+    assert {(t.policy_target, t.q_mode) for t in first} == {("teacher:50052", "terminal")}
+    assert {(t.policy_target, t.q_mode) for t in second} == {("", "ppm")}
+
+
+def test_supplied_trajectories_are_read_in_the_step_format(tmp_path: Path) -> None:
+    from services.math import stepfmt
+    from services.math.curriculum import generate
+    from services.trainer.data import read_trajectories
+
+    problems = generate(1, 2, seed=0)
+    good = tmp_path / "sft.jsonl"
+    rows = [{"question": problems[0].question, "steps": list(problems[0].solution)}]
+    rows.append({"question": problems[1].question, "solution": stepfmt.render_solution(problems[1].solution)})
+    good.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    read = read_trajectories(good)
+    assert [t.steps for t in read] == [tuple(p.solution) for p in problems]
+    unfinished = tmp_path / "unfinished.jsonl"
+    unfinished.write_text(json.dumps({"question": "q", "steps": list(problems[0].solution[:1])}) + "\n")
+    with pytest.raises(InvalidInput, match="line 1: the last step is not the answer"):
+        read_trajectories(unfinished)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps({"question": "q", "steps": ["x = 1"]}) + "\n")
+    with pytest.raises(InvalidInput, match="not in the step format"):
+        read_trajectories(broken)
