@@ -77,7 +77,7 @@ def _evolve(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from services.common.errors import ThinkmeshError
+    from services.common.errors import InvalidInput, ThinkmeshError
     from services.common.store import ModelStore
     from services.dev.stack import LocalStack, interrupt_on_sigterm, local_trainer_settings
     from services.math.datasets import load_problems, read_problem_file
@@ -115,6 +115,9 @@ def _evolve(args: argparse.Namespace) -> int:
             load_problems(config.eval_dataset)
         if config.sft_file:
             read_trajectories(Path(config.sft_file))
+        upcoming = Rounds(store).next_number()
+        if (args.teacher or args.sft_file) and upcoming != 1:
+            raise InvalidInput(f"--teacher and --sft-file start round 1; this store's next round is {upcoming}")
     except ThinkmeshError as exc:
         print(f"thinkmesh: {exc}", file=sys.stderr)
         return 2
