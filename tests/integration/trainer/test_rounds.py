@@ -5,8 +5,6 @@ and a trainer stopped after its search resumes without searching again."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from collections.abc import Iterator
 
@@ -14,13 +12,11 @@ import pytest
 
 from services.common.store import ModelStore
 from services.math.curriculum import generate
-from services.search.celery_app import make_celery
 from services.search.eval.compare import read_results
-from services.search.settings import CelerySettings
 from services.trainer.config import preset
 from services.trainer.dispatch import CeleryDispatcher
 from services.trainer.rounds import RoundRunner, Rounds, held_out
-from support.processes import REPO, THINKMESH, server_process, wait_serving
+from support.search_tier import search_tier
 from support.tiny_models import publish_micro_models
 
 pytestmark = pytest.mark.timeout(900)
@@ -49,39 +45,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ModelStore
     pool = [p for level in CONFIG.pool_levels for p in generate(level, per_level, seed=CONFIG.seed + 7_001)]
     teacher = root / "teacher.json"
     teacher.write_text(json.dumps({p.question: p.solution for p in pool}))
-    env = {
-        "THINKMESH_STORE": str(store.root),
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
-        "THINKMESH_TEST_TEACHER_FILE": str(teacher),
-        "THINKMESH_SEARCH_BROKER_URL": f"sqla+sqlite:///{root}/broker.sqlite",
-        "THINKMESH_SEARCH_RESULT_BACKEND": f"db+sqlite:///{root}/results.sqlite",
-    }
-    with (
-        server_process([THINKMESH, "serve", "sandbox", "--port", "0"], env) as (_, sandbox),
-        server_process([THINKMESH, "serve", "ppm", "--port", "0"], env) as (_, ppm),
-        server_process([sys.executable, "-m", "support.teacher_policy"], env) as (_, policy),
-    ):
-        for address in (sandbox, ppm, policy):
-            wait_serving(address)
-        env.update(
-            THINKMESH_SEARCH_SANDBOX_TARGET=sandbox,
-            THINKMESH_SEARCH_PPM_TARGET=ppm,
-            THINKMESH_SEARCH_POLICY_TARGET=policy,
-        )
-        worker = subprocess.Popen(
-            [THINKMESH, "worker"], env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        try:
-            app = make_celery(
-                CelerySettings(
-                    broker_url=env["THINKMESH_SEARCH_BROKER_URL"], result_backend=env["THINKMESH_SEARCH_RESULT_BACKEND"]
-                )
-            )
-            yield store, CountingDispatcher(app, store.root, poll_s=0.2)
-        finally:
-            worker.terminate()
-            worker.wait(timeout=60)
+    with search_tier(
+        root,
+        store.root,
+        [sys.executable, "-m", "support.teacher_policy"],
+        {"THINKMESH_TEST_TEACHER_FILE": str(teacher)},
+        dispatcher=CountingDispatcher,
+    ) as tier:
+        yield store, tier.dispatcher
 
 
 def test_a_round_stopped_after_its_search_resumes_and_publishes(stack: tuple[ModelStore, CeleryDispatcher]) -> None:

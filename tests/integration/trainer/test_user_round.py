@@ -7,8 +7,6 @@ the accuracy: the teacher knows the answers, the model served and trained is the
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -21,13 +19,11 @@ from services.common.store import ModelStore
 from services.math import stepfmt
 from services.math.datasets import data_dir, read_problem_file
 from services.math.prompting import PromptRenderer
-from services.search.celery_app import make_celery
 from services.search.eval.compare import read_results
-from services.search.settings import CelerySettings
 from services.trainer.config import preset
-from services.trainer.dispatch import CeleryDispatcher
 from services.trainer.rounds import RoundRunner
-from support.processes import REPO, THINKMESH, server_process, wait_serving
+from support.processes import THINKMESH
+from support.search_tier import search_tier
 from support.tiny_models import write_chat_checkpoint
 
 pytestmark = pytest.mark.timeout(900)
@@ -68,43 +64,16 @@ def test_a_round_on_the_users_model_and_problems(tmp_path: Path) -> None:
         sft=replace(base.sft, max_length=lengths[len(lengths) // 2]),
     )
 
-    env = {
-        "THINKMESH_STORE": str(store.root),
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
-        "THINKMESH_TEST_TEACHER_FILE": str(teacher),
-        "THINKMESH_PPM_DEVICE": "cpu",
-        "THINKMESH_SEARCH_BROKER_URL": f"sqla+sqlite:///{tmp_path}/broker.sqlite",
-        "THINKMESH_SEARCH_RESULT_BACKEND": f"db+sqlite:///{tmp_path}/results.sqlite",
-    }
-    with (
-        server_process([THINKMESH, "serve", "sandbox", "--port", "0"], env) as (_, sandbox),
-        server_process([THINKMESH, "serve", "ppm", "--port", "0"], env) as (_, ppm),
-        server_process([THINKMESH, "serve", "policy", "--port", "0"], env) as (_, policy),
-        server_process([sys.executable, "-m", "support.teacher_policy"], env) as (_, teacher),
-    ):
-        for address in (sandbox, ppm, policy, teacher):
-            wait_serving(address)
-        env.update(
-            THINKMESH_SEARCH_SANDBOX_TARGET=sandbox,
-            THINKMESH_SEARCH_PPM_TARGET=ppm,
-            THINKMESH_SEARCH_POLICY_TARGET=policy,
-        )
-        worker = subprocess.Popen(
-            [THINKMESH, "worker"], env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        try:
-            app = make_celery(
-                CelerySettings(
-                    broker_url=env["THINKMESH_SEARCH_BROKER_URL"], result_backend=env["THINKMESH_SEARCH_RESULT_BACKEND"]
-                )
-            )
-            # The worker's policy is the user's model; round 1's tasks name the teacher's PolicyService instead.
-            config = replace(config, teacher_target=teacher)
-            state = RoundRunner(store, config, CeleryDispatcher(app, store.root, poll_s=0.2)).run()
-        finally:
-            worker.terminate()
-            worker.wait(timeout=60)
+    with search_tier(
+        tmp_path,
+        store.root,
+        [THINKMESH, "serve", "policy", "--port", "0"],  # the user's model: the workers' own policy
+        {"THINKMESH_TEST_TEACHER_FILE": str(teacher)},
+        extra={"teacher": [sys.executable, "-m", "support.teacher_policy"]},
+    ) as tier:
+        # Round 1's tasks name the teacher's PolicyService instead.
+        config = replace(config, teacher_target=tier.addresses["teacher"])
+        state = RoundRunner(store, config, tier.dispatcher).run()
 
     assert state.state == "succeeded", state.message
     assert state.finished == ["search", "extract", "sft", "ppm", "evaluate", "publish"]
