@@ -222,7 +222,11 @@ def run_sft(context: RoundContext, state: RoundState) -> None:
     rows = context.rounds.accumulated(state.round, "sft.jsonl")
     if not rows:
         # Nothing to learn from: the current models stay (the curriculum ladder may be too steep).
-        _reject(context, state, "no problem of any round was solved yet: nothing to fine-tune on")
+        if context.config.supplied(state.round):
+            why = "every supplied trajectory's problem is held out for the PPM's pairs: supply more problems"
+        else:
+            why = "no problem of any round was solved yet: nothing to fine-tune on"
+        _reject(context, state, why)
         return
     base = context.store.get("policy", context.base_policy())
     torch.manual_seed(context.config.seed + state.round)
