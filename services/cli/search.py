@@ -129,7 +129,13 @@ def _eval(args: argparse.Namespace) -> int:
     from services.search.eval.local import local_backends
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    problems = load_problems(args)
+    from services.common.errors import ThinkmeshError
+
+    try:
+        problems = load_problems(args)
+    except ThinkmeshError as exc:  # an unknown dataset, a missing file, a bad row: said, not a traceback
+        print(f"thinkmesh eval: {exc}", file=sys.stderr)
+        return 2
     chosen = eval_settings(args)
     if args.target:
         print("thinkmesh: --target evaluation goes through SearchService.Solve", file=sys.stderr)

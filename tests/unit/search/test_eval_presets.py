@@ -38,3 +38,12 @@ def test_the_rstar_preset_is_the_authors_inference_search_and_flags_override_it(
     )
     o = _settings("--preset", "rstar-eval", "--searches", "4", "--candidates", "8", "--temperature", "0.6")
     assert (o.searches, o.search.candidates, o.sampling.temperature, o.search.rollouts) == (4, 8, 0.6, 16)
+
+
+def test_a_bad_problem_file_is_reported_not_raised(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from services.cli.main import main
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q"}\n')
+    assert main(["eval", "--dataset", str(bad)]) == 2
+    assert "row 1 has no answer" in capsys.readouterr().err
