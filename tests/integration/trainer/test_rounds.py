@@ -126,3 +126,31 @@ def test_training_replays_the_bootstrap_data(stack: tuple[ModelStore, CeleryDisp
     policy, ppm = store.get("policy", "v2").lineage, store.get("ppm", "v2").lineage
     assert f"{CONFIG.sft_replay} teacher" in policy.data and f"x{CONFIG.sft_weight}" in policy.data
     assert "teacher-vs-corrupted" in ppm.data and policy.metrics["steps"] == CONFIG.sft.max_steps
+
+
+def test_the_curriculum_as_a_pool_file_searches_like_the_built_in_pool(
+    stack: tuple[ModelStore, CeleryDispatcher], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from dataclasses import replace
+
+    from services.trainer.rounds.rules import solved
+
+    _, dispatcher = stack
+    # Round 1's built-in pool, exported as a user would have it: a JSONL problem file.
+    per_level = -(-CONFIG.pool_size // len(CONFIG.pool_levels))
+    exported = tmp_path_factory.mktemp("pool") / "curriculum.jsonl"
+    rows = [
+        {"id": p.id, "question": p.question, "answer": p.answer, "level": p.level}
+        for level in CONFIG.pool_levels
+        for p in generate(level, per_level, seed=CONFIG.seed + 7_001)
+    ]
+    exported.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    other = ModelStore(tmp_path_factory.mktemp("file-pool") / "store")
+    publish_micro_models(other)
+    from_file = CeleryDispatcher(dispatcher.app, other.root, poll_s=0.2)
+    state = RoundRunner(other, replace(CONFIG, pool_file=str(exported)), from_file, stop_after="search").run()
+    assert state.finished == ["search"]
+    built_in = dispatcher.results.job("rounds/0001/trees")
+    searched = from_file.results.job("rounds/0001/trees")
+    assert sorted(searched) == sorted(built_in)  # the same problems, under the same ids
+    assert solved(searched) == solved(built_in) and solved(searched)  # and the same ones solved
