@@ -548,16 +548,18 @@ def test_network_policies_select_the_pods_they_name(defaults: Rendered) -> None:
 # --- secrets, TLS and the store -------------------------------------------------------------------------------
 
 
-def test_api_tokens_are_mounted_read_only_into_search(defaults: Rendered) -> None:
-    mount = _volume_mounts(defaults, "search")["auth"]
-    assert mount["readOnly"] is True
-    volume = _volumes(defaults, "search")["auth"]["secret"]
-    assert volume["secretName"] == f"{RELEASE}-auth" and volume["defaultMode"] == 0o440
-    assert defaults.settings("search")["THINKMESH_SEARCH_AUTH_TOKENS_FILE"] == f"{mount['mountPath']}/tokens"
+def test_api_tokens_are_mounted_read_only_into_search_and_trainer(defaults: Rendered) -> None:
+    for api in ("search", "trainer"):  # the API: nothing may start a round without a token either
+        mount = _volume_mounts(defaults, api)["auth"]
+        assert mount["readOnly"] is True
+        volume = _volumes(defaults, api)["auth"]["secret"]
+        assert volume["secretName"] == f"{RELEASE}-auth" and volume["defaultMode"] == 0o440
+        variable = f"THINKMESH_{api.upper()}_AUTH_TOKENS_FILE"
+        assert defaults.settings(api)[variable] == f"{mount['mountPath']}/tokens"
     secret = defaults.get("Secret", f"{RELEASE}-auth")
     (token,) = secret["stringData"]["tokens"].split()
     assert len(token) >= 32
-    for component in ["policy", "ppm", "sandbox", "worker", "trainer"]:
+    for component in ["policy", "ppm", "sandbox", "worker"]:
         assert "auth" not in _volume_mounts(defaults, component)
     existing = render("--set", "auth.existingSecret=my-tokens")
     assert existing.find("Secret", f"{RELEASE}-auth") is None

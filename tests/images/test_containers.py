@@ -115,7 +115,12 @@ def test_search_solves_through_a_worker_and_redis(deployment: Deployment) -> Non
 
 def test_trainer_serves_and_lists_the_imported_models(deployment: Deployment) -> None:
     with deployment.explain("trainer"), deployment.connect("trainer") as channel:
-        reply = trainer_pb2_grpc.TrainerServiceStub(channel).ListModels(trainer_pb2.ListModelsRequest(), timeout=30)
+        stub = trainer_pb2_grpc.TrainerServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:  # the API takes a token, as SearchService does
+            stub.ListModels(trainer_pb2.ListModelsRequest(), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        token = [("authorization", f"Bearer {deployment.token}")]
+        reply = stub.ListModels(trainer_pb2.ListModelsRequest(), timeout=30, metadata=token)
         assert sorted((m.kind, m.version, m.current, m.source) for m in reply.models) == [
             (common_pb2.MODEL_KIND_POLICY, "v1", True, "import"),
             (common_pb2.MODEL_KIND_PPM, "v1", True, "import"),

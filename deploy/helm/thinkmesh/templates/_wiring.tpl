@@ -5,7 +5,7 @@ renders every row (ConfigMap, Deployment, HPA, NetworkPolicy, PDB, Services) fro
   args     the container's arguments to `thinkmesh` (the chart adds --host/--port for gRPC servers)
   grpc     serves gRPC on service.port (and so gets gRPC probes and a Service port)
   store    mounts the model store: rw, ro, or "" (not at all)
-  auth     checks SearchService bearer tokens
+  auth     checks bearer tokens (the API: SearchService and TrainerService)
   broker   talks to Redis (Celery broker and result backend)
   calls    gRPC services it calls: THINKMESH_<SVC>_<CALLEE>_TARGET and an egress rule each
   callers  components admitted on its gRPC port
@@ -74,7 +74,7 @@ trainer:
   args: [serve, trainer]
   grpc: true
   store: rw
-  auth: false
+  auth: true
   broker: true
   calls: [sandbox, policy, ppm]
   callers: []
