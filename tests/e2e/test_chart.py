@@ -723,3 +723,25 @@ def test_the_chart_readme_shows_a_gpu_and_a_cpu_install() -> None:
     assert "Qwen2.5-Math-7B" in readme and "values/gpu-production.yaml" in readme
     assert "values/cpu-trial.yaml" in readme
     assert "helm install" in readme
+
+
+def test_update_strategy_priority_and_spread_are_the_operators_to_choose() -> None:
+    spread = [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway"}]
+    r = render(
+        "--set", "policy.strategy.type=Recreate",
+        "--set", "policy.priorityClassName=gpu-serving",
+        "--set-json", f"sandbox.topologySpreadConstraints={json.dumps(spread)}",
+        "--set", "redis.strategy.type=OnDelete",
+    )  # fmt: skip
+    policy = r.workload("policy")
+    assert policy["spec"]["strategy"] == {"type": "Recreate"}  # a single-GPU pool: no surge pod waiting for a GPU
+    assert policy["spec"]["template"]["spec"]["priorityClassName"] == "gpu-serving"
+    assert r.workload("sandbox")["spec"]["template"]["spec"]["topologySpreadConstraints"] == spread
+    assert r.workload("redis")["spec"]["updateStrategy"] == {"type": "OnDelete"}
+    validate(r.objects)
+    defaults = render()
+    assert defaults.workload("policy")["spec"]["strategy"] == {"type": "RollingUpdate"}
+    assert defaults.workload("trainer")["spec"]["strategy"] == {"type": "Recreate"}
+    assert "priorityClassName" not in defaults.workload("policy")["spec"]["template"]["spec"]
+    with pytest.raises(RenderError):
+        render("--set", "policy.strategy.type=Sometimes")  # the schema names the two kinds

@@ -71,6 +71,13 @@ imagePullSecrets:
 {{- with $c.runtimeClassName }}
 runtimeClassName: {{ . }}
 {{- end }}
+{{- with $c.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with $c.topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 terminationGracePeriodSeconds: {{ $c.terminationGracePeriodSeconds }}
 securityContext:
   {{- toYaml $c.podSecurityContext | nindent 2 }}
@@ -106,7 +113,11 @@ spec:
   {{- end }}
   revisionHistoryLimit: 5
   strategy:
+    {{- if $c.strategy }}
+    {{- toYaml $c.strategy | nindent 4 }}
+    {{- else }}
     type: {{ .strategy }}
+    {{- end }}
   selector:
     matchLabels:
       {{- include "thinkmesh.selectorLabels" . | nindent 6 }}
