@@ -58,6 +58,11 @@ class ServerSettings:
     max_concurrent_rpcs: int = 256
     # Shorter than the pod's terminationGracePeriodSeconds (30 s by default).
     drain_seconds: float = 20.0
+    # A client connection is asked to move on (GOAWAY) after this long, so clients re-resolve a headless
+    # Service's DNS and a new replica gets its share of calls within about this time (0 = never). Calls in
+    # flight then have `max_connection_age_grace_s` to finish: the longest call anywhere (a search's deadline).
+    max_connection_age_s: float = 30.0
+    max_connection_age_grace_s: float = 600.0
     log_format: str = "json"
     log_level: str = "INFO"
 
@@ -70,6 +75,8 @@ class ServerSettings:
         require(self.max_message_mb > 0, self, "max_message_mb", "must be positive")
         require(self.max_concurrent_rpcs > 0, self, "max_concurrent_rpcs", "must be positive")
         require(self.drain_seconds >= 0, self, "drain_seconds", "must not be negative")
+        require(self.max_connection_age_s >= 0, self, "max_connection_age_s", "must not be negative (0 = never)")
+        require(self.max_connection_age_grace_s >= 0, self, "max_connection_age_grace_s", "must not be negative")
         require(self.log_format in ("json", "text"), self, "log_format", "must be 'json' or 'text'")
         require((self.tls_cert is None) == (self.tls_key is None), self, "tls_key", "set tls_cert and tls_key together")
         require(self.tls_ca is None or self.tls_cert is not None, self, "tls_ca", "mutual TLS needs tls_cert too")
@@ -103,6 +110,16 @@ def service_name(module: Any, service: str) -> str:
     return str(module.DESCRIPTOR.services_by_name[service].full_name)
 
 
+def connection_age_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    """gRPC core's connection ageing (with jitter of its own), from the settings."""
+    if settings.max_connection_age_s <= 0:
+        return []
+    return [
+        ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_s * 1000)),
+    ]
+
+
 class GrpcServer:
     def __init__(self, settings: ServerSettings, services: Sequence[Service]) -> None:
         self.settings = settings
@@ -121,6 +138,7 @@ class GrpcServer:
                 ("grpc.max_send_message_length", limit),
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.so_reuseport", 0),
+                *connection_age_options(settings),
             ],
         )
 

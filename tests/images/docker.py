@@ -137,6 +137,13 @@ class Session:
         name = f"{pod.component}-{uuid.uuid4().hex[:4]}"
         return self._run(name, [*pod.options, "--network", "none", *options, *entrypoint], pod.image, pod.args, timeout)
 
+    def run_on_network(self, pod: Pod, entrypoint: str, args: list[str], *, timeout: float) -> str:
+        """Runs a command in the pod's image, with its options, on the session's network (a client that resolves
+        the Services' names as a pod does); its output, or DockerError."""
+        name = f"{pod.component}-client-{uuid.uuid4().hex[:4]}"
+        options = [*pod.options, "--network", self.network, "--entrypoint", entrypoint]
+        return self._run(name, options, pod.image, args, timeout)
+
     def _run(self, name: str, options: list[str], image: str, args: tuple[str, ...] | list[str], timeout: float) -> str:
         name = f"{self.prefix}-{name}"
         try:
