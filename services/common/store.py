@@ -88,7 +88,12 @@ def prompt_format_of(directory: Path) -> PromptFormat:
         manifest = json.loads((directory / MANIFEST).read_text())
     except (OSError, ValueError):
         manifest = {}
-    recorded = manifest.get("prompt_format") if isinstance(manifest, dict) else None
+    return _prompt_format(manifest if isinstance(manifest, dict) else {}, directory)
+
+
+def _prompt_format(manifest: dict[str, Any], directory: Path) -> PromptFormat:
+    """The manifest's prompt format, else what the directory's tokenizer implies."""
+    recorded = manifest.get("prompt_format")
     if recorded is not None:
         return check_prompt_format(recorded)
     return "chat" if has_chat_template(directory) else "plain"
@@ -131,7 +136,7 @@ class ModelStore:
             path=directory,
             created_at=float(manifest.get("created_at", 0.0)),
             lineage=Lineage(**manifest.get("lineage", {})),
-            prompt_format=prompt_format_of(directory),
+            prompt_format=_prompt_format(manifest, directory),
         )
 
     def versions(self, kind: str) -> list[ModelVersion]:
