@@ -80,13 +80,14 @@ def _evolve(args: argparse.Namespace) -> int:
     from services.common.errors import InvalidInput, ThinkmeshError
     from services.common.store import ModelStore
     from services.dev.stack import LocalStack, interrupt_on_sigterm, local_trainer_settings
-    from services.math.datasets import load_problems, read_problem_file
+    from services.math.datasets import load_problems
     from services.trainer.bootstrap import bootstrap, config_for
     from services.trainer.config import preset
     from services.trainer.data import read_trajectories
     from services.trainer.progress import StageBars
     from services.trainer.rounds import RoundRunner, Rounds
     from services.trainer.rounds.report import markdown_table
+    from services.trainer.rounds.rules import read_pool
     from services.trainer.wiring import make_runner_factory
 
     _quiet_libraries()
@@ -110,7 +111,7 @@ def _evolve(args: argparse.Namespace) -> int:
         config = config.searching(rollouts=args.rollouts)
     try:  # a bad problem file is reported before anything starts
         if config.pool_file:
-            read_problem_file(Path(config.pool_file))
+            read_pool(config.pool_file)  # read once: the rounds take it from the cache
         if config.eval_dataset:
             load_problems(config.eval_dataset)
         if config.sft_file:

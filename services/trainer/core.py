@@ -14,9 +14,9 @@ from pathlib import Path
 
 from services.common.errors import FailedPrecondition, InvalidInput, NotFound
 from services.common.store import ModelStore, ModelVersion
-from services.math.datasets import read_problem_file
 from services.trainer.config import RoundConfig
 from services.trainer.rounds import RoundRunner, Rounds, RoundState
+from services.trainer.rounds.rules import read_pool
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class TrainerCore:
         pool = self.in_store(pool_file, "pool_file") if pool_file else self.config.pool_file
         evaluated = self.eval_source(eval_dataset) if eval_dataset else self.config.eval_dataset
         if pool:
-            read_problem_file(Path(pool))  # a bad file fails the call, not the round
+            read_pool(pool)  # a bad file fails the call, not the round; the round reads it from the cache
         with self._lock:
             if self.busy:
                 raise FailedPrecondition("a round is already running: follow it with GetRound")
