@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.common.errors import InvalidInput, NotFound
+from services.math import stepfmt
+
 
 @dataclass(frozen=True)
 class Trajectory:
@@ -67,9 +70,6 @@ def read_trajectories(path: Path) -> list[Trajectory]:
     """Supplied solutions in the step format: JSONL with `question` and `steps` (a list of steps) or `solution`
     (the steps as one text). Every step must parse, and the last must be the answer; a bad row is refused with
     its number."""
-    from services.common.errors import InvalidInput, NotFound
-    from services.math import stepfmt
-
     if not Path(path).is_file():
         raise NotFound(f"trajectory file {path} does not exist")
     trajectories = []

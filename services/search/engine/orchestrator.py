@@ -190,14 +190,12 @@ class Orchestrator:
 
     async def _expand(self, waiting: list[tuple[Tree, Expand]], stats: RunStats, seed: int) -> None:
         # Trees may ask for different numbers of candidates, or sample otherwise: one call per distinct kind.
-        by_kind: dict[tuple[int, int, float, int], list[tuple[Tree, Expand]]] = {}
-        generators: dict[int, Generator] = {}
+        by_kind: dict[tuple[Generator, int, float, int], list[tuple[Tree, Expand]]] = {}
         for tree, need in waiting:
-            sampling, generator = self.sampling_for(tree), self.generator_for(tree)
-            generators[id(generator)] = generator
-            kind = (id(generator), tree.config.candidates, sampling.temperature, sampling.max_new_tokens)
+            sampling = self.sampling_for(tree)
+            kind = (self.generator_for(tree), tree.config.candidates, sampling.temperature, sampling.max_new_tokens)
             by_kind.setdefault(kind, []).append((tree, need))
-        for (which, n, temperature, max_new_tokens), group in by_kind.items():
+        for (generator, n, temperature, max_new_tokens), group in by_kind.items():
             prompts = [Prompt(tree.question, need.steps) for tree, need in group]
 
             async def call(
@@ -205,7 +203,7 @@ class Orchestrator:
                 n: int = n,
                 t: float = temperature,
                 length: int = max_new_tokens,
-                policy: Generator = generators[which],
+                policy: Generator = generator,
             ) -> Any:
                 started = time.monotonic()
                 result = await policy.generate(batch, n, t, length, seed)

@@ -283,8 +283,7 @@ def run_ppm(context: RoundContext, state: RoundState) -> None:
     wanted = c.ppm_replay if c.replays_curriculum else 0
     teacher = [
         p
-        for level in rules.PPM_REPLAY_LEVELS
-        if wanted
+        for level in (rules.PPM_REPLAY_LEVELS if wanted else ())
         for p in generate(level, max(1, wanted // 6), seed=c.seed + 53 * state.round + level)
     ]
     replay = corrupted_pairs(teacher, rng)[:wanted]
