@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "services.cli.search",
     "services.cli.trainer",
     "services.cli.bench",
+    "services.cli.secrets",
 )
 
 # `thinkmesh serve NAME` → the service's one wiring function, `async def run(**overrides)`.

@@ -16,13 +16,13 @@ module stays cheap and works where the extra is not installed.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from services.common.errors import InvalidInput, NotFound
+from services.common.kube import api_client
 
 if TYPE_CHECKING:
     from kubernetes.client import AppsV1Api
@@ -72,21 +72,9 @@ class Rollout:
 
 def in_cluster_apps() -> AppsV1Api:
     """An `AppsV1Api` from the pod's service account, or from the kubeconfig when not running in a pod."""
-    from kubernetes import client, config
+    from kubernetes import client
 
-    # A private Configuration: loading into the client's global default would leak into every other
-    # ApiClient in the process (and into tests).
-    configuration = client.Configuration()
-    # kubernetes.config has no annotations (unlike kubernetes.client), hence the ignores below.
-    try:
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        # Outside a cluster (a laptop, CI) do what kubectl does. KUBECONFIG is read now, not at import as the
-        # client's default is, so a variable set after start-up still counts.
-        config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
-        )
-    return client.AppsV1Api(client.ApiClient(configuration))
+    return client.AppsV1Api(api_client())
 
 
 def _roll(apps: AppsV1Api, namespace: str, versions: Mapping[str, str], now: datetime | None) -> list[str]:
