@@ -6,8 +6,9 @@
         finish in-flight calls within drain_seconds → on_stop() → return
 
 Every server gets: the error/metrics interceptor, bearer-token auth when a token file is set, TLS (mutual when
-a CA is set), standard health and reflection, message size limits and a bound on concurrent RPCs (beyond it
-gRPC answers RESOURCE_EXHAUSTED). Nothing here knows what a service does.
+a CA is set; renewed files are served to new connections without a restart: services/common/security.py),
+standard health and reflection, message size limits and a bound on concurrent RPCs (beyond it gRPC answers
+RESOURCE_EXHAUSTED). Nothing here knows what a service does.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""A throw-away CA with a server certificate (for 127.0.0.1/localhost) and a client certificate."""
+"""A throw-away CA with a server certificate (for 127.0.0.1/localhost) and a client certificate; more server
+certificates from the same CA (a renewal) with `issue_server_cert`."""
 
 from __future__ import annotations
 
@@ -20,6 +21,11 @@ class CertSet:
     server_key: Path
     client_cert: Path
     client_key: Path
+    ca_key: Path
+
+
+def _write_cert(cert: x509.Certificate, path: Path) -> None:
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -34,6 +40,40 @@ def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
 
 def _name(common: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+
+SERVER_SAN: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+
+
+def _leaf(
+    ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, common: str, san: list[x509.GeneralName]
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    now = datetime.datetime.now(datetime.UTC)
+    key = _key()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(san), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def issue_server_cert(certs: CertSet, cert_path: Path, key_path: Path, common: str = "thinkmesh-server") -> int:
+    """Another server certificate from `certs`' CA (for 127.0.0.1/localhost, a new key): a renewal. Returns its
+    serial number."""
+    ca = x509.load_pem_x509_certificate(certs.ca.read_bytes())
+    ca_key = serialization.load_pem_private_key(certs.ca_key.read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    cert, key = _leaf(ca, ca_key, common, SERVER_SAN)
+    _write_cert(cert, cert_path)
+    _write_key(key, key_path)
+    return int(cert.serial_number)
 
 
 def make_certs(directory: Path) -> CertSet:
@@ -51,35 +91,20 @@ def make_certs(directory: Path) -> CertSet:
         .sign(ca_key, hashes.SHA256())
     )
 
-    def leaf(common: str, san: list[x509.GeneralName]) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-        key = _key()
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(_name(common))
-            .issuer_name(ca.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(san), critical=False)
-            .sign(ca_key, hashes.SHA256())
-        )
-        return cert, key
-
-    server, server_key = leaf(
-        "thinkmesh-server", [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    )
-    client, client_key = leaf("thinkmesh-client", [x509.DNSName("thinkmesh-client")])
+    server, server_key = _leaf(ca, ca_key, "thinkmesh-server", SERVER_SAN)
+    client, client_key = _leaf(ca, ca_key, "thinkmesh-client", [x509.DNSName("thinkmesh-client")])
     paths = CertSet(
         ca=directory / "ca.pem",
         server_cert=directory / "server.pem",
         server_key=directory / "server.key",
         client_cert=directory / "client.pem",
         client_key=directory / "client.key",
+        ca_key=directory / "ca.key",
     )
-    paths.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths.server_cert.write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    paths.client_cert.write_bytes(client.public_bytes(serialization.Encoding.PEM))
+    _write_cert(ca, paths.ca)
+    _write_cert(server, paths.server_cert)
+    _write_cert(client, paths.client_cert)
+    _write_key(ca_key, paths.ca_key)
     _write_key(server_key, paths.server_key)
     _write_key(client_key, paths.client_key)
     return paths
