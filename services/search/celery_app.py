@@ -1,14 +1,17 @@
 """The Celery application that carries search work to workers.
 
-Broker and results: Redis in a cluster; for the embedded default, SQLite through kombu's SQLAlchemy
-transport, so one machine needs no server. Tasks are acknowledged late and rejected when their worker dies, so
-a task whose worker is killed runs again elsewhere (tasks are idempotent: see services/search/worker/tasks.py).
+Broker and results: Redis in a cluster (TLS with rediss:// URLs); for the embedded default, SQLite through kombu's
+SQLAlchemy transport, so one machine needs no server. Tasks are acknowledged late and rejected when their worker
+dies, so a task whose worker is killed runs again elsewhere (tasks are idempotent: see
+services/search/worker/tasks.py).
 The SearchService and the trainer send tasks by name (protocol.SOLVE); only the worker registers them.
 """
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
+from typing import Any
 
 from celery import Celery
 
@@ -28,8 +31,21 @@ def _ensure_sqlite_dirs(*urls: str) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
 
 
+def redis_tls_options(settings: CelerySettings) -> dict[str, Any]:
+    """redis-py's TLS arguments for a rediss:// URL: the server's certificate is always verified (against
+    `broker_tls_ca`, or the system's CAs), and a client certificate is presented when one is set."""
+    options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    if settings.broker_tls_ca is not None:
+        options["ssl_ca_certs"] = str(settings.broker_tls_ca)
+    if settings.broker_tls_cert is not None and settings.broker_tls_key is not None:
+        options["ssl_certfile"] = str(settings.broker_tls_cert)
+        options["ssl_keyfile"] = str(settings.broker_tls_key)
+    return options
+
+
 def make_celery(settings: CelerySettings | None = None) -> Celery:
     settings = settings or load_settings(SearchSettings).celery
+    settings.validate()
     _ensure_sqlite_dirs(settings.broker_url, settings.result_backend)
     if settings.broker_url.startswith("sqla+"):
         from kombu.transport import sqlalchemy as sqla_transport
@@ -52,4 +68,10 @@ def make_celery(settings: CelerySettings | None = None) -> Celery:
         if settings.broker_url.startswith(("redis://", "rediss://"))
         else {},
     )
+    # Every Redis connection goes through these two: kombu's for the broker, the result backend's (which
+    # services/search/cancellation.py uses for its flags too).
+    if settings.broker_url.startswith("rediss://"):
+        app.conf.broker_use_ssl = redis_tls_options(settings)
+    if settings.result_backend.startswith("rediss://"):
+        app.conf.redis_backend_use_ssl = redis_tls_options(settings)
     return app  # the tasks are registered by the worker that runs them; everyone else sends them by name

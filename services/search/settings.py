@@ -31,6 +31,46 @@ class CelerySettings:
     # Redis: a task whose worker died unacknowledged is redelivered after this long. Keep it above the longest
     # search (default_deadline_s) so a slow task is never run twice.
     visibility_timeout_s: int = 900
+    # TLS to a rediss:// broker and result backend: the CA that signed Redis's certificate (unset: the system's
+    # CAs), and the client certificate and key that a Redis with `tls-auth-clients yes` demands.
+    broker_tls_ca: Path | None = None
+    broker_tls_cert: Path | None = None
+    broker_tls_key: Path | None = None
+
+    @property
+    def broker_tls(self) -> bool:
+        return any(f is not None for f in (self.broker_tls_ca, self.broker_tls_cert, self.broker_tls_key))
+
+    def validate(self, owner: object | None = None) -> None:
+        """`owner`: the settings object holding this group, so that a message names its variable
+        (THINKMESH_SEARCH_BROKER_TLS_KEY); without one it says THINKMESH_<SERVICE>_BROKER_TLS_KEY."""
+        owner = owner if owner is not None else _AnyService()
+        require(self.visibility_timeout_s > 0, owner, "visibility_timeout_s", "must be positive")
+        require(
+            (self.broker_tls_cert is None) == (self.broker_tls_key is None),
+            owner,
+            "broker_tls_key",
+            "set broker_tls_cert and broker_tls_key together",
+        )
+        if not self.broker_tls:
+            return
+        for name, url in (("broker_url", self.broker_url), ("result_backend", self.result_backend)):
+            require(
+                not url.startswith("redis://"),
+                owner,
+                name,
+                "is plaintext redis:// while broker_tls_* are set: use rediss://",
+            )
+        require(
+            self.broker_url.startswith("rediss://") or self.result_backend.startswith("rediss://"),
+            owner,
+            "broker_url",
+            "broker_tls_ca/broker_tls_cert/broker_tls_key apply to a rediss:// broker or result backend only",
+        )
+
+
+class _AnyService:
+    SERVICE: ClassVar[str] = "<service>"
 
 
 @dataclass(frozen=True)
@@ -72,13 +112,18 @@ class SearchSettings(ServerSettings):
     max_concurrent_solves: int = 64
     # A Solve without a client deadline is bounded by this.
     default_deadline_s: float = 600.0
+    # The worker's probe endpoint (GET /livez, /readyz over HTTP on `host`; 0 = off): both fail once its
+    # consumer loop has not turned for health_stale_s (a wedged loop, or a broker reconnect that never succeeds),
+    # so keep it above the broker outages a worker should ride out without a restart.
+    health_port: int = 0
+    health_stale_s: float = 60.0
 
     def validate(self) -> None:
         super().validate()
         s = self.search
         require(self.worker_concurrency > 0, self, "worker_concurrency", "must be at least 1")
         require(bool(self.queues), self, "queues", "name at least one queue")
-        require(self.celery.visibility_timeout_s > 0, self, "visibility_timeout_s", "must be positive")
+        self.celery.validate(self)
         require(0 < s.rollouts <= self.max_rollouts, self, "rollouts", "must be between 1 and max_rollouts")
         require(0 < s.candidates <= self.max_candidates, self, "candidates", "must be between 1 and max_candidates")
         require(0 < self.searches <= self.max_searches, self, "searches", "must be between 1 and max_searches")
@@ -87,6 +132,9 @@ class SearchSettings(ServerSettings):
         require(s.q_mode in ("terminal", "ppm"), self, "q_mode", "must be 'terminal' or 'ppm'")
         require(self.answer_method in METHODS, self, "answer_method", f"must be one of {', '.join(METHODS)}")
         require(self.sampling.max_batch > 0, self, "max_batch", "must be at least 1")
+        require(0 <= self.health_port <= 65535, self, "health_port", "must be between 0 (off) and 65535")
+        # On the SQLite transport the consumer loop waits up to 2 s for a message between turns.
+        require(self.health_stale_s >= 5, self, "health_stale_s", "must be at least 5 (seconds)")
 
     @property
     def client_tls(self) -> TlsFiles | None:
