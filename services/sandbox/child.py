@@ -50,8 +50,8 @@ class ChildPlan:
     drop_uid: bool
     seccomp: isolation.SeccompProgram | None
     max_processes: int
-    # Without a uid of its own a program shares RLIMIT_NPROC (counted per uid) with the server, the zygote and
-    # every other program: it then gets a budget for all of them together.
+    # With neither a uid nor a user namespace of its own, a program shares RLIMIT_NPROC (counted per uid and user
+    # namespace) with every other process of the uid there: it then gets a budget for all of them together.
     shared_process_limit: int
     max_open_files: int
     max_file_mb: int
@@ -59,14 +59,19 @@ class ChildPlan:
     # Ceilings until the program's own limits are known.
     max_memory_mb: int
     max_timeout_ms: int
+    # A user namespace of its own, made before RLIMIT_NPROC is set, so that only its own tasks count against it
+    # (non-root, where the zygote has a user namespace to nest it in).
+    own_user_namespace: bool = False
 
     @property
     def process_limit(self) -> int:
-        return self.max_processes if self.drop_uid else self.shared_process_limit
+        return self.max_processes if self.drop_uid or self.own_user_namespace else self.shared_process_limit
 
-    def without(self, layer: str) -> ChildPlan:
+    def without(self, layer: str | None) -> ChildPlan:
         if layer == "filesystem":
             return replace(self, private_tmp=False)
+        if layer == "rlimits" and self.own_user_namespace:
+            return replace(self, own_user_namespace=False)  # the shared budget instead of a per-program one
         if layer == "uid":
             return replace(self, drop_uid=False)
         if layer == "seccomp":
@@ -74,8 +79,9 @@ class ChildPlan:
         raise ValueError(f"layer {layer!r} is not optional")
 
 
-# The layers a process may go without when this host does not permit them (the report then says so).
-OPTIONAL_LAYERS = ("filesystem", "uid", "seccomp")
+# The layers a process may go without (or, for rlimits, with a weaker form of) when this host does not permit
+# them; the report then says so.
+OPTIONAL_LAYERS = ("filesystem", "rlimits", "uid", "seccomp")
 
 
 class LayerFailed(Exception):
@@ -148,6 +154,9 @@ def _isolate(
         raise LayerFailed("filesystem", RuntimeError("no working directory"))
     os.chdir(workdir)
     try:
+        # After the private /tmp (mounted with the zygote's privileges in its namespaces), before RLIMIT_NPROC.
+        if plan.own_user_namespace:
+            isolation.own_process_count()
         inherited = isolation.set_limits(
             memory_mb=plan.max_memory_mb,
             timeout_ms=plan.max_timeout_ms,

@@ -4,7 +4,8 @@ Two places apply them. The zygote, once at start-up: its own network namespace (
 network at all for anything it forks) and its own mount namespace, where the world-writable directories of the
 host are covered by empty read-only tmpfs mounts. Each program's process, after the fork: a mount namespace of
 its own with a fresh size-limited tmpfs as /tmp and working directory (it vanishes with the process, so cleanup
-is O(1) whatever the program wrote), rlimits, an unprivileged uid, an empty environment and a seccomp filter.
+is O(1) whatever the program wrote), a user namespace of its own where RLIMIT_NPROC is counted (non-root),
+rlimits, an unprivileged uid (root), an empty environment and a seccomp filter.
 
 Python 3.11 has no os.unshare or os.mount, hence libc through ctypes.
 """
@@ -47,6 +48,15 @@ MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_REC = 0x4000
 MS_PRIVATE = 0x40000
+
+# The only mounts the sandbox makes, and the namespaces it makes without root: the chart's seccomp profile
+# (deploy/helm/thinkmesh/files/seccomp/sandbox.json) allows mount() with exactly these flags and unshare() with no
+# other namespace, and tests/unit/sandbox/test_sandbox_seccomp_profile.py holds the two to each other.
+PRIVATE_PROPAGATION = MS_REC | MS_PRIVATE  # the zygote's mount namespace: nothing leaks back to the node
+COVER_FLAGS = MS_RDONLY | MS_NOSUID | MS_NODEV  # empty read-only tmpfs over world-writable directories
+PRIVATE_TMP_FLAGS = MS_NOSUID | MS_NODEV  # a program's own /tmp
+MOUNT_FLAGS = (PRIVATE_PROPAGATION, COVER_FLAGS, PRIVATE_TMP_FLAGS)
+UNPRIVILEGED_NAMESPACES = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
@@ -129,6 +139,71 @@ def enter_zygote_namespaces() -> tuple[bool, bool, str]:
     return False, False, f"not root, and no user namespace allowed: {errors[0]}"
 
 
+def own_process_count() -> None:
+    """A user namespace of the process's own, nested in the zygote's, so that RLIMIT_NPROC counts its tasks only.
+
+    Since Linux 5.14 the kernel counts a uid's processes and threads per user namespace (ucounts): a process is
+    checked against its RLIMIT_NPROC at the level of its own namespace, and against the limit each namespace's
+    creator had at every level above. So the namespace must be made while the limit is still the zygote's
+    (unlimited) and RLIMIT_NPROC set after it; then the program's budget is its own, whatever other processes of
+    the same uid (the server, other programs, other pods on the node) hold.
+
+    Its ids stay unmapped: the process is non-dumpable, so it cannot write its own /proc/self/uid_map, and making
+    it dumpable for that moment would let any process of the uid open its memory. Only what the program sees
+    changes: its uid and gid read as the overflow ids (65534), while the kernel still checks files and signals
+    against the real ones.
+    """
+    unshare(CLONE_NEWUSER)
+
+
+def counts_processes_per_user_namespace(release: str) -> bool:
+    """Whether this kernel (`os.uname().release`) counts RLIMIT_NPROC per user namespace: Linux 5.14 and later.
+
+    Before, it counts per uid across the node whatever the namespace, and a program's own namespace would leave it
+    its budget minus every other process of the uid.
+    """
+    numbers = [int(part) for part in release.split("-")[0].split(".")[:2] if part.isdigit()]
+    return len(numbers) == 2 and (numbers[0], numbers[1]) >= (5, 14)
+
+
+def tasks_counted_for_uid(most: int = 1 << 22) -> int:
+    """The processes and threads the kernel counts against RLIMIT_NPROC for this process's real uid, at most `most`.
+
+    /proc shows only this pod's processes; without a user namespace the kernel counts the uid's on the whole node,
+    other pods' included. Forking under a lowered soft limit tells which (a fork succeeds while the count is below
+    the limit): doubling, then halving, so ~2 log2(count) forks of the caller. Not for root or a process with
+    CAP_SYS_RESOURCE or CAP_SYS_ADMIN, whose forks the limit never stops (it would return 0).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NPROC)
+    if hard != resource.RLIM_INFINITY:
+        most = min(most, hard - 1)  # the soft limit tried below is at most the hard one
+
+    def fits(count: int) -> bool:  # the count is at most `count`: one more task is allowed under count + 1
+        resource.setrlimit(resource.RLIMIT_NPROC, (count + 1, hard))
+        try:
+            pid = os.fork()
+        except BlockingIOError:
+            return False
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        return True
+
+    low, high = 0, min(64, most)
+    try:
+        while high < most and not fits(high):
+            low, high = high + 1, min(2 * high, most)
+        while low < high:
+            middle = (low + high) // 2
+            if fits(middle):
+                high = middle
+            else:
+                low = middle + 1
+    finally:
+        resource.setrlimit(resource.RLIMIT_NPROC, (soft, hard))
+    return low
+
+
 def _map_ids(uid: int, gid: int) -> None:
     # Keep the same ids inside; the capabilities that unshare granted in the new user namespace remain.
     with open("/proc/self/setgroups", "w") as setgroups:
@@ -141,7 +216,7 @@ def _map_ids(uid: int, gid: int) -> None:
 
 def cover_world_writable(paths: Iterable[str] = WORLD_WRITABLE) -> list[str]:
     """Mount an empty read-only tmpfs over each world-writable directory; returns the ones covered."""
-    mount("none", "/", None, MS_REC | MS_PRIVATE)  # nothing we mount may leak back to the host
+    mount("none", "/", None, PRIVATE_PROPAGATION)  # nothing we mount may leak back to the host
     covered = []
     for path in paths:
         try:
@@ -149,7 +224,7 @@ def cover_world_writable(paths: Iterable[str] = WORLD_WRITABLE) -> list[str]:
                 continue
         except OSError:
             continue
-        mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k,mode=0755")
+        mount("tmpfs", path, "tmpfs", COVER_FLAGS, "size=4k,mode=0755")
         covered.append(path)
     return covered
 
@@ -310,7 +385,7 @@ def compile_seccomp() -> SeccompProgram:
 def private_tmp(uid: int, gid: int, size_mb: int) -> str:
     """A mount namespace of the process's own, with a fresh tmpfs as /tmp; returns the directory to work in."""
     unshare(CLONE_NEWNS)
-    mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={size_mb}m,mode=0700,uid={uid},gid={gid}")
+    mount("tmpfs", "/tmp", "tmpfs", PRIVATE_TMP_FLAGS, f"size={size_mb}m,mode=0700,uid={uid},gid={gid}")
     return "/tmp"
 
 
@@ -327,7 +402,8 @@ def set_limits(*, memory_mb: int, timeout_ms: int, max_processes: int, max_open_
     resource.setrlimit(resource.RLIMIT_NOFILE, (max_open_files, max_open_files))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_MSGQUEUE, (0, 0))
-    # Counted per real uid, and never enforced for root: it only binds after drop_privileges.
+    # Counted per real uid in the process's user namespace (see own_process_count), and never enforced for root:
+    # as root it only binds after drop_privileges.
     resource.setrlimit(resource.RLIMIT_NPROC, (max_processes, max_processes))
     # RLIMIT_AS binds each process, so a program's processes together may hold up to max_processes times its
     # memory; should that exhaust the machine, the kernel's OOM killer takes programs before anything else.

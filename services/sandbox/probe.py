@@ -26,6 +26,10 @@ except OSError as exc:
 with open("/proc/net/dev") as dev:
     facts["interfaces"] = [line.split(":")[0].strip() for line in dev.readlines()[2:]]
 facts["nproc"] = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+try:
+    facts["user_namespace"] = os.readlink("/proc/self/ns/user")
+except OSError:
+    facts["user_namespace"] = None
 facts["writable"] = [p for p in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock") if os.access(p, os.W_OK)]
 with open("/proc/self/mountinfo") as mounts:
     facts["cwd_tmpfs"] = any(line.split()[4] == os.getcwd() and " - tmpfs " in line for line in mounts)
@@ -44,6 +48,13 @@ class ZygoteSetup:
     namespace_error: str = ""
     covered: list[str] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)
+    # The server's uid (programs keep it unless they get their own; None: the probe's own view of it).
+    uid: int | None = None
+    # The zygote's user namespace ("user:[inode]"), where it made one and the kernel counts RLIMIT_NPROC per user
+    # namespace (Linux 5.14+); a program's own is nested in it.
+    user_namespace: str = ""
+    # The tasks RLIMIT_NPROC counted for the uid at start-up (what a shared budget is added to).
+    counted_tasks: int = 0
 
 
 def failed_layer(stderr: str) -> str | None:
@@ -65,7 +76,7 @@ def build_report(
             ),
             _filesystem(facts, setup, plan, config),
             _network(facts, setup),
-            _rlimits(facts, plan, config),
+            _rlimits(facts, setup, plan, config),
             _uid(facts, setup, plan, config),
             Layer("environment", facts["env"] == EXPECTED_ENV, f"only {', '.join(EXPECTED_ENV)}; none of the server's"),
             _seccomp(facts, setup, plan),
@@ -73,16 +84,43 @@ def build_report(
     )
 
 
-def _rlimits(facts: dict[str, Any], plan: ChildPlan, config: ZygoteConfig) -> Layer:
-    if plan.drop_uid:
-        processes = f"processes ({plan.process_limit} per program)"
-    else:
-        processes = f"processes ({plan.process_limit} for the server's uid and all programs together)"
+def _rlimits(facts: dict[str, Any], setup: ZygoteSetup, plan: ChildPlan, config: ZygoteConfig) -> Layer:
+    processes, counted_apart = process_budget(plan, setup, facts)
     return Layer(
         "rlimits",
-        facts["nproc"] == plan.process_limit,
+        facts["nproc"] == plan.process_limit and counted_apart,
         f"address space, CPU time, file size ({config.max_file_mb} MiB), open files ({config.max_open_files}), "
         f"{processes}, no core dumps",
+    )
+
+
+def process_budget(plan: ChildPlan, setup: ZygoteSetup, facts: dict[str, Any]) -> tuple[str, bool]:
+    """Which process budget (RLIMIT_NPROC) programs get here, in words; and whether the probe saw it counted
+    where it should be (a program that should have a user namespace of its own has one)."""
+    limit = plan.process_limit
+    uid = setup.uid if setup.uid is not None else facts["uid"]
+    if plan.drop_uid:
+        return f"processes ({limit} per program: a uid of its own)", True
+    if plan.own_user_namespace:
+        seen = facts.get("user_namespace")  # None where /proc has no namespace links: nothing to compare
+        apart = seen is None or seen != setup.user_namespace
+        return (
+            f"processes ({limit} per program, counted in a user namespace of its own: no other process of uid {uid} "
+            "counts against it)",
+            apart,
+        )
+    why_shared = f" ({setup.failures['rlimits']})" if "rlimits" in setup.failures else ""
+    if setup.user_namespace:
+        return (
+            f"processes ({limit} for all programs together, counted in the zygote's user namespace: no process "
+            f"outside it counts){why_shared}",
+            True,
+        )
+    return (
+        f"processes ({limit} for every process of uid {uid} together: with no user namespace (or a kernel before "
+        f"5.14) RLIMIT_NPROC counts them all on the node, other pods' included, and counted {setup.counted_tasks} "
+        f"at start-up; a neighbour of the same uid uses up what programs have left){why_shared}",
+        True,
     )
 
 
@@ -115,8 +153,9 @@ def _uid(facts: dict[str, Any], setup: ZygoteSetup, plan: ChildPlan, config: Zyg
     if plan.drop_uid and facts["uid"] != 0:
         last = config.run_as_uid + config.slots - 1
         return Layer("uid", True, f"uid/gid {config.run_as_uid}..{last}, one per worker slot, no groups")
-    why = setup.failures.get("uid") or f"the server is not root, so programs keep its uid {facts['uid']}"
-    return Layer("uid", False, f"{why}; RLIMIT_NPROC still applies to that uid")
+    uid = setup.uid if setup.uid is not None else facts["uid"]
+    why = setup.failures.get("uid") or f"the server is not root, so programs keep its uid {uid}"
+    return Layer("uid", False, why)
 
 
 def _seccomp(facts: dict[str, Any], setup: ZygoteSetup, plan: ChildPlan) -> Layer:

@@ -44,8 +44,9 @@ class SandboxSettings(ServerSettings):
     # Cap per stream (stdout, stderr); past it the program is stopped and the result says output_limit.
     max_output_bytes: int = 64 * 1024
     max_code_bytes: int = _MIB
-    # Processes and threads one program may have (RLIMIT_NPROC of its own uid). Each may use the program's
-    # memory limit, so this also bounds what one program can hold in all: keep it small.
+    # Processes and threads one program may have (RLIMIT_NPROC, counted in its own uid or user namespace; shared
+    # by the whole uid where it has neither: docs/sandbox.md, "Process budget"). Each may use the program's memory
+    # limit, so this also bounds what one program can hold in all: keep it small.
     max_processes: int = 16
     max_open_files: int = 64
     # Largest file a program may write, and the size of its private tmpfs working directory.

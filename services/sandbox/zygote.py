@@ -47,7 +47,8 @@ from services.sandbox.protocol import (
     encode_result,
 )
 
-# Room for threads the server may add later (gRPC's pools), on top of the tasks its uid has at start-up.
+# Where programs share one process budget (no uid or user namespace of their own): room for the tasks the uid
+# may add later (gRPC's pools, a neighbour's threads), on top of those it has at start-up.
 SHARED_TASK_MARGIN = 64
 
 # After a program's main process exits, how long its pipes may stay open (a descendant being killed).
@@ -416,8 +417,15 @@ class Zygote:
 
     def establish_isolation(self) -> IsolationReport:
         """Apply the zygote's layers, then find by trial which per-program layers work here."""
-        setup = probe.ZygoteSetup()
+        setup = probe.ZygoteSetup(uid=os.getuid())
+        root = os.geteuid() == 0
         setup.network, mounts, setup.namespace_error = isolation.enter_zygote_namespaces()
+        # A program's own user namespace gives it its own process budget only where the kernel counts per namespace.
+        if not root and (setup.network or mounts) and isolation.counts_processes_per_user_namespace(os.uname().release):
+            try:
+                setup.user_namespace = os.readlink("/proc/self/ns/user")
+            except OSError:  # a /proc without namespace links: the probe then has nothing to compare with
+                setup.user_namespace = "user:[unknown]"
         # Only now (a user namespace needs its id maps written through /proc/self first): no process of the
         # same uid may read or write the zygote's memory through /proc or ptrace, nor that of its children.
         isolation.prctl(isolation.PR_SET_DUMPABLE, 0)
@@ -433,19 +441,23 @@ class Zygote:
         except (ImportError, OSError) as exc:
             seccomp = None
             setup.failures["seccomp"] = f"cannot compile the filter: {type(exc).__name__}: {exc}"
+        # What RLIMIT_NPROC counts for this uid here (as root: nothing, the limit binds only after the uid change);
+        # only a budget shared by every program uses it.
+        setup.counted_tasks = 0 if root else isolation.tasks_counted_for_uid()
+        shared_limit = setup.counted_tasks + SHARED_TASK_MARGIN + self.config.max_processes * len(self.slots)
+        hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]
         self.plan = child.ChildPlan(
             private_tmp=mounts,
-            drop_uid=os.geteuid() == 0,
+            drop_uid=root,
             seccomp=seccomp,
             max_processes=self.config.max_processes,
-            shared_process_limit=_tasks_of_uid(os.getuid())
-            + SHARED_TASK_MARGIN
-            + self.config.max_processes * len(self.slots),
+            shared_process_limit=shared_limit if hard == resource.RLIM_INFINITY else min(shared_limit, hard),
             max_open_files=self.config.max_open_files,
             max_file_mb=self.config.max_file_mb,
             workdir_mb=self.config.workdir_mb,
             max_memory_mb=self.config.max_memory_mb,
             max_timeout_ms=self.config.max_timeout_ms,
+            own_user_namespace=bool(setup.user_namespace),
         )
         # A layer that fails in the probe's process is dropped from the plan (and reported), then the probe
         # runs again; whatever plan passes is enforced for every program from then on.
@@ -455,26 +467,19 @@ class Zygote:
             if result.status is Status.OK:
                 break
             failed = probe.failed_layer(stderr)
-            if failed not in child.OPTIONAL_LAYERS:
-                raise RuntimeError(f"the isolation probe failed ({result.status}): {stderr}")
-            setup.failures[failed] = stderr.strip()
-            self.plan = self.plan.without(failed)
+            try:
+                self.plan = self.plan.without(failed)
+            except ValueError:
+                raise RuntimeError(f"the isolation probe failed ({result.status}): {stderr}") from None
+            setup.failures[str(failed)] = stderr.strip()
+        else:
+            raise RuntimeError(f"the isolation probe failed with every optional layer dropped: {stderr}")
         facts = json.loads(result.stdout)
         self.prefork = True
         for slot in self.slots:
             slot.prepared = self._prepare(slot)
         threads = len(os.listdir("/proc/self/task"))
         return probe.build_report(facts, setup, self.plan, self.config, threads)
-
-
-def _tasks_of_uid(uid: int) -> int:
-    """Processes and threads that `uid` has now: what RLIMIT_NPROC counts."""
-    count = 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        with contextlib.suppress(OSError):
-            if os.stat(f"/proc/{pid}").st_uid == uid:
-                count += len(os.listdir(f"/proc/{pid}/task"))
-    return count
 
 
 def classify(exit_status: int, cpu_seconds: float, timeout_ms: int) -> tuple[Status | None, str]:
