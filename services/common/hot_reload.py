@@ -1,8 +1,18 @@
 """Serving a model while new versions come and go.
 
-`Slot` holds the engine that answers new requests. `install(new)` swaps it in; requests already running finish
-on the engine they leased (each response names the version that answered), and the old engine is closed after
-the last of them. `follow_store` polls the store's current pointer and installs each new version it names.
+`Slot` holds the engine that answers new requests; each response names the version that answered. `ModelSource`
+loads the first model and then follows the store's current pointer in one of three ways (`Reload`):
+
+- `swap`: the new engine is loaded beside the live one and swapped in. Requests already running finish on the
+  engine they leased, and the old engine is closed after the last of them: no gap, but two models in memory.
+- `replace`: the live engine is released first — new calls get NotReady (UNAVAILABLE: callers retry another
+  replica), the callback given to `report_serving_to` hears "not serving" (meant for the server's health status,
+  so that a readiness probe takes the pod out), in-flight calls finish and the engine is closed, freeing its
+  memory — and then the new one is loaded. For an engine that reserves most of a GPU (vLLM), where two never
+  fit. If the new version fails to load, the previous one is loaded back; if that fails too, nothing serves
+  until a newer version loads.
+- `off`: the version current at start is served until the process restarts (a Kubernetes rollout of the
+  Deployment replaces the pods, and each new pod loads the current version at start).
 """
 
 from __future__ import annotations
@@ -11,11 +21,23 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Literal, Protocol, TypeVar, get_args
 
 from services.common.errors import NotReady
 
 log = logging.getLogger(__name__)
+
+# A service's reload setting; `auto` is the service's choice for its backend (see `resolve_reload`).
+Reload = Literal["auto", "swap", "replace", "off"]
+RELOADS: tuple[str, ...] = get_args(Reload)
+ReloadMode = Literal["swap", "replace", "off"]
+
+
+def resolve_reload(reload: Reload, *, replace_by_default: bool) -> ReloadMode:
+    """`auto` → `replace` where two engines do not fit on the device (`replace_by_default`), else `swap`."""
+    if reload == "auto":
+        return "replace" if replace_by_default else "swap"
+    return reload
 
 
 class Versioned(Protocol):
@@ -40,6 +62,8 @@ class Slot(Generic[E]):
     def __init__(self, what: str) -> None:
         self._what = what
         self._holder: _Holder[E] | None = None
+        # What a call is told while the slot is empty.
+        self._empty = f"no {what} model is loaded yet"
 
     @property
     def version(self) -> str | None:
@@ -49,7 +73,7 @@ class Slot(Generic[E]):
     async def lease(self) -> AsyncIterator[E]:
         holder = self._holder
         if holder is None:
-            raise NotReady(f"no {self._what} model is loaded yet")
+            raise NotReady(self._empty)
         holder.active += 1
         holder.idle.clear()
         try:
@@ -60,44 +84,35 @@ class Slot(Generic[E]):
                 holder.idle.set()
 
     async def install(self, engine: E) -> None:
+        """Serve `engine` from now on; the previous one is closed once its in-flight calls have finished."""
         previous, self._holder = self._holder, _Holder(engine)
         log.info("%s version %s serving", self._what, engine.version)
         if previous is not None:
-            await previous.idle.wait()
-            await previous.engine.close()
+            await self._retire(previous)
+
+    async def release(self, reason: str) -> None:
+        """Empty the slot: new calls get NotReady(`reason`); returns once the engine's in-flight calls have
+        finished and it is closed."""
+        holder, self._holder = self._holder, None
+        self._empty = reason
+        if holder is not None:
+            await self._retire(holder)
 
     async def close(self) -> None:
-        holder, self._holder = self._holder, None
-        if holder is not None:
-            await holder.idle.wait()
+        await self.release(f"the {self._what} service is stopping")
+
+    async def _retire(self, holder: _Holder[E]) -> None:
+        await holder.idle.wait()
+        try:
             await holder.engine.close()
-
-
-async def follow_store(
-    slot: Slot[E],
-    current_name: Callable[[], str | None],
-    load: Callable[[str], Awaitable[E]],
-    interval_s: float,
-    stop: asyncio.Event,
-) -> None:
-    """Install every new version the pointer names; a version that fails to load leaves the old one serving."""
-    failed: str | None = None
-    while not stop.is_set():
-        name = current_name()
-        if name is not None and name not in (slot.version, failed):
-            try:
-                engine = await load(name)
-            except Exception:
-                log.exception("loading version %s failed; %s keeps serving", name, slot.version)
-                failed = name
-            else:
-                await slot.install(engine)
-        with suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval_s)
+        except Exception:
+            # The slot has moved on either way; a close that fails must not stop the next version.
+            log.exception("closing %s version %s failed", self._what, holder.engine.version)
 
 
 class ModelSource(Generic[E]):
-    """Where a service's model comes from: a pinned version or path, or the store's current version, followed."""
+    """Where a service's model comes from: a pinned version or path, or the store's current version, followed
+    as `reload` says (see the module doc)."""
 
     def __init__(
         self,
@@ -108,6 +123,7 @@ class ModelSource(Generic[E]):
         *,
         pinned: str = "",
         interval_s: float = 5.0,
+        reload: ReloadMode = "swap",
     ) -> None:
         self._slot = slot
         self._kind = kind
@@ -115,17 +131,27 @@ class ModelSource(Generic[E]):
         self._load = load
         self._pinned = pinned
         self._interval_s = interval_s
+        self._reload = reload
         self._stop = asyncio.Event()
         self._follower: asyncio.Task[None] | None = None
+        # The name (store version or path) the slot's engine was loaded from; None while the slot is empty.
+        self._serving: str | None = None
+        self._report: Callable[[bool], Awaitable[None]] | None = None
+
+    def report_serving_to(self, report: Callable[[bool], Awaitable[None]]) -> None:
+        """`report(False)` when a `replace` reload empties the slot, `report(True)` once a model serves again: for
+        the server's health status, so that a readiness probe takes the pod out meanwhile. Whether the first model
+        is loaded is the server's own business (NOT_SERVING until `start` returns)."""
+        self._report = report
 
     async def start(self) -> None:
-        """Load the first model (the service's `ready`); then follow the store unless pinned.
+        """Load the first model (the service's `ready`); then follow the store, unless pinned or `off`.
 
         An empty store is not an error: the service stays NOT_SERVING (calls get UNAVAILABLE) until a version
         is published, so pods may start before `thinkmesh bootstrap` or `models import` has run.
         """
         if self._pinned:
-            await self._slot.install(await self._load(self._pinned))
+            await self._swap(self._pinned)
             return
         name = self._current_name()
         if name is None:
@@ -141,13 +167,69 @@ class ModelSource(Generic[E]):
             name = self._current_name()
         if name is None:
             return
-        await self._slot.install(await self._load(name))
-        self._follower = asyncio.create_task(
-            follow_store(self._slot, self._current_name, self._load, self._interval_s, self._stop)
-        )
+        await self._swap(name)
+        if self._reload == "off":
+            log.info("%s reload is off: %s serves until the process restarts", self._kind, name)
+            return
+        log.info("%s follows the store's current version (reload: %s)", self._kind, self._reload)
+        self._follower = asyncio.create_task(self._follow())
 
     async def stop(self) -> None:
         self._stop.set()
         if self._follower is not None:
             await self._follower
         await self._slot.close()
+
+    async def _follow(self) -> None:
+        """Switch to every new version the pointer names; a version that fails to load is not tried again."""
+        failed: str | None = None
+        while not self._stop.is_set():
+            name = self._current_name()
+            if name is not None and name not in (self._serving, failed):
+                try:
+                    await (self._replace(name) if self._reload == "replace" else self._swap(name))
+                except Exception:
+                    log.exception(
+                        "loading %s version %s failed; %s",
+                        self._kind,
+                        name,
+                        f"{self._serving} serves" if self._serving else "nothing serves until a new version loads",
+                    )
+                    failed = name
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self._interval_s)
+
+    async def _swap(self, name: str) -> None:
+        """Load beside the live engine, then swap; a load that fails leaves the live one serving."""
+        engine = await self._load(name)
+        await self._slot.install(engine)
+        self._serving = name
+
+    async def _replace(self, name: str) -> None:
+        """Release the live engine, then load `name`; if that fails, load the previous version back."""
+        previous = self._serving
+        if previous is not None:  # else nothing serves already (a version that did not load back)
+            await self._tell(False)
+            log.info("%s: releasing %s before loading %s (reload: replace)", self._kind, previous, name)
+            self._serving = None
+        await self._slot.release(f"the {self._kind} is loading version {name}; another replica can answer")
+        try:
+            engine = await self._load(name)
+        except Exception:
+            if previous is not None:
+                log.warning("%s version %s did not load; loading %s back", self._kind, name, previous)
+                try:
+                    await self._slot.install(await self._load(previous))
+                except Exception:
+                    log.exception("loading %s version %s back failed too: not serving", self._kind, previous)
+                else:
+                    self._serving = previous
+                    await self._tell(True)
+            raise
+        await self._slot.install(engine)
+        self._serving = name
+        await self._tell(True)
+
+    async def _tell(self, serving: bool) -> None:
+        if self._report is not None:
+            await self._report(serving)

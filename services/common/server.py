@@ -35,6 +35,8 @@ from services.common.settings import require
 log = logging.getLogger(__name__)
 
 _MIB = 1024 * 1024
+# The health name the liveness probe checks: SERVING while the server runs, whatever readiness says.
+LIVENESS = "thinkmesh.liveness"
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,9 @@ class GrpcServer:
         names = [s.name for s in self.services]
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server)
         await self.set_serving(False)
+        # Liveness is not readiness: a model pod reloading (NOT_SERVING for minutes) or draining is alive. This
+        # name answers SERVING for as long as the server answers at all; the liveness probe asks for it.
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         bind = (
             f"[{self.settings.host}]:{self.settings.port}"
             if ":" in self.settings.host
@@ -196,11 +201,13 @@ async def serve(
     ready: Callable[[], Awaitable[None]] | None = None,
     on_stop: Callable[[], Awaitable[None]] | None = None,
     announce: Callable[[str], None] | None = None,
+    health: Callable[[Callable[[bool], Awaitable[None]]], None] | None = None,
 ) -> None:
     """Run a server until SIGTERM or SIGINT, then drain and return.
 
     `ready` does the slow start-up work (loading a model) while health says NOT_SERVING; `on_stop` releases
-    what the core holds once the last in-flight call has finished.
+    what the core holds once the last in-flight call has finished. `health` is handed a function that sets the
+    health status while serving (a model reload that empties the service); it does nothing once draining.
     """
     server = GrpcServer(settings, services)
     address = await server.start()
@@ -208,6 +215,13 @@ async def serve(
     start_metrics(settings)
 
     stopping = asyncio.Event()
+    if health is not None:
+
+        async def report(serving: bool) -> None:
+            if not stopping.is_set():
+                await server.set_serving(serving)
+
+        health(report)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)

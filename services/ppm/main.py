@@ -49,6 +49,7 @@ async def run(**overrides: Any) -> None:
         scorer_loader(settings, store),
         pinned=settings.model,
         interval_s=settings.reload_interval_s,
+        reload=settings.reload_mode,
     )
     servicer = PPMServicer(core)
     await serve(
@@ -61,4 +62,5 @@ async def run(**overrides: Any) -> None:
         ],
         ready=source.start,
         on_stop=source.stop,
+        health=source.report_serving_to,
     )

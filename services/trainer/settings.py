@@ -11,6 +11,9 @@ from services.common.settings import require
 from services.search.settings import CelerySettings, ServiceTargets
 from services.trainer.config import PRESETS, parse_retries
 
+# The services a round can wait for (see `wait_for`).
+WAITABLE: tuple[str, ...] = ("policy", "ppm")
+
 
 @dataclass(frozen=True)
 class TrainerSettings(ServerSettings):
@@ -34,7 +37,15 @@ class TrainerSettings(ServerSettings):
     # The services a round calls: the policy and PPM whose new versions it waits for before its search (their hot
     # reload), and the sandbox its evaluations run the candidates' programs on ("" = an in-process sandbox).
     targets: ServiceTargets = field(default_factory=ServiceTargets)
-    # In Kubernetes: roll these Deployments to a new version after publishing (empty = do not).
+    # The services whose served version must be the store's current one before a round searches: "policy,ppm",
+    # one of them (a policy pinned to a downloaded checkpoint, THINKMESH_POLICY_MODEL=/path, never serves a store
+    # version: leave it out), or empty = do not wait. The wait is what holds a round until the new pods of a
+    # Kubernetes rollout serve.
+    wait_for: tuple[str, ...] = WAITABLE
+    # How long that wait may take: a rolling restart of 7B vLLM pods takes minutes per pod.
+    wait_timeout_s: float = 1800.0
+    # In Kubernetes: roll these Deployments to a new version after publishing (empty = do not). The services then
+    # run with THINKMESH_POLICY_RELOAD=off / THINKMESH_PPM_RELOAD=off, so that the running pods do not also reload.
     kube_namespace: str = ""
     kube_policy_deployment: str = ""
     kube_ppm_deployment: str = ""
@@ -42,10 +53,20 @@ class TrainerSettings(ServerSettings):
     def validate(self) -> None:
         super().validate()
         require(self.preset in PRESETS, self, "preset", f"must be one of {', '.join(PRESETS)}")
+        self.celery.validate(self)
         try:
             parse_retries(self.unsolved_retries)
         except ValueError as exc:
             require(False, self, "unsolved_retries", str(exc))
+        unknown = sorted(set(self.wait_for) - set(WAITABLE))
+        require(not unknown, self, "wait_for", f"unknown {', '.join(unknown)}: name policy, ppm, both or neither")
+        require(self.wait_timeout_s > 0, self, "wait_timeout_s", "must be positive")
+        require(
+            not self.kube_namespace or bool(self.wait_for),
+            self,
+            "wait_for",
+            "a Deployment rollout (kube_namespace) needs the wait: it is what holds a round until the new pods serve",
+        )
         require(
             not self.kube_namespace or bool(self.kube_policy_deployment and self.kube_ppm_deployment),
             self,

@@ -8,7 +8,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+
+from grpc import aio
 
 from services.common.channels import open_channel
 from services.common.store import ModelStore
@@ -24,38 +26,69 @@ from services.trainer.settings import TrainerSettings
 log = logging.getLogger(__name__)
 
 
-async def _served_versions(settings: TrainerSettings) -> tuple[str, str]:
-    from thinkmesh.v1 import policy_pb2, policy_pb2_grpc, ppm_pb2, ppm_pb2_grpc
+# Calls per service in one check. Behind a headless Service each call reaches one pod (round-robin over the
+# connected ones), so a check asks a few times and every answer must name the store's current version. It is a
+# good sign, not a proof: pods beyond the first PROBES, or not yet connected when the check runs, go unseen.
+PROBES = 3
 
+
+async def _policy_version(channel: aio.Channel) -> str:
+    from thinkmesh.v1 import policy_pb2, policy_pb2_grpc
+
+    generated = await policy_pb2_grpc.PolicyServiceStub(channel).GenerateSteps(
+        policy_pb2.GenerateStepsRequest(prompts=[policy_pb2.StepPrompt(question="1+1?")], n=1, max_new_tokens=1),
+        timeout=60,
+    )
+    return str(generated.model_version)
+
+
+async def _ppm_version(channel: aio.Channel) -> str:
+    from thinkmesh.v1 import ppm_pb2, ppm_pb2_grpc
+
+    scored = await ppm_pb2_grpc.PPMServiceStub(channel).ScoreSteps(
+        ppm_pb2.ScoreStepsRequest(items=[ppm_pb2.ScoreItem(question="1+1?", steps=["x = 2\n<end_of_step>"])]),
+        timeout=60,
+    )
+    return str(scored.model_version)
+
+
+async def _served_versions(settings: TrainerSettings, services: Sequence[str]) -> dict[str, list[str]]:
+    """Every version each service answered with, over PROBES calls."""
     tls = settings.targets.client_tls(settings)
-    async with (
-        open_channel(settings.targets.policy_target, tls=tls) as policy,
-        open_channel(settings.targets.ppm_target, tls=tls) as ppm,
-    ):
-        generated = await policy_pb2_grpc.PolicyServiceStub(policy).GenerateSteps(
-            policy_pb2.GenerateStepsRequest(prompts=[policy_pb2.StepPrompt(question="1+1?")], n=1, max_new_tokens=1),
-            timeout=60,
+    served: dict[str, list[str]] = {}
+    for service in services:
+        target, ask = (
+            (settings.targets.policy_target, _policy_version)
+            if service == "policy"
+            else (settings.targets.ppm_target, _ppm_version)
         )
-        scored = await ppm_pb2_grpc.PPMServiceStub(ppm).ScoreSteps(
-            ppm_pb2.ScoreStepsRequest(items=[ppm_pb2.ScoreItem(question="1+1?", steps=["x = 2\n<end_of_step>"])]),
-            timeout=60,
-        )
-    return generated.model_version, scored.model_version
+        async with open_channel(target, tls=tls) as channel:
+            served[service] = sorted({await ask(channel) for _ in range(PROBES)})
+    return served
 
 
-def wait_for_current(settings: TrainerSettings, store: ModelStore, timeout_s: float = 600) -> Callable[[], None]:
+def wait_for_current(
+    settings: TrainerSettings, store: ModelStore, timeout_s: float | None = None
+) -> Callable[[], None]:
+    """Before a search: wait until the services in `settings.wait_for` serve the store's current versions (their
+    reload, or the new pods of a Deployment rollout), for `wait_timeout_s` at most."""
+    services = settings.wait_for
+    limit = settings.wait_timeout_s if timeout_s is None else timeout_s
+
     def wait() -> None:
-        wanted = (store.current_name("policy"), store.current_name("ppm"))
-        deadline = time.monotonic() + timeout_s
+        if not services:
+            return
+        wanted = {service: [str(store.current_name(service))] for service in services}
+        deadline = time.monotonic() + limit
         while True:
             try:
-                served = asyncio.run(_served_versions(settings))
+                served = asyncio.run(_served_versions(settings, services))
             except Exception as exc:  # a service still starting or reloading
-                served = (f"unreachable: {exc}", "")
+                served = {"unreachable": [str(exc)]}
             if served == wanted:
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"services serve {served}, not the store's current {wanted}")
+                raise TimeoutError(f"after {limit:g} s the services serve {served}, not the store's current {wanted}")
             time.sleep(1.0)
 
     return wait
@@ -76,6 +109,9 @@ def remote_sandbox(settings: TrainerSettings) -> OpenSandbox | None:
 
 
 def kube_rollout(settings: TrainerSettings) -> Callable[[str, str], None] | None:
+    """After a publish, roll the policy and PPM Deployments (when `kube_namespace` is set): the new pods load the
+    store's current versions at start. The running pods must not reload by themselves as well (THINKMESH_POLICY_RELOAD
+    and THINKMESH_PPM_RELOAD `off`), and `wait_for_current` holds the next search until the new pods serve."""
     if not settings.kube_namespace:
         return None
     from services.trainer.kube import Rollout, in_cluster_apps

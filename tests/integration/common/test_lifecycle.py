@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
@@ -150,3 +151,41 @@ async def test_oversized_message_is_refused() -> None:
             assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     finally:
         await server.stop(0)
+
+
+async def test_a_reload_takes_the_server_out_of_readiness_but_not_of_liveness() -> None:
+    """What a model service's `replace` reload reports (hot_reload.ModelSource.report_serving_to): readiness
+    NOT_SERVING while it loads, SERVING after; the liveness name stays SERVING throughout, so the kubelet does not
+    restart a pod that is only loading a model."""
+    from services.common.server import LIVENESS, serve
+    from support.echo_service import echo_service
+
+    addresses: list[str] = []
+    reporters: list[Callable[[bool], Awaitable[None]]] = []
+    settings = ServerSettings(host="127.0.0.1", port=0, drain_seconds=1)
+    server = asyncio.create_task(
+        serve(
+            settings,
+            [echo_service(EchoServicer())],
+            announce=lambda line: addresses.append(line.rsplit(" ", 1)[1]),
+            health=reporters.append,
+        )
+    )
+    try:
+        while not addresses:
+            await asyncio.sleep(0.05)
+        (address,) = addresses
+        deadline = time.monotonic() + 10
+        while await _health(address) != health_pb2.HealthCheckResponse.SERVING:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        (report,) = reporters
+        await report(False)  # a reload released the model
+        assert await _health(address) == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert await _health(address, "thinkmesh.v1.SandboxService") == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert await _health(address, LIVENESS) == health_pb2.HealthCheckResponse.SERVING
+        await report(True)  # the new model serves
+        assert await _health(address) == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(server, 30)

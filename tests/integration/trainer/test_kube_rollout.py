@@ -8,14 +8,19 @@ Content-Type, which a real server would check.
 
 The client is synchronous and the emulator runs on the test's event loop, so every client call goes through
 `asyncio.to_thread`: calling it on the loop would block the very server it waits for.
+
+The last test runs the trainer's side of a rollout: its wiring rolls both Deployments after a publish, and its
+wait holds the next search while the old pods (RELOAD=off) still serve the previous versions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
+import dataclasses
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -25,6 +30,16 @@ from kmock import KubernetesEmulator
 from kubernetes import client
 
 from services.common.errors import InvalidInput, NotFound
+from services.common.hot_reload import ModelSource
+from services.common.server import GrpcServer, ServerSettings, Service
+from services.common.settings import load_settings
+from services.common.store import Lineage, ModelStore
+from services.policy.core import Limits, PolicyCore
+from services.policy.engine import GeneratedStep, SamplingParams, StepEnd, StepPrompt
+from services.policy.servicer import PolicyServicer
+from services.ppm.core import PPMCore
+from services.ppm.scorer import ScoreItem
+from services.ppm.servicer import PPMServicer
 from services.trainer.kube import (
     ANNOTATION_RESTARTED,
     ANNOTATION_VERSION,
@@ -32,6 +47,9 @@ from services.trainer.kube import (
     in_cluster_apps,
     roll_deployments,
 )
+from services.trainer.settings import TrainerSettings
+from services.trainer.wiring import kube_rollout, wait_for_current
+from thinkmesh.v1 import policy_pb2_grpc, ppm_pb2_grpc
 
 DEPLOYMENTS = "apps/v1/deployments"
 NAMESPACE = "ml"
@@ -225,3 +243,112 @@ async def test_in_cluster_apps_falls_back_to_kubeconfig(
     assert _annotations(cluster, POLICY)[ANNOTATION_VERSION] == "policy-r1"
     # The kubeconfig's credentials were used, so the wiring would authenticate against a real cluster too.
     assert {request.headers.get("Authorization") for request in cluster} == {"Bearer test-token"}
+
+
+class _Model:
+    """A served model as the wait sees it: only its version matters."""
+
+    def __init__(self, version: str) -> None:
+        self._version = version
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    async def generate(self, prompts: Sequence[StepPrompt], params: SamplingParams) -> list[list[GeneratedStep]]:
+        return [[GeneratedStep("x<end_of_step>", StepEnd.STEP, 1, -1.0)] * params.n for _ in prompts]
+
+    async def score(self, items: Sequence[ScoreItem]) -> list[list[float]]:
+        return [[0.0] * len(item.steps) for item in items]
+
+    async def close(self) -> None:
+        pass
+
+
+@contextlib.asynccontextmanager
+async def _pods(store: ModelStore) -> AsyncIterator[tuple[str, str]]:
+    """A policy pod and a PPM pod as the chart runs them under a trainer's rollout: RELOAD=off, so each serves the
+    version current when it started; (policy address, PPM address)."""
+
+    async def load(name: str) -> _Model:
+        return _Model(name)
+
+    policy = PolicyCore(Limits(default_n=1, max_n=1, max_prompts=1, default_max_new_tokens=1, max_new_tokens=1))
+    ppm = PPMCore(1, 1)
+    policy_servicer, ppm_servicer = PolicyServicer(policy), PPMServicer(ppm)
+    sources: list[ModelSource[Any]] = [
+        ModelSource(policy.slot, "policy", lambda: store.current_name("policy"), load, interval_s=0.01, reload="off"),
+        ModelSource(ppm.slot, "ppm", lambda: store.current_name("ppm"), load, interval_s=0.01, reload="off"),
+    ]
+    servers = [
+        GrpcServer(
+            ServerSettings(),
+            [Service("policy", lambda s: policy_pb2_grpc.add_PolicyServiceServicer_to_server(policy_servicer, s))],
+        ),
+        GrpcServer(
+            ServerSettings(), [Service("ppm", lambda s: ppm_pb2_grpc.add_PPMServiceServicer_to_server(ppm_servicer, s))]
+        ),
+    ]
+    addresses = [await server.start() for server in servers]
+    for source in sources:
+        await source.start()
+    try:
+        yield addresses[0], addresses[1]
+    finally:
+        for server, source in zip(servers, sources, strict=True):
+            await server.stop(0)
+            await source.stop()
+
+
+async def test_the_trainer_rolls_the_deployments_and_waits_for_the_new_pods(
+    cluster: KubernetesEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    kubeconfig = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "kmock", "cluster": {"server": str(cluster.url).rstrip("/")}}],
+        "users": [{"name": "trainer", "user": {"token": "test-token"}}],
+        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "trainer"}}],
+        "current-context": "kmock",
+    }
+    (tmp_path / "kubeconfig").write_text(json.dumps(kubeconfig))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+    store = ModelStore(tmp_path / "store")
+
+    def write(directory: Path) -> None:
+        (directory / "config.json").write_text("{}")
+
+    def publish() -> None:
+        for kind in ("policy", "ppm"):
+            store.publish(kind, write, Lineage())
+
+    publish()
+    async with _pods(store) as (policy, ppm):
+        settings = load_settings(
+            TrainerSettings,
+            environ={
+                "THINKMESH_TRAINER_KUBE_NAMESPACE": NAMESPACE,
+                "THINKMESH_TRAINER_KUBE_POLICY_DEPLOYMENT": POLICY,
+                "THINKMESH_TRAINER_KUBE_PPM_DEPLOYMENT": PPM,
+            },
+            policy_target=policy,
+            ppm_target=ppm,
+        )
+        await asyncio.to_thread(wait_for_current(settings, store, timeout_s=10))
+        # A round publishes v2 and rolls the Deployments; the running pods keep serving v1 (RELOAD=off) …
+        publish()
+        roll = kube_rollout(settings)
+        assert roll is not None
+        await asyncio.to_thread(roll, "v2", "v2")
+        assert _annotations(cluster, POLICY)[ANNOTATION_VERSION] == "v2"
+        assert _annotations(cluster, PPM)[ANNOTATION_VERSION] == "v2"
+        await asyncio.sleep(0.1)
+        # … so the next search waits for the pods the rollout starts.
+        with pytest.raises(TimeoutError, match=r"'policy': \['v1'\], 'ppm': \['v1'\]"):
+            await asyncio.to_thread(wait_for_current(settings, store, timeout_s=0.5))
+    async with _pods(store) as (policy, ppm):  # the Deployment controller's new pods load the current version
+        settings = dataclasses.replace(
+            settings, targets=dataclasses.replace(settings.targets, policy_target=policy, ppm_target=ppm)
+        )
+        await asyncio.to_thread(wait_for_current(settings, store, timeout_s=10))
