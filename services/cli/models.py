@@ -7,6 +7,7 @@ import datetime
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -57,6 +58,10 @@ def _import(args: argparse.Namespace) -> int:
     from services.common.store import Lineage
 
     store = _store(args)
+    if args.if_empty and (current := store.current_name(args.kind)) is not None:
+        # A seeding Job runs again on every retry and upgrade: what a first run imported stays the round-0 model.
+        print(f"the store already has a current {args.kind} ({current}): nothing imported")
+        return 0
     source = Path(args.source)
     with tempfile.TemporaryDirectory(prefix="thinkmesh-import-") as scratch:
         if not source.exists():
@@ -89,6 +94,28 @@ def _import(args: argparse.Namespace) -> int:
             return 2
     current = "" if args.no_promote else " (current)"
     print(f"imported {args.source} as {args.kind} {version.version}{current}, {version.prompt_format} prompts")
+    return 0
+
+
+def _wait(args: argparse.Namespace) -> int:
+    store = _store(args)
+    kinds = args.kind or ["policy", "ppm"]
+    started = time.monotonic()
+    announced: float | None = None
+    while missing := [kind for kind in kinds if store.current_name(kind) is None]:
+        waited = time.monotonic() - started
+        if args.timeout and waited >= args.timeout:
+            print(f"thinkmesh: after {waited:.0f} s the store {store.root} still has no current {', '.join(missing)}")
+            return 1
+        if announced is None or waited - announced >= 60:  # at once, then a line a minute (`kubectl logs`)
+            print(
+                f"waiting for a current {', '.join(missing)} in {store.root} (seeded by the chart's seed Job, "
+                "`thinkmesh bootstrap` or `thinkmesh models import`)",
+                flush=True,
+            )
+            announced = waited
+        time.sleep(args.interval)
+    print(", ".join(f"{kind} {store.current_name(kind)}" for kind in kinds) + " current")
     return 0
 
 
@@ -142,7 +169,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="how the policy's prompt is rendered for this model, kept with it and with every version trained from "
         "it (default: chat when its tokenizer has a chat template, else plain)",
     )
+    importing.add_argument(
+        "--if-empty",
+        action="store_true",
+        help="import only when the store has no current version of this kind yet (a seeding Job, run again)",
+    )
     importing.set_defaults(func=_import)
+
+    waiting = action("wait", "wait until the store has a current version of each kind (a pod's init container)")
+    waiting.add_argument("--kind", choices=("policy", "ppm"), action="append", help="repeatable; default: both")
+    waiting.add_argument("--timeout", type=float, default=0, help="seconds, then exit 1; 0 = wait for ever")
+    waiting.add_argument("--interval", type=float, default=2.0, help="seconds between looks at the store")
+    waiting.set_defaults(func=_wait)
 
     promote = action("promote", "make a version current (services pick it up by themselves)")
     promote.add_argument("kind", choices=("policy", "ppm"))

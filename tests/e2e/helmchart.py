@@ -58,6 +58,15 @@ class Rendered:
     def workloads(self) -> Iterator[dict[str, Any]]:
         yield from (o for o in self.objects if o["kind"] in ("Deployment", "StatefulSet"))
 
+    def pod_owners(self) -> Iterator[dict[str, Any]]:
+        """Every object with a pod template: the workloads, the Jobs (seed, secrets) and DaemonSets."""
+        yield from (o for o in self.objects if o["kind"] in ("Deployment", "StatefulSet", "Job", "DaemonSet"))
+
+    def job(self, component: str) -> dict[str, Any]:
+        """The one Job of a component ("seed", "secrets"); its name ends in a hash of its settings."""
+        (job,) = [o for o in self.of_kind("Job") if o["metadata"]["labels"]["app.kubernetes.io/component"] == component]
+        return job
+
     def workload(self, component: str) -> dict[str, Any]:
         kind = "StatefulSet" if component == "redis" else "Deployment"
         return self.get(kind, name(component))

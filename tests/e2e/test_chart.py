@@ -33,6 +33,7 @@ from e2e.helmchart import (
     validate,
     values_args,
 )
+from services.common.server import LIVENESS
 
 LABELS = [
     "app.kubernetes.io/name",
@@ -253,20 +254,37 @@ def test_values_that_must_be_set_are_required(settings: list[str], message: str)
 # --- pods ---------------------------------------------------------------------------------------------------
 
 
+SANDBOX_SECCOMP = {"type": "Localhost", "localhostProfile": "thinkmesh/sandbox.json"}
+# The pods that call the Kubernetes API, each with an account and a Role of its own.
+API_CALLERS = {name("trainer"), name("secrets")}
+
+
 @pytest.mark.parametrize("value_set", VALUE_SETS)
 def test_every_pod_is_hardened(value_set: str) -> None:
     r = render(*values_args(value_set))
-    for workload in r.workloads():
-        where = f"{value_set}: {workload['metadata']['name']}"
-        pod = workload["spec"]["template"]["spec"]
-        assert pod["securityContext"]["runAsNonRoot"] is True, where
-        assert pod["securityContext"]["runAsUser"] > 0, where
-        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, where
-        assert pod["automountServiceAccountToken"] is False, where
+    installer = name("seccomp")
+    for owner in r.pod_owners():
+        where = f"{value_set}: {owner['metadata']['name']}"
+        pod = owner["spec"]["template"]["spec"]
+        component = owner["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+        seccomp = SANDBOX_SECCOMP if component == "sandbox" else {"type": "RuntimeDefault"}
+        assert pod["securityContext"]["seccompProfile"] == seccomp, where
         # Service links would inject THINKMESH_<SVC>_PORT=tcp://… and clash with the settings' names.
         assert pod["enableServiceLinks"] is False, where
-        assert not any("hostPath" in v for v in pod.get("volumes", [])), where
         assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC"), where
+        assert pod["automountServiceAccountToken"] is (pod["serviceAccountName"] in API_CALLERS), where
+        if owner["metadata"]["name"] == installer:
+            # The one root pod: it writes the sandbox's seccomp profile into the kubelet's directory, and nothing
+            # else (one hostPath, that directory; no capability).
+            (host,) = [v["hostPath"] for v in pod["volumes"] if "hostPath" in v]
+            assert host == {"path": "/var/lib/kubelet/seccomp/thinkmesh", "type": "DirectoryOrCreate"}, where
+            (container,) = pod["containers"]
+            assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}, where
+            assert container["securityContext"]["readOnlyRootFilesystem"] is True, where
+            continue
+        assert pod["securityContext"]["runAsNonRoot"] is True, where
+        assert pod["securityContext"]["runAsUser"] > 0, where
+        assert not any("hostPath" in v for v in pod.get("volumes", [])), where
         for container in pod["containers"] + pod.get("initContainers", []):
             sc = container["securityContext"]
             assert sc["runAsNonRoot"] is True, where
@@ -274,7 +292,7 @@ def test_every_pod_is_hardened(value_set: str) -> None:
             assert sc["allowPrivilegeEscalation"] is False, where
             assert sc.get("privileged", False) is False, where
             assert sc["capabilities"] == {"drop": ["ALL"]}, where
-            assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, where
+            assert sc["seccompProfile"] == seccomp, where
             mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
             # A read-only root needs a writable /tmp: the sandbox's working directories, caches elsewhere.
             assert "/tmp" in mounts, where
@@ -327,9 +345,20 @@ def test_the_cpu_trial_pulls_the_cpu_builds_of_the_torch_images(defaults: Render
 
 
 def test_gpu_production_serves_qwen_math_7b_on_vllm() -> None:
-    settings = render(*values_args("gpu-production")).settings("policy")
+    r = render(*values_args("gpu-production"))
+    settings = r.settings("policy")
     assert settings["THINKMESH_POLICY_BACKEND"] == "vllm"
-    assert settings["THINKMESH_POLICY_MODEL"].endswith("Qwen2.5-Math-7B")
+    # Not pinned: the pods serve the store's current version, which the seed Job makes Qwen2.5-Math-7B.
+    assert "THINKMESH_POLICY_MODEL" not in settings
+    job = r.job("seed")["spec"]["template"]["spec"]
+    steps = {c["name"]: c["args"] for c in job["initContainers"] + job["containers"]}
+    assert steps["import-policy"][:5] == ["models", "import", "Qwen/Qwen2.5-Math-7B", "--kind", "policy"]
+    assert steps["import-ppm"][:5] == ["models", "import", "Qwen/Qwen2.5-Math-7B", "--kind", "ppm"]
+    # The hub download: DNS and HTTPS out of the seed pod, nothing in.
+    seed_policy = r.get("NetworkPolicy", name("seed"))["spec"]
+    assert seed_policy["ingress"] == [] and {"ports": [{"port": 443, "protocol": "TCP"}]} in seed_policy["egress"]
+    for component in GPU_COMPONENTS:
+        assert r.pod(component)["spec"]["runtimeClassName"] == "nvidia", component
 
 
 def test_services_run_the_thinkmesh_command_on_their_port(defaults: Rendered) -> None:
@@ -347,24 +376,35 @@ def test_services_run_the_thinkmesh_command_on_their_port(defaults: Rendered) ->
 def test_grpc_services_have_grpc_probes_and_model_pods_a_long_startup(defaults: Rendered) -> None:
     for component in GRPC_SERVICES:
         container = defaults.container(component)
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        for probe in ("startupProbe", "readinessProbe"):
             assert container[probe]["grpc"] == {"port": PORTS[component]}, (component, probe)
+        # Alive while it answers, even unready (a model reloading, a drain): the liveness health name.
+        assert container["livenessProbe"]["grpc"] == {"port": PORTS[component], "service": LIVENESS}, component
         startup = container["startupProbe"]
         budget = startup["periodSeconds"] * startup["failureThreshold"]
         if component in ("policy", "ppm"):
             assert budget >= 20 * 60, f"{component}: {budget}s is too short to load a 7B model"
         else:
             assert budget <= 5 * 60, f"{component}: a {budget}s startup hides a crash loop"
-    # Celery has no gRPC health; workers get no probe unless values give a full handler.
+    # Celery has no gRPC health: the worker serves HTTP health on a port of its own (not in any Service).
     worker = defaults.container("worker")
-    assert not {"startupProbe", "readinessProbe", "livenessProbe"} & set(worker)
+    port = defaults.settings("worker")["THINKMESH_SEARCH_HEALTH_PORT"]
+    assert {"name": "health", "containerPort": int(port), "protocol": "TCP"} in worker["ports"]
+    paths = {probe: worker[probe]["httpGet"] for probe in ("startupProbe", "readinessProbe", "livenessProbe")}
+    assert paths == {
+        "startupProbe": {"path": "/readyz", "port": "health"},
+        "readinessProbe": {"path": "/readyz", "port": "health"},
+        "livenessProbe": {"path": "/livez", "port": "health"},
+    }
+    assert "health" not in {p["name"] for p in defaults.get("Service", name("worker"))["spec"]["ports"]}
     assert defaults.container("redis")["readinessProbe"]["exec"]["command"][0] == "sh"
 
 
 def test_a_worker_probe_from_values_is_used_as_given() -> None:
     probe = {"exec": {"command": ["true"]}, "periodSeconds": 30}
     r = render("--set-json", f"worker.probes.liveness={json.dumps(probe)}")
-    assert r.container("worker")["livenessProbe"] == probe
+    liveness = r.container("worker")["livenessProbe"]
+    assert liveness["exec"] == probe["exec"] and liveness["periodSeconds"] == 30 and "httpGet" not in liveness
 
 
 def test_drain_ends_before_the_kubelet_kills(defaults: Rendered) -> None:
@@ -532,7 +572,12 @@ def test_the_sandbox_and_redis_have_no_egress_at_all(defaults: Rendered) -> None
 
 def test_network_policies_select_the_pods_they_name(defaults: Rendered) -> None:
     """Every podSelector in every policy matches the pod labels of the component it names."""
-    pod_labels = {c: defaults.pod(c)["metadata"]["labels"] for c in COMPONENTS}
+    pod_labels = {
+        o["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]: o["spec"]["template"]["metadata"][
+            "labels"
+        ]
+        for o in defaults.pod_owners()
+    }
     for policy in defaults.of_kind("NetworkPolicy"):
         spec = policy["spec"]
         peers = [p for rule in spec.get("ingress", []) for p in rule.get("from", [])]
@@ -540,7 +585,7 @@ def test_network_policies_select_the_pods_they_name(defaults: Rendered) -> None:
         for selector in [spec["podSelector"], *(p["podSelector"] for p in peers if set(p) == {"podSelector"})]:
             labels = selector["matchLabels"]
             component = labels.get("app.kubernetes.io/component")
-            targets = [component] if component else COMPONENTS
+            targets = [component] if component else list(pod_labels)
             for target in targets:
                 assert labels.items() <= pod_labels[target].items(), (policy["metadata"]["name"], target)
 
@@ -556,14 +601,15 @@ def test_api_tokens_are_mounted_read_only_into_search_and_trainer(defaults: Rend
         assert volume["secretName"] == f"{RELEASE}-auth" and volume["defaultMode"] == 0o440
         variable = f"THINKMESH_{api.upper()}_AUTH_TOKENS_FILE"
         assert defaults.settings(api)[variable] == f"{mount['mountPath']}/tokens"
-    secret = defaults.get("Secret", f"{RELEASE}-auth")
-    (token,) = secret["stringData"]["tokens"].split()
-    assert len(token) >= 32
+    # No token in the rendering: the secrets Job creates the Secret in the cluster (see the secrets tests).
+    assert defaults.find("Secret", f"{RELEASE}-auth") is None
     for component in ["policy", "ppm", "sandbox", "worker"]:
         assert "auth" not in _volume_mounts(defaults, component)
     existing = render("--set", "auth.existingSecret=my-tokens")
     assert existing.find("Secret", f"{RELEASE}-auth") is None
     assert _volumes(existing, "search")["auth"]["secret"]["secretName"] == "my-tokens"
+    given = render("--set-json", 'auth.tokens=["a-token-of-the-operators-own-1234"]')
+    assert given.get("Secret", f"{RELEASE}-auth")["stringData"]["tokens"] == "a-token-of-the-operators-own-1234\n"
 
 
 def test_without_tls_every_service_is_explicitly_insecure(defaults: Rendered) -> None:
@@ -620,8 +666,9 @@ def test_the_worker_binds_its_metrics_on_every_interface(defaults: Rendered) -> 
 def test_cert_manager_issues_one_certificate_per_service() -> None:
     r = render(*values_args("gpu-production"))
     certificates = {c["metadata"]["name"]: c for c in r.of_kind("Certificate")}
-    assert set(certificates) == {name(c) for c in ["policy", "ppm", "sandbox", "search", "worker", "trainer"]}
-    for component in ["policy", "ppm", "sandbox", "search", "worker", "trainer"]:
+    everyone = ["policy", "ppm", "sandbox", "search", "worker", "trainer", "redis"]
+    assert set(certificates) == {name(c) for c in everyone}
+    for component in everyone:
         spec = certificates[name(component)]["spec"]
         assert spec["issuerRef"] == {"name": "thinkmesh-ca", "kind": "Issuer", "group": "cert-manager.io"}
         assert {"server auth", "client auth"} <= set(spec["usages"])
@@ -657,12 +704,25 @@ def test_the_store_is_a_shared_claim_mounted_where_models_live(defaults: Rendere
 
 
 def _broker_env(r: Rendered, component: str) -> tuple[str, str]:
+    """The Secret an external Redis's URLs come from (and the settings' prefix)."""
     env = _env(r, component)
     prefix = f"THINKMESH_{PREFIX[component]}_"
     refs = [env[f"{prefix}{key}"]["valueFrom"]["secretKeyRef"] for key in ("BROKER_URL", "RESULT_BACKEND")]
     assert [ref["key"] for ref in refs] == ["broker-url", "result-backend"]
     assert refs[0]["name"] == refs[1]["name"]
     return refs[0]["name"], prefix
+
+
+def _broker_urls(r: Rendered, component: str) -> tuple[list[str], dict[str, Any]]:
+    """The in-chart Redis's URLs as a pod's env spells them, and the password's secretKeyRef, which the env
+    defines before the URLs (Kubernetes expands $(REDIS_PASSWORD) only from variables defined earlier)."""
+    env = r.container(component)["env"]
+    names = [e["name"] for e in env]
+    prefix = f"THINKMESH_{PREFIX[component]}_"
+    urls = [prefix + "BROKER_URL", prefix + "RESULT_BACKEND"]
+    assert names.index("REDIS_PASSWORD") < min(names.index(u) for u in urls)
+    values = {e["name"]: e for e in env}
+    return [values[u]["value"] for u in urls], values["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
 
 
 def test_the_chart_runs_a_small_password_protected_redis(defaults: Rendered) -> None:
@@ -673,12 +733,23 @@ def test_the_chart_runs_a_small_password_protected_redis(defaults: Rendered) -> 
     args = defaults.container("redis")["args"]
     assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
     assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
-    secret = defaults.get("Secret", f"{RELEASE}-redis")["stringData"]
+    # No password in the rendering: the secrets Job creates it; Redis and its clients read the same key.
+    assert defaults.find("Secret", f"{RELEASE}-redis") is None
+    password = {"name": f"{RELEASE}-redis", "key": "password"}
+    redis_env = {e["name"]: e for e in defaults.container("redis")["env"]}
+    assert redis_env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == password
     host = f"{RELEASE}-redis.{NAMESPACE}.svc.cluster.local:6379"
-    assert secret["broker-url"] == f"redis://:{secret['password']}@{host}/0"
-    assert secret["result-backend"] == f"redis://:{secret['password']}@{host}/1"
     for component in ["search", "worker", "trainer"]:
-        assert _broker_env(defaults, component)[0] == f"{RELEASE}-redis"
+        urls, ref = _broker_urls(defaults, component)
+        assert urls == [f"redis://:$(REDIS_PASSWORD)@{host}/0", f"redis://:$(REDIS_PASSWORD)@{host}/1"]
+        assert ref == password
+    given = render("--set", "redis.auth.password=s3cret-Pass.word")
+    assert given.get("Secret", f"{RELEASE}-redis")["stringData"] == {"password": "s3cret-Pass.word"}
+    existing = render("--set", "redis.auth.existingSecret=ops-redis", "--set", "redis.auth.existingSecretKey=pw")
+    assert existing.find("Secret", f"{RELEASE}-redis") is None
+    assert _broker_urls(existing, "worker")[1] == {"name": "ops-redis", "key": "pw"}
+    with pytest.raises(RenderError):
+        render("--set", "redis.auth.password=has/slash")  # it goes into URLs unquoted
     for component in ["policy", "ppm", "sandbox"]:
         assert not any(key.endswith("BROKER_URL") for key in _env(defaults, component))
 
@@ -740,7 +811,11 @@ def test_update_strategy_priority_and_spread_are_the_operators_to_choose() -> No
     assert r.workload("redis")["spec"]["updateStrategy"] == {"type": "OnDelete"}
     validate(r.objects)
     defaults = render()
-    assert defaults.workload("policy")["spec"]["strategy"] == {"type": "RollingUpdate"}
+    # GPU pods: one at a time and no surge pod, which would wait for a GPU that is not there.
+    no_surge = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    assert defaults.workload("policy")["spec"]["strategy"] == no_surge
+    assert defaults.workload("ppm")["spec"]["strategy"] == no_surge
+    assert defaults.workload("sandbox")["spec"]["strategy"] == {"type": "RollingUpdate"}
     assert defaults.workload("trainer")["spec"]["strategy"] == {"type": "Recreate"}
     assert "priorityClassName" not in defaults.workload("policy")["spec"]["template"]["spec"]
     with pytest.raises(RenderError):

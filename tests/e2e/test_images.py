@@ -138,7 +138,8 @@ def test_the_chart_uses_these_images() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     for image in IMAGES:
         assert values[image]["image"]["repository"].endswith(f"/thinkmesh-{image}")
-        assert values[image]["podSecurityContext"]["runAsUser"] == UID
+        # The chart runs each component as a uid of its own, in the image's group (which owns its files).
+        assert values[image]["podSecurityContext"]["runAsGroup"] == UID
     # Workers run `thinkmesh worker` from the search image.
     assert values["worker"]["image"]["repository"] == values["search"]["image"]["repository"]
 

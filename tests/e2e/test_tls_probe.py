@@ -25,10 +25,12 @@ def _run(probe: list[str]) -> int:
 
 
 def test_the_rendered_tls_probe_passes_only_a_serving_server(tmp_path: Path) -> None:
-    command = render("--set", "tls.enabled=true", "--set", "tls.existingSecret=tls").container("sandbox")[
-        "readinessProbe"
-    ]["exec"]["command"]
+    sandbox = render("--set", "tls.enabled=true", "--set", "tls.existingSecret=tls").container("sandbox")
+    command = sandbox["readinessProbe"]["exec"]["command"]
     python, flag, script, tls_dir, address, server_name, timeout = command
+    # Liveness asks the same server for the name that stays SERVING while it answers at all.
+    *same, liveness_name = sandbox["livenessProbe"]["exec"]["command"]
+    assert same[:6] == command[:6] and liveness_name == "thinkmesh.liveness"
     assert (python, flag, tls_dir, address) == ("python3", "-c", "/etc/thinkmesh/tls", "127.0.0.1:50051")
     assert server_name == f"{name('sandbox')}.{NAMESPACE}.svc.cluster.local"
 
@@ -52,6 +54,7 @@ def test_the_rendered_tls_probe_passes_only_a_serving_server(tmp_path: Path) -> 
         probe = [sys.executable, "-c", script, str(secret), f"127.0.0.1:{port}", "localhost", timeout]
 
         assert _run(probe) != 0, "passed while the server was still NOT_SERVING"
+        assert _run([*probe, liveness_name]) == 0, "a server that answers, still loading, failed liveness"
         deadline = time.monotonic() + 20
         while _run(probe) != 0:
             assert time.monotonic() < deadline, "the probe never passed once the server was SERVING"

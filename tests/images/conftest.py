@@ -4,8 +4,9 @@ The chart is rendered with `helm template` (tests/e2e/helmchart.py) and its work
 (kubelet.py) in Docker: each pod spec as it is rendered, on a network of their own where each container answers to
 the names of the Services that select it, so that the rendered gRPC targets and broker URLs resolve as in the
 cluster. Everything starts once per session and at once, so that the containers warm up together: Redis, the
-sandbox, then, once the trainer image's CLI has imported micro models made here into the store, the rest. The tests
-reach the gRPC ports on 127.0.0.1 only.
+sandbox, then, once the chart's seed Job (rendered to import micro models made here from a host directory) has run,
+the rest; policy and PPM run their init containers, which wait for the seeded versions, first. The tests reach the
+gRPC ports on 127.0.0.1 only.
 
 Images: the ones scripts/images.sh built, read from the same settings (TORCH_VARIANT, IMAGE_PREFIX, IMAGE_TAG,
 PYTHON_IMAGE). The CPU variant, the default, is rendered with the chart's own values for CPU clusters,
@@ -34,12 +35,15 @@ from services.common.store import ModelStore
 from support.tiny_models import publish_micro_models
 
 HERE = Path(__file__).resolve().parent
-# Every workload the chart renders, by component, in the order they are started; the trainer imports the models
-# after the sandbox (which needs none) and before the rest.
+# Every workload the chart renders, by component, in the order they are started; the seed Job runs after the
+# sandbox (which needs no model) and before the rest.
 COMPONENTS = ("redis", "sandbox", "trainer", "policy", "ppm", "search", "worker")
 MAKE_IMAGES = "run `make images` (`make test-images` checks the images it built)"
 # The test-only Redis (redis.Dockerfile): the chart's Redis image cannot be pulled here.
 REDIS_IMAGE = "thinkmesh-test/redis:local"
+# Where publish_micro_models puts the two versions in a fresh store: the seed Job's sources under /models.
+MICRO_POLICY = "models/policy/v1"
+MICRO_PPM = "models/ppm/v1"
 
 
 @dataclass(frozen=True)
@@ -100,15 +104,29 @@ class Images:
             pytest.fail(f"could not build {REDIS_IMAGE} from tests/images/redis.Dockerfile:\n{proc.stderr}")
 
 
-def _values(images: Images, token: str, redis_password: str) -> dict[str, Any]:
+def _values(images: Images, token: str, redis_password: str, models: Path) -> dict[str, Any]:
     """What the checks change in the chart's values, as a last `helm install -f` would."""
+    trainer = images.image_values().get("trainer", {})
     return {
         **images.image_values(),
         "clusterDomain": CLUSTER_DOMAIN,
         "tls": {"enabled": False},  # the default; the tests dial plaintext
-        # Known secrets instead of random ones, so that the tests can authenticate.
+        # Known secrets instead of ones the secrets Job makes (no API server here), so that the tests can
+        # authenticate; `thinkmesh secrets ensure` itself runs against kmock (tests/integration/common).
         "auth": {"tokens": [token]},
         "redis": {"auth": {"password": redis_password}},
+        # The seed Job imports micro models made here (a host directory) instead of bootstrapping (minutes).
+        "seed": {
+            "mode": "import",
+            "import": {
+                "policy": f"/models/{MICRO_POLICY}",
+                "ppm": f"/models/{MICRO_PPM}",
+                "volume": {"hostPath": {"path": str(models), "type": "Directory"}},
+            },
+        },
+        # No API server to roll Deployments through (the rollout runs against kmock in tests/integration/trainer):
+        # the model pods reload in place.
+        "trainer": {**trainer, "rollout": {"enabled": False}},
     }
 
 
@@ -128,18 +146,21 @@ def _image(workload: dict[str, Any]) -> str:
     return str(container["image"])
 
 
-def _import_micro_models(session: Session, trainer: Pod, scratch: Path) -> None:
-    """Micro models made here, imported into the store by `thinkmesh models import` in the trainer's image, run
-    as the trainer's pod (which mounts the store read-write), without network."""
+def _make_micro_models(scratch: Path) -> None:
+    """Micro models for the seed Job to import, at MICRO_POLICY and MICRO_PPM under `scratch`."""
     policy, ppm = publish_micro_models(ModelStore(scratch))
-    for path in (scratch, *scratch.rglob("*")):  # readable by the pod's uid
+    assert (policy.path.relative_to(scratch).as_posix(), ppm.path.relative_to(scratch).as_posix()) == (
+        MICRO_POLICY,
+        MICRO_PPM,
+    )
+    for path in (scratch, *scratch.rglob("*")):  # readable by the pods' uids
         path.chmod(0o755 if path.is_dir() else 0o644)
-    for version in (policy, ppm):
-        source = f"/import/{version.path.relative_to(scratch)}"
-        importer = replace(
-            trainer, component=f"import-{version.kind}", args=("models", "import", source, "--kind", version.kind)
-        )
-        session.run_once(importer, "--volume", f"{scratch}:/import:ro", timeout=300)
+
+
+def _run_job(session: Session, job: Pod) -> None:
+    """A Job's pod as the Job controller runs it once: its init containers, then its container, to completion."""
+    for step in (*job.init, replace(job, init=())):
+        session.run_once(step, timeout=300)
 
 
 @pytest.fixture(scope="session")
@@ -156,7 +177,10 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     images = Images.from_env()
     token = secrets.token_urlsafe(24)
     values_file = root / "values.yaml"
-    values_file.write_text(json.dumps(_values(images, token, redis_password=secrets.token_urlsafe(24))))  # JSON is YAML
+    models = root / "models"
+    _make_micro_models(models)
+    password = secrets.token_hex(16)  # it goes into redis:// URLs unquoted: the chart allows URL-safe characters
+    values_file.write_text(json.dumps(_values(images, token, password, models)))  # JSON is YAML
     files = [*images.values_files(), values_file]
     manifests = render(*(arg for path in files for arg in ("-f", str(path))))
     workloads = _workloads(manifests)
@@ -176,11 +200,12 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         images={redis: REDIS_IMAGE},
     )
     pods = {component: kubelet.pod(workloads[component]) for component in COMPONENTS}
+    seed = kubelet.pod(manifests.job("seed"))
     try:
         session.create_network()
         for component in COMPONENTS:
             if component == "trainer":
-                _import_micro_models(session, pods["trainer"], root / "models")
+                _run_job(session, seed)
             session.start(pods[component])
         yield Deployment(manifests, session, token)
     finally:

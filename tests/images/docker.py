@@ -112,8 +112,10 @@ class Session:
 
     def start(self, pod: Pod) -> Container:
         """`docker run -d` the pod on the session's network, answering to its aliases, its ports published on
-        127.0.0.1."""
+        127.0.0.1, after its init containers have run."""
         assert self.network, "create_network() first"
+        for step in pod.init:  # the pod's init containers, each to completion, in order (as the kubelet)
+            self.run_once(step, timeout=STARTUP_TIMEOUT_S)
         for volume, fs_group in pod.volumes.items():
             self._volume(volume, fs_group)
         name = f"{self.prefix}-{pod.component}"

@@ -16,7 +16,7 @@ import os
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +40,20 @@ CONTAINER_IGNORED = {
     "livenessProbe",
 }
 # What is translated, by where it appears.
-POD_FIELDS = {"containers", "volumes", "securityContext", "terminationGracePeriodSeconds"}
+POD_FIELDS = {"containers", "initContainers", "volumes", "securityContext", "terminationGracePeriodSeconds"}
 POD_FIELDS |= {"automountServiceAccountToken", "enableServiceLinks"}  # both must be false (checked)
+JOB_FIELDS = {"restartPolicy"}  # a Job's pod runs once here: Never and OnFailure alike
 CONTAINER_FIELDS = {"name", "image", "command", "args", "ports", "env", "envFrom", "resources", "securityContext"}
 CONTAINER_FIELDS |= {"volumeMounts", "lifecycle"}  # lifecycle: preStop only, which runs when a pod stops
 POD_SECURITY = {"runAsUser", "runAsGroup", "runAsNonRoot", "fsGroup", "fsGroupChangePolicy", "supplementalGroups"}
 POD_SECURITY |= {"seccompProfile"}
 CONTAINER_SECURITY = {"runAsUser", "runAsGroup", "runAsNonRoot", "seccompProfile", "readOnlyRootFilesystem"}
 CONTAINER_SECURITY |= {"allowPrivilegeEscalation", "capabilities", "privileged"}
+# A Localhost seccomp profile is a file under the node's kubelet seccomp directory. The chart's DaemonSet writes the
+# keys of its ConfigMap "<fullname>-seccomp" to <kubelet root>/seccomp/thinkmesh/ on every node, so
+# `localhostProfile: thinkmesh/<key>` is that ConfigMap's <key>, read here from the same rendering.
+SECCOMP_PROFILE_DIRECTORY = "thinkmesh"
+SECCOMP_CONFIGMAP_SUFFIX = "-seccomp"
 _UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 # Kubernetes' dependent environment variables: $(NAME) is replaced when NAME is defined, $$ is an escaped $.
 _VARIABLE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
@@ -101,6 +107,8 @@ class Pod:
     aliases: tuple[str, ...]  # the DNS names the pod answers to on the network
     ports: dict[str, int]  # containerPort by name
     volumes: dict[str, int | None]  # the Docker volumes for its claims → the fsGroup to prepare each for
+    # The pod's init containers, in order: each runs to completion (`Session.run_once`) before this one starts.
+    init: tuple[Pod, ...] = ()
 
 
 @dataclass
@@ -113,23 +121,19 @@ class Kubelet:
     images: Mapping[str, str]
 
     def pod(self, workload: dict[str, Any]) -> Pod:
+        """A Deployment's, StatefulSet's or Job's pod: its one container, and its init containers to run first."""
         kind, name = workload["kind"], workload["metadata"]["name"]
         template = workload["spec"]["template"]
         spec, labels = template["spec"], template["metadata"]["labels"]
         namespace = workload["metadata"]["namespace"]
         where = f"{kind} {name}"
-        _only(where, spec, POD_FIELDS | POD_IGNORED)
+        _only(where, spec, POD_FIELDS | POD_IGNORED | (JOB_FIELDS if kind == "Job" else set()))
         if spec.get("automountServiceAccountToken", True):
             raise Untranslated(f"{where}: a service account token would be mounted; there is no API server here")
         if spec.get("enableServiceLinks", True):
             raise Untranslated(f"{where}: service links (one env variable per Service) are not translated")
-        if len(spec["containers"]) != 1:  # (initContainers are not in POD_FIELDS: they fail above)
+        if len(spec["containers"]) != 1:
             raise Untranslated(f"{where}: {len(spec['containers'])} containers; one is translated")
-        (container,) = spec["containers"]
-        where = f"{where}, container {container['name']}"
-        _only(where, container, CONTAINER_FIELDS | CONTAINER_IGNORED)
-        # preStop runs when a pod is stopped; the tests remove their containers instead.
-        _only(f"{where}, lifecycle", container.get("lifecycle", {}), {"preStop"})
 
         if kind == "StatefulSet":
             pod_name = f"{name}-0"
@@ -142,6 +146,31 @@ class Kubelet:
             if selector and selector.items() <= labels.items():
                 svc = service["metadata"]["name"]
                 aliases += [svc, f"{svc}.{service['metadata']['namespace']}.svc.{CLUSTER_DOMAIN}"]
+
+        init = tuple(
+            self._container(where, workload, container, pod_name, (), init=True)
+            for container in spec.get("initContainers", [])
+        )
+        (container,) = spec["containers"]
+        return replace(self._container(where, workload, container, pod_name, tuple(aliases)), init=init)
+
+    def _container(
+        self,
+        where: str,
+        workload: dict[str, Any],
+        container: dict[str, Any],
+        pod_name: str,
+        aliases: tuple[str, ...],
+        *,
+        init: bool = False,
+    ) -> Pod:
+        spec = workload["spec"]["template"]["spec"]
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        namespace = workload["metadata"]["namespace"]
+        where = f"{where}, {'init container' if init else 'container'} {container['name']}"
+        _only(where, container, CONTAINER_FIELDS | CONTAINER_IGNORED)
+        # preStop runs when a pod is stopped; the tests remove their containers instead.
+        _only(f"{where}, lifecycle", container.get("lifecycle", {}), {"preStop"})
 
         env = self._env(where, container, pod_name, namespace)
         pod_security = spec.get("securityContext", {})
@@ -164,14 +193,15 @@ class Kubelet:
         command = [expand(word, env) for word in container.get("command", [])]
         args = [expand(word, env) for word in container.get("args", [])]
         image = container["image"]
+        component = labels["app.kubernetes.io/component"]
         return Pod(
             name=pod_name,
-            component=labels["app.kubernetes.io/component"],
+            component=f"{component}-{container['name']}" if init else component,
             image=self.images.get(image, image),
             options=tuple(["--hostname", pod_name, *options]),
             entrypoint=command[0] if command else None,
             args=tuple([*command[1:], *args]),
-            aliases=tuple(aliases),
+            aliases=aliases,
             ports=ports,
             volumes=volumes,
         )
@@ -252,9 +282,37 @@ class Kubelet:
         _only(f"{where}, capabilities", capabilities, {"drop", "add"})
         options += [f"--cap-drop={cap}" for cap in capabilities.get("drop", [])]
         options += [f"--cap-add={cap}" for cap in capabilities.get("add", [])]
-        seccomp = merged.get("seccompProfile", {"type": "RuntimeDefault"})["type"]
+        profile = merged.get("seccompProfile", {"type": "RuntimeDefault"})
+        _only(f"{where}, seccompProfile", profile, {"type", "localhostProfile"})
+        seccomp = profile["type"]
         if seccomp == "Unconfined":
             options += ["--security-opt", "seccomp=unconfined"]
+        elif seccomp == "Localhost":
+            path = str(profile.get("localhostProfile", ""))
+            directory, _, key = path.rpartition("/")
+            if directory != SECCOMP_PROFILE_DIRECTORY or not key:
+                raise Untranslated(
+                    f"{where}: localhostProfile {path!r}: only {SECCOMP_PROFILE_DIRECTORY}/<key> is known (the keys of "
+                    f"the chart's ConfigMap <fullname>{SECCOMP_CONFIGMAP_SUFFIX}, which it installs on the nodes)"
+                )
+            found = [
+                config_map
+                for config_map in self.manifests.of_kind("ConfigMap")
+                if config_map["metadata"]["name"].endswith(SECCOMP_CONFIGMAP_SUFFIX)
+                and key in (config_map.get("data") or {})
+            ]
+            if len(found) != 1:
+                names = sorted(config_map["metadata"]["name"] for config_map in found)
+                raise Untranslated(
+                    f"{where}: localhostProfile {path}: {len(found)} rendered ConfigMaps "
+                    f"<fullname>{SECCOMP_CONFIGMAP_SUFFIX} with key {key} {names}; the file the nodes get comes from "
+                    "exactly one"
+                )
+            # The node's file, as the DaemonSet writes it; Docker reads it when the container is created.
+            file = self.scratch / "seccomp" / directory / key
+            file.parent.mkdir(parents=True, exist_ok=True)
+            file.write_text(found[0]["data"][key])
+            options += ["--security-opt", f"seccomp={file}"]
         elif seccomp != "RuntimeDefault":  # Docker's default profile is the runtime default (containerd's too)
             raise Untranslated(f"{where}: seccompProfile {seccomp}")
         return options
@@ -315,6 +373,12 @@ class Kubelet:
             elif kind in ("secret", "configMap"):
                 directory = self._files(where, workload["metadata"]["name"], mount["name"], kind, spec, fs_group)
                 options += ["--volume", f"{directory}:{path}:ro"]  # the kubelet mounts both read-only
+            elif kind == "hostPath":
+                # A directory of this host, as on the node (the tests point it at what they made).
+                _only(f"{where}, hostPath {mount['name']}", spec, {"path", "type"})
+                if spec.get("type", "") not in ("", "Directory"):
+                    raise Untranslated(f"{where}: hostPath type {spec['type']}")
+                options += ["--volume", f"{spec['path']}:{path}{':ro' if read_only else ''}"]
             else:
                 raise Untranslated(f"{where}: {kind} volume {mount['name']}")
         return options, volumes

@@ -44,12 +44,10 @@ def test_sandbox_logs_the_isolation_layers_its_security_context_allows(deploymen
     deployment.serving("sandbox")  # the layers are logged before it serves
     pod = deployment.manifests.pod("sandbox")["spec"]["securityContext"]
     container = deployment.manifests.container("sandbox")["securityContext"]
-    # What docs/sandbox.md ("In Kubernetes") rests on, as the chart renders it: a non-root uid, no capability, and
-    # the runtime's default seccomp profile, which allows unshare() only with CAP_SYS_ADMIN, so no user namespace
-    # can be had.
+    # What docs/sandbox.md ("In Kubernetes") rests on, as the chart renders it: a non-root uid and no capability.
     assert container.get("runAsUser", pod["runAsUser"]) != 0
     assert container["capabilities"] == {"drop": ["ALL"]}
-    assert container.get("seccompProfile", pod.get("seccompProfile"))["type"] == "RuntimeDefault"
+    seccomp = container.get("seccompProfile", pod.get("seccompProfile"))
 
     logs = deployment["sandbox"].logs(tail=None)
     with deployment.explain("sandbox"):
@@ -57,14 +55,30 @@ def test_sandbox_logs_the_isolation_layers_its_security_context_allows(deploymen
         layers = {line["layer"]: line for line in lines if "layer" in line}
         assert list(layers) == list(LAYER_NAMES), "one line per layer, in the order they are applied"
         active = [name for name, line in layers.items() if line["active"]]
-        # Per process, resource limits, a clean environment and the syscall filter hold in any pod.
-        assert active == ["process", "rlimits", "environment", "seccomp"]
-        # Without a user namespace: no private tmpfs and mount namespace, no empty network namespace; the server's
-        # uid is not root, so programs keep it. Each says why, as a warning.
-        assert all(layers[name]["level"] == "warning" for name in ("filesystem", "network", "uid"))
-        assert "no user namespace allowed" in layers["filesystem"]["msg"]
-        assert "no user namespace allowed" in layers["network"]["msg"]
-        assert "the server is not root" in layers["uid"]["msg"]
+        if seccomp["type"] == "Localhost":
+            # The chart's profile (files/seccomp/sandbox.json, run here by the kubelet from the rendered ConfigMap)
+            # adds to the runtime default the unshare() and mount() of a user namespace: the zygote's empty network
+            # namespace and each program's private tmpfs work, and each program counts its processes in a user
+            # namespace of its own. Only the uid stays the server's.
+            assert seccomp["localhostProfile"] == "thinkmesh/sandbox.json"
+            assert active == ["process", "filesystem", "network", "rlimits", "environment", "seccomp"]
+            assert layers["uid"]["level"] == "warning"
+            assert "the server is not root" in layers["uid"]["msg"]
+            assert "per program, counted in a user namespace of its own" in layers["rlimits"]["msg"]
+        else:
+            # The runtime's default seccomp profile allows unshare() only with CAP_SYS_ADMIN, so no user namespace
+            # can be had.
+            assert seccomp["type"] == "RuntimeDefault"
+            # Per process, resource limits, a clean environment and the syscall filter hold in any pod.
+            assert active == ["process", "rlimits", "environment", "seccomp"]
+            # Without a user namespace: no private tmpfs and mount namespace, no empty network namespace; the
+            # server's uid is not root, so programs keep it. Each says why, as a warning.
+            assert all(layers[name]["level"] == "warning" for name in ("filesystem", "network", "uid"))
+            assert "no user namespace allowed" in layers["filesystem"]["msg"]
+            assert "no user namespace allowed" in layers["network"]["msg"]
+            assert "the server is not root" in layers["uid"]["msg"]
+            # Nor a process budget of each program's own: it says that the whole uid shares it.
+            assert "for every process of uid" in layers["rlimits"]["msg"]
         (ready,) = [line for line in lines if line["msg"] == "sandbox ready"]
         assert ready["layers_active"] == active
 

@@ -71,6 +71,41 @@ of the node as its own. The CPU limit is the right count. */}}
 {{- $_ := set $env "THINKMESH_SANDBOX_MAX_WORKERS" (max 1 (ceil $cores | int) | toString) }}
 {{- end }}
 {{- end }}
+{{- if .broker }}
+{{- /* The broker URLs themselves come from Secrets (the Deployment's env); with TLS on, the in-chart Redis
+speaks TLS only and demands the pod's certificate. */}}
+{{- if and $root.Values.tls.enabled $root.Values.redis.enabled }}
+{{- $dir := $root.Values.tls.mountPath }}
+{{- $_ := set $env (printf "%sBROKER_TLS_CA" $p) (printf "%s/ca.crt" $dir) }}
+{{- $_ := set $env (printf "%sBROKER_TLS_CERT" $p) (printf "%s/tls.crt" $dir) }}
+{{- $_ := set $env (printf "%sBROKER_TLS_KEY" $p) (printf "%s/tls.key" $dir) }}
+{{- end }}
+{{- end }}
+{{- if eq .name "worker" }}
+{{- $_ := set $env (printf "%sHEALTH_PORT" $p) (toString $c.healthPort) }}
+{{- end }}
+{{- $rollout := include "thinkmesh.rollout" $root }}
+{{- if and .models $rollout }}
+{{- /* The trainer rolls this Deployment when it publishes: pods load the current version at start only. */}}
+{{- $_ := set $env (printf "%sRELOAD" $p) "off" }}
+{{- end }}
+{{- if eq .name "trainer" }}
+{{- if $rollout }}
+{{- $_ := set $env (printf "%sKUBE_NAMESPACE" $p) $root.Release.Namespace }}
+{{- $_ := set $env (printf "%sKUBE_POLICY_DEPLOYMENT" $p) (include "thinkmesh.componentName" (dict "root" $root "name" "policy")) }}
+{{- $_ := set $env (printf "%sKUBE_PPM_DEPLOYMENT" $p) (include "thinkmesh.componentName" (dict "root" $root "name" "ppm")) }}
+{{- end }}
+{{- /* Before a search the trainer waits until the services serve the store's current versions: only those
+that follow the store (a pinned model never will). */}}
+{{- $following := list }}
+{{- range $kind := list "policy" "ppm" }}
+{{- $m := index $root.Values $kind }}
+{{- if and $m.enabled (not $m.config.model) }}
+{{- $following = append $following $kind }}
+{{- end }}
+{{- end }}
+{{- $_ := set $env (printf "%sWAIT_FOR" $p) (join "," $following) }}
+{{- end }}
 {{- range $key, $value := $c.config }}
 {{- if and (ne $key "drain_seconds") (ne (toString $value) "") }}
 {{- $_ := set $env (printf "%s%s" $p (upper $key)) (toString $value) }}

@@ -110,15 +110,72 @@ over every pod; over the ClusterIP otherwise. */}}
 {{/* What decides the broker (not the password), hashed into the pods that use it so that a change rolls them. */}}
 {{- define "thinkmesh.brokerChecksum" -}}
 {{- $r := .Values.redis }}
-{{- list $r.enabled $r.service.port $r.external.url $r.external.resultBackend $r.external.existingSecret (include "thinkmesh.fullname" .) | toJson | sha256sum }}
+{{- list $r.enabled $r.service.port $r.external.url $r.external.resultBackend $r.external.existingSecret $r.auth.existingSecret .Values.tls.enabled (include "thinkmesh.fullname" .) | toJson | sha256sum }}
 {{- end }}
 
-{{/* A value that is random at install and the same on every upgrade: read back from the live Secret. */}}
-{{- define "thinkmesh.keptRandom" -}}
-{{- $secret := lookup "v1" "Secret" .root.Release.Namespace .secret }}
-{{- if and $secret $secret.data (hasKey $secret.data .key) }}
-{{- index $secret.data .key | b64dec }}
+{{/* The broker's environment of a pod that talks to Redis: the in-chart Redis's URLs built around its password
+(Kubernetes expands $(REDIS_PASSWORD)), or an external Redis's URLs from their Secret. Params: component context. */}}
+{{- define "thinkmesh.brokerEnv" -}}
+{{- $root := .root }}
+{{- $prefix := include "thinkmesh.envPrefix" . }}
+{{- if $root.Values.redis.enabled }}
+{{- $scheme := ternary "rediss" "redis" $root.Values.tls.enabled }}
+{{- $host := include "thinkmesh.serviceHost" (dict "root" $root "name" "redis") }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      {{- include "thinkmesh.redisPasswordRef" $root | nindent 6 }}
+- name: {{ $prefix }}BROKER_URL
+  value: {{ printf "%s://:$(REDIS_PASSWORD)@%s:%d/0" $scheme $host (int $root.Values.redis.service.port) | quote }}
+- name: {{ $prefix }}RESULT_BACKEND
+  value: {{ printf "%s://:$(REDIS_PASSWORD)@%s:%d/1" $scheme $host (int $root.Values.redis.service.port) | quote }}
 {{- else }}
-{{- randAlphaNum 40 }}
+- name: {{ $prefix }}BROKER_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "thinkmesh.brokerSecretName" $root }}
+      key: broker-url
+- name: {{ $prefix }}RESULT_BACKEND
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "thinkmesh.brokerSecretName" $root }}
+      key: result-backend
 {{- end }}
+{{- end }}
+
+{{/* "true" when the trainer rolls the model Deployments after a publish, else "". It rolls both or neither:
+with policy or ppm not deployed here, the pods that are reload in place; with both pinned to a model
+(config.model) there is nothing to roll to. */}}
+{{- define "thinkmesh.rollout" -}}
+{{- $v := .Values }}
+{{- $following := or (not $v.policy.config.model) (not $v.ppm.config.model) }}
+{{- if and $v.trainer.enabled $v.trainer.rollout.enabled $v.policy.enabled $v.ppm.enabled $following }}
+{{- true }}
+{{- end }}
+{{- end }}
+
+{{/* The in-chart Redis's password: a Secret and its key. The chart renders that Secret only from
+redis.auth.password; without it (and without existingSecret) the secrets Job creates it in the cluster. */}}
+{{- define "thinkmesh.redisPasswordRef" -}}
+{{- $a := .Values.redis.auth }}
+{{- if $a.existingSecret -}}
+name: {{ $a.existingSecret }}
+key: {{ $a.existingSecretKey }}
+{{- else -}}
+name: {{ include "thinkmesh.fullname" . }}-redis
+key: password
+{{- end }}
+{{- end }}
+
+{{/* The Secrets the secrets Job must create, as (list (dict "name" … "key" …)): what no value names. */}}
+{{- define "thinkmesh.generatedSecrets" -}}
+{{- $v := .Values }}
+{{- $out := list }}
+{{- if and $v.redis.enabled (not $v.redis.auth.password) (not $v.redis.auth.existingSecret) }}
+{{- $out = append $out (dict "name" (printf "%s-redis" (include "thinkmesh.fullname" .)) "key" "password") }}
+{{- end }}
+{{- if and $v.auth.enabled (or $v.search.enabled $v.trainer.enabled) (not $v.auth.tokens) (not $v.auth.existingSecret) }}
+{{- $out = append $out (dict "name" (include "thinkmesh.authSecretName" .) "key" $v.auth.tokensKey) }}
+{{- end }}
+{{- toJson $out }}
 {{- end }}

@@ -125,7 +125,60 @@ spec:
   {{- end }}
 {{- end }}
 {{- end }}
+{{- if and (eq .name "trainer") (include "thinkmesh.rollout" $root) }}
+{{- include "thinkmesh.apiServerEgress" $root }}
+{{- end }}
 {{- with index $np.extraEgress .name }}
 {{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Egress to the Kubernetes API server (networkPolicy.apiServer), for the pods that call it. */}}
+{{- define "thinkmesh.apiServerEgress" -}}
+{{- $api := .Values.networkPolicy.apiServer }}
+# The Kubernetes API server
+- ports:
+    {{- range $api.ports }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+  {{- with $api.to }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+
+{{/* The NetworkPolicy of a Job's pods: no ingress; DNS and `egress` out. Params: root, name (the pods'
+component label), egress (NetworkPolicyEgressRules, rendered YAML). */}}
+{{- define "thinkmesh.jobNetworkPolicy" -}}
+{{- $root := .root }}
+{{- if $root.Values.networkPolicy.enabled }}
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: {{ include "thinkmesh.componentName" . }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "thinkmesh.labels" . | nindent 4 }}
+spec:
+  podSelector:
+    matchLabels:
+      {{- include "thinkmesh.selectorLabels" . | nindent 6 }}
+  policyTypes: [Ingress, Egress]
+  ingress: []
+  {{- if .egress }}
+  egress:
+    # DNS
+    - to:
+        {{- toYaml $root.Values.networkPolicy.dns | nindent 8 }}
+      ports:
+        - port: 53
+          protocol: UDP
+        - port: 53
+          protocol: TCP
+    {{- .egress | nindent 4 }}
+  {{- else }}
+  egress: []
+  {{- end }}
 {{- end }}
 {{- end }}

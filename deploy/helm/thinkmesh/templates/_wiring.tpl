@@ -10,7 +10,9 @@ renders every row (ConfigMap, Deployment, HPA, NetworkPolicy, PDB, Services) fro
   calls    gRPC services it calls: THINKMESH_<SVC>_<CALLEE>_TARGET and an egress rule each
   callers  components admitted on its gRPC port
   clients  also admits networkPolicy.clients (users of the API)
-  strategy the Deployment's update strategy
+  strategy the Deployment's default update strategy (values' `strategy` replaces it): GPU pods replace one pod at a
+           time without a surge pod, which would wait for a GPU that is not there
+  models   the model kinds it serves (policy, ppm): its pods wait for the seed, and the trainer rolls them
   hpa      may have a HorizontalPodAutoscaler (autoscaling.enabled); the trainer runs the rounds alone, so its
            schema rejects autoscaling and it gets none
 */}}
@@ -24,10 +26,11 @@ sandbox:
   calls: []
   callers: [search, worker, trainer]
   clients: false
-  strategy: RollingUpdate
+  strategy: {type: RollingUpdate}
   hpa: true
 policy:
   args: [serve, policy]
+  models: policy
   grpc: true
   store: ro
   auth: false
@@ -35,10 +38,11 @@ policy:
   calls: []
   callers: [search, worker, trainer]
   clients: false
-  strategy: RollingUpdate
+  strategy: {type: RollingUpdate, rollingUpdate: {maxSurge: 0, maxUnavailable: 1}}
   hpa: true
 ppm:
   args: [serve, ppm]
+  models: ppm
   grpc: true
   store: ro
   auth: false
@@ -46,7 +50,7 @@ ppm:
   calls: []
   callers: [search, worker, trainer]
   clients: false
-  strategy: RollingUpdate
+  strategy: {type: RollingUpdate, rollingUpdate: {maxSurge: 0, maxUnavailable: 1}}
   hpa: true
 search:
   args: [serve, search]
@@ -57,7 +61,7 @@ search:
   calls: [sandbox, policy, ppm]
   callers: []
   clients: true
-  strategy: RollingUpdate
+  strategy: {type: RollingUpdate}
   hpa: true
 worker:
   args: [worker]
@@ -68,7 +72,7 @@ worker:
   calls: [sandbox, policy, ppm]
   callers: []
   clients: false
-  strategy: RollingUpdate
+  strategy: {type: RollingUpdate}
   hpa: true
 trainer:
   args: [serve, trainer]
@@ -79,6 +83,6 @@ trainer:
   calls: [sandbox, policy, ppm]
   callers: []
   clients: true
-  strategy: Recreate
+  strategy: {type: Recreate}
   hpa: false
 {{- end }}

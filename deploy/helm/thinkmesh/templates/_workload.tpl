@@ -11,17 +11,26 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 read = lambda name: open(sys.argv[1] + "/" + name, "rb").read()
 creds = grpc.ssl_channel_credentials(read("ca.crt"), read("tls.key"), read("tls.crt"))
 channel = grpc.secure_channel(sys.argv[2], creds, options=[("grpc.ssl_target_name_override", sys.argv[3])])
-reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=float(sys.argv[4]))
+service = sys.argv[5] if len(sys.argv) > 5 else ""
+reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=float(sys.argv[4]))
 sys.exit(0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1)
 {{- end }}
 
 {{/* One probe: a full handler from values is used as given; otherwise the gRPC health check (or its TLS
-twin) with the timings from values. Nothing when values give nothing. Params: context + "probe". */}}
+twin) with the timings from values. Nothing when values give nothing. Params: context + "probe".
+Liveness asks for the health name thinkmesh.liveness, SERVING while the server answers at all: a model pod that
+is reloading or draining is unready, not dead. */}}
 {{- define "thinkmesh.probe" -}}
 {{- $c := index .root.Values .name }}
 {{- $p := index $c.probes .probe | default dict }}
 {{- if or $p.exec $p.grpc $p.httpGet $p.tcpSocket }}
 {{- toYaml $p }}
+{{- else if and (eq .name "worker") $p }}
+{{- /* The worker's HTTP health (services/search/worker): ready once consuming, live while its loop beats. */}}
+httpGet:
+  path: {{ ternary "/livez" "/readyz" (eq .probe "liveness") }}
+  port: health
+{{ toYaml $p }}
 {{- else if and .grpc $p }}
 {{- if .root.Values.tls.enabled }}
 exec:
@@ -33,9 +42,15 @@ exec:
     - {{ printf "127.0.0.1:%d" (int $c.service.port) | quote }}
     - {{ include "thinkmesh.serviceHost" . | quote }}
     - {{ default 1 $p.timeoutSeconds | toString | quote }}
+    {{- if eq .probe "liveness" }}
+    - thinkmesh.liveness
+    {{- end }}
 {{- else }}
 grpc:
   port: {{ $c.service.port }}
+  {{- if eq .probe "liveness" }}
+  service: thinkmesh.liveness
+  {{- end }}
 {{- end }}
 {{ toYaml $p }}
 {{- end }}
@@ -60,8 +75,14 @@ prometheus.io/path: /metrics
 {{/* Scheduling, identity and the hardened pod-level settings shared by Deployments and the StatefulSet. */}}
 {{- define "thinkmesh.podSpecCommon" -}}
 {{- $c := index .root.Values .name }}
+{{- if and (eq .name "trainer") (include "thinkmesh.rollout" .root) }}
+{{- /* The trainer's own account: its Role may patch the model Deployments (rbac.yaml). */}}
+serviceAccountName: {{ include "thinkmesh.componentName" . }}
+automountServiceAccountToken: true
+{{- else }}
 serviceAccountName: {{ include "thinkmesh.serviceAccountName" .root }}
 automountServiceAccountToken: {{ .root.Values.serviceAccount.automountToken }}
+{{- end }}
 {{- /* Service links would inject THINKMESH_<SVC>_PORT=tcp://… into every pod: exactly our settings' names. */}}
 enableServiceLinks: false
 {{- with .root.Values.imagePullSecrets }}
@@ -113,11 +134,7 @@ spec:
   {{- end }}
   revisionHistoryLimit: 5
   strategy:
-    {{- if $c.strategy }}
-    {{- toYaml $c.strategy | nindent 4 }}
-    {{- else }}
-    type: {{ .strategy }}
-    {{- end }}
+    {{- toYaml (default .strategy $c.strategy) | nindent 4 }}
   selector:
     matchLabels:
       {{- include "thinkmesh.selectorLabels" . | nindent 6 }}
@@ -132,6 +149,30 @@ spec:
         {{- include "thinkmesh.podAnnotations" . | trim | nindent 8 }}
     spec:
       {{- include "thinkmesh.podSpecCommon" . | trim | nindent 6 }}
+      {{- if and .models (not $c.config.model) }}
+      initContainers:
+        {{- /* An empty store is normal right after install: wait here (no probe runs yet) until the seed Job
+        (or an operator) has made a version current, instead of crash-looping under the startup probe. */}}
+        - name: wait-for-model
+          image: {{ include "thinkmesh.image" . | quote }}
+          imagePullPolicy: {{ $c.image.pullPolicy }}
+          command: [thinkmesh]
+          args: [models, wait, --kind, {{ .models }}, --store, {{ $root.Values.store.mountPath | quote }}]
+          env:
+            - name: HOME
+              value: /tmp
+          resources:
+            requests: {cpu: 10m, memory: 64Mi}
+            limits: {cpu: 200m, memory: 256Mi}
+          securityContext:
+            {{- toYaml $c.securityContext | nindent 12 }}
+          volumeMounts:
+            - name: tmp
+              mountPath: /tmp
+            - name: store
+              mountPath: {{ $root.Values.store.mountPath }}
+              readOnly: true
+      {{- end }}
       containers:
         - name: {{ .name }}
           image: {{ include "thinkmesh.image" . | quote }}
@@ -153,6 +194,11 @@ spec:
               containerPort: {{ $c.service.port }}
               protocol: TCP
             {{- end }}
+            {{- if eq .name "worker" }}
+            - name: health
+              containerPort: {{ $c.healthPort }}
+              protocol: TCP
+            {{- end }}
             {{- if $root.Values.metrics.enabled }}
             - name: metrics
               containerPort: {{ $root.Values.metrics.port }}
@@ -166,17 +212,7 @@ spec:
             - name: HOME
               value: /tmp
             {{- if .broker }}
-            {{- $prefix := include "thinkmesh.envPrefix" . }}
-            - name: {{ $prefix }}BROKER_URL
-              valueFrom:
-                secretKeyRef:
-                  name: {{ include "thinkmesh.brokerSecretName" $root }}
-                  key: broker-url
-            - name: {{ $prefix }}RESULT_BACKEND
-              valueFrom:
-                secretKeyRef:
-                  name: {{ include "thinkmesh.brokerSecretName" $root }}
-                  key: result-backend
+            {{- include "thinkmesh.brokerEnv" . | nindent 12 }}
             {{- end }}
             {{- with $c.extraEnv }}
             {{- toYaml . | nindent 12 }}
