@@ -20,7 +20,7 @@ import contextlib
 import copy
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -35,10 +35,8 @@ from services.common.server import GrpcServer, ServerSettings, Service
 from services.common.settings import load_settings
 from services.common.store import Lineage, ModelStore
 from services.policy.core import Limits, PolicyCore
-from services.policy.engine import GeneratedStep, SamplingParams, StepEnd, StepPrompt
 from services.policy.servicer import PolicyServicer
 from services.ppm.core import PPMCore
-from services.ppm.scorer import ScoreItem
 from services.ppm.servicer import PPMServicer
 from services.trainer.kube import (
     ANNOTATION_RESTARTED,
@@ -49,6 +47,7 @@ from services.trainer.kube import (
 )
 from services.trainer.settings import TrainerSettings
 from services.trainer.wiring import kube_rollout, wait_for_current
+from support.versioned_model import VersionedModel
 from thinkmesh.v1 import policy_pb2_grpc, ppm_pb2_grpc
 
 DEPLOYMENTS = "apps/v1/deployments"
@@ -216,11 +215,8 @@ async def test_bad_arguments_are_refused_before_any_request(
     assert len(cluster) == 0  # not even a read
 
 
-async def test_in_cluster_apps_falls_back_to_kubeconfig(
-    cluster: KubernetesEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Not in a pod: no service host, so in-cluster loading fails and the kubeconfig named by KUBECONFIG is used.
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+def _kubeconfig(cluster: KubernetesEmulator, directory: Path) -> Path:
+    """A kubeconfig file for the emulated API server, with a bearer token."""
     kubeconfig = {
         "apiVersion": "v1",
         "kind": "Config",
@@ -229,8 +225,17 @@ async def test_in_cluster_apps_falls_back_to_kubeconfig(
         "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "trainer"}}],
         "current-context": "kmock",
     }
-    path = tmp_path / "kubeconfig"
+    path = directory / "kubeconfig"
     path.write_text(json.dumps(kubeconfig))  # JSON is YAML
+    return path
+
+
+async def test_in_cluster_apps_falls_back_to_kubeconfig(
+    cluster: KubernetesEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not in a pod: no service host, so in-cluster loading fails and the kubeconfig named by KUBECONFIG is used.
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    path = _kubeconfig(cluster, tmp_path)
     monkeypatch.setenv("KUBECONFIG", str(path))
 
     apps = in_cluster_apps()
@@ -245,33 +250,13 @@ async def test_in_cluster_apps_falls_back_to_kubeconfig(
     assert {request.headers.get("Authorization") for request in cluster} == {"Bearer test-token"}
 
 
-class _Model:
-    """A served model as the wait sees it: only its version matters."""
-
-    def __init__(self, version: str) -> None:
-        self._version = version
-
-    @property
-    def version(self) -> str:
-        return self._version
-
-    async def generate(self, prompts: Sequence[StepPrompt], params: SamplingParams) -> list[list[GeneratedStep]]:
-        return [[GeneratedStep("x<end_of_step>", StepEnd.STEP, 1, -1.0)] * params.n for _ in prompts]
-
-    async def score(self, items: Sequence[ScoreItem]) -> list[list[float]]:
-        return [[0.0] * len(item.steps) for item in items]
-
-    async def close(self) -> None:
-        pass
-
-
 @contextlib.asynccontextmanager
 async def _pods(store: ModelStore) -> AsyncIterator[tuple[str, str]]:
     """A policy pod and a PPM pod as the chart runs them under a trainer's rollout: RELOAD=off, so each serves the
     version current when it started; (policy address, PPM address)."""
 
-    async def load(name: str) -> _Model:
-        return _Model(name)
+    async def load(name: str) -> VersionedModel:
+        return VersionedModel(name)
 
     policy = PolicyCore(Limits(default_n=1, max_n=1, max_prompts=1, default_max_new_tokens=1, max_new_tokens=1))
     ppm = PPMCore(1, 1)
@@ -304,16 +289,7 @@ async def test_the_trainer_rolls_the_deployments_and_waits_for_the_new_pods(
     cluster: KubernetesEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    kubeconfig = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "kmock", "cluster": {"server": str(cluster.url).rstrip("/")}}],
-        "users": [{"name": "trainer", "user": {"token": "test-token"}}],
-        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "trainer"}}],
-        "current-context": "kmock",
-    }
-    (tmp_path / "kubeconfig").write_text(json.dumps(kubeconfig))
-    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+    monkeypatch.setenv("KUBECONFIG", str(_kubeconfig(cluster, tmp_path)))
     store = ModelStore(tmp_path / "store")
 
     def write(directory: Path) -> None:

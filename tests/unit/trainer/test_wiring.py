@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -15,42 +15,21 @@ from services.common.server import GrpcServer, ServerSettings, Service, service_
 from services.common.settings import load_settings
 from services.common.store import Lineage, ModelStore
 from services.policy.core import Limits, PolicyCore
-from services.policy.engine import GeneratedStep, SamplingParams, StepEnd, StepPrompt
 from services.policy.servicer import PolicyServicer
 from services.ppm.core import PPMCore
-from services.ppm.scorer import ScoreItem
 from services.ppm.servicer import PPMServicer
 from services.trainer.settings import TrainerSettings
 from services.trainer.wiring import wait_for_current
+from support.versioned_model import VersionedModel
 from thinkmesh.v1 import policy_pb2, policy_pb2_grpc, ppm_pb2, ppm_pb2_grpc
 
 LIMITS = Limits(default_n=1, max_n=4, max_prompts=4, default_max_new_tokens=4, max_new_tokens=4)
 
 
-class Model:
-    """Answers anything; its version is all the wait looks at."""
-
-    def __init__(self, version: str) -> None:
-        self._version = version
-
-    @property
-    def version(self) -> str:
-        return self._version
-
-    async def generate(self, prompts: Sequence[StepPrompt], params: SamplingParams) -> list[list[GeneratedStep]]:
-        return [[GeneratedStep("x<end_of_step>", StepEnd.STEP, 1, -1.0)] * params.n for _ in prompts]
-
-    async def score(self, items: Sequence[ScoreItem]) -> list[list[float]]:
-        return [[0.0] * len(item.steps) for item in items]
-
-    async def close(self) -> None:
-        pass
-
-
 @contextlib.asynccontextmanager
 async def policy_server(version: str) -> AsyncIterator[tuple[str, PolicyCore]]:
     core = PolicyCore(LIMITS)
-    await core.slot.install(Model(version))
+    await core.slot.install(VersionedModel(version))
     servicer = PolicyServicer(core)
     name = service_name(policy_pb2, "PolicyService")
     server = GrpcServer(
@@ -66,7 +45,7 @@ async def policy_server(version: str) -> AsyncIterator[tuple[str, PolicyCore]]:
 @contextlib.asynccontextmanager
 async def ppm_server(version: str) -> AsyncIterator[str]:
     core = PPMCore(8, 8)
-    await core.slot.install(Model(version))
+    await core.slot.install(VersionedModel(version))
     servicer = PPMServicer(core)
     name = service_name(ppm_pb2, "PPMService")
     server = GrpcServer(
@@ -120,7 +99,7 @@ async def test_every_replica_asked_must_serve_the_current_version(tmp_path: Path
         settings = trainer(target, "127.0.0.1:1", "policy")
         with pytest.raises(TimeoutError, match=r"'policy': \['v1', 'v2'\]"):
             await asyncio.to_thread(wait_for_current(settings, store, timeout_s=1))
-        await old_core.slot.install(Model("v2"))
+        await old_core.slot.install(VersionedModel("v2"))
         await asyncio.to_thread(wait_for_current(settings, store, timeout_s=10))
 
 
