@@ -22,7 +22,7 @@ import types
 from dataclasses import dataclass, replace
 from typing import NoReturn
 
-from services.sandbox import isolation
+from services.sandbox import isolation, landlock
 
 # Exit codes the zygote reads. A program's own sys.exit(n) is reported as 1 for any n != 0, so only these
 # lines can produce them (a program calling os._exit(77) fools no one but itself).
@@ -62,6 +62,10 @@ class ChildPlan:
     # A user namespace of its own, made before RLIMIT_NPROC is set, so that only its own tasks count against it
     # (non-root, where the zygote has a user namespace to nest it in).
     own_user_namespace: bool = False
+    # A /proc of its own showing only itself (root, with private_tmp's mount namespace).
+    private_proc: bool = False
+    # What it may open; the zygote makes a ruleset from these for each process (see services/sandbox/landlock.py).
+    landlock: landlock.Rules | None = None
 
     @property
     def process_limit(self) -> int:
@@ -73,15 +77,20 @@ class ChildPlan:
         if layer == "rlimits" and self.own_user_namespace:
             return replace(self, own_user_namespace=False)  # the shared budget instead of a per-program one
         if layer == "uid":
-            return replace(self, drop_uid=False)
+            # Programs of the server's uid (root) are hidden nothing by hidepid: Landlock's /proc/self rule instead.
+            return replace(self, drop_uid=False, private_proc=False)
         if layer == "seccomp":
             return replace(self, seccomp=None)
+        if layer == "proc":
+            return replace(self, private_proc=False)
+        if layer == "landlock":
+            return replace(self, landlock=None)
         raise ValueError(f"layer {layer!r} is not optional")
 
 
 # The layers a process may go without (or, for rlimits, with a weaker form of) when this host does not permit
 # them; the report then says so.
-OPTIONAL_LAYERS = ("filesystem", "rlimits", "uid", "seccomp")
+OPTIONAL_LAYERS = ("filesystem", "proc", "rlimits", "uid", "landlock", "seccomp")
 
 
 class LayerFailed(Exception):
@@ -108,9 +117,10 @@ def run(
     stderr_fd: int,
     wake_fd: int,
     status_fd: int,
+    ruleset_fd: int | None = None,
 ) -> NoReturn:
     try:
-        inherited = _isolate(plan, uid, workdir, stdout_fd, stderr_fd, wake_fd, status_fd)
+        inherited = _isolate(plan, uid, workdir, stdout_fd, stderr_fd, wake_fd, status_fd, ruleset_fd)
     except BaseException as exc:
         message = f"sandbox: isolation layer {exc}; the program was not run\n"
         os.write(2, message.encode(errors="replace"))
@@ -130,7 +140,14 @@ def run(
 
 
 def _isolate(
-    plan: ChildPlan, uid: int, workdir: str | None, stdout_fd: int, stderr_fd: int, wake_fd: int, status_fd: int
+    plan: ChildPlan,
+    uid: int,
+    workdir: str | None,
+    stdout_fd: int,
+    stderr_fd: int,
+    wake_fd: int,
+    status_fd: int,
+    ruleset_fd: int | None,
 ) -> int:
     zygote = os.getppid()
     # A session of its own: the zygote kills the whole process group, and seccomp keeps it from leaving.
@@ -143,7 +160,12 @@ def _isolate(
     os.dup2(stderr_fd, 2)
     os.dup2(wake_fd, _WAKE_FD)
     os.dup2(status_fd, _STATUS_FD, inheritable=False)
-    os.closerange(_STATUS_FD + 1, 1 << 20)
+    # The zygote's descriptors are all above the five set here (its own standard streams, epoll and signal pipe
+    # hold the low numbers), so the ruleset it made for this process survives until restrict_self closes it.
+    ruleset = ruleset_fd if plan.landlock is not None and ruleset_fd is not None and ruleset_fd > _STATUS_FD else None
+    os.closerange(_STATUS_FD + 1, ruleset or 1 << 20)
+    if ruleset is not None:
+        os.closerange(ruleset + 1, 1 << 20)
     try:
         if plan.private_tmp:
             owner = (uid, uid) if plan.drop_uid else (os.getuid(), os.getgid())
@@ -153,6 +175,19 @@ def _isolate(
     if workdir is None:
         raise LayerFailed("filesystem", RuntimeError("no working directory"))
     os.chdir(workdir)
+    try:
+        if plan.private_proc:
+            isolation.private_proc()
+    except OSError as exc:
+        raise LayerFailed("proc", exc) from exc
+    if plan.landlock is not None:
+        # Its own rules, on what only exists in this process's mount namespace: made while it may still open them.
+        if ruleset is None:
+            raise LayerFailed("landlock", RuntimeError("the zygote could not make a ruleset for this process"))
+        try:
+            _own_rules(plan, ruleset, workdir)
+        except OSError as exc:
+            raise LayerFailed("landlock", exc) from exc
     try:
         # After the private /tmp (mounted with the zygote's privileges in its namespaces), before RLIMIT_NPROC.
         if plan.own_user_namespace:
@@ -177,11 +212,30 @@ def _isolate(
         os._exit(EXIT_OK)  # it died before the line above could take effect
     isolation.clean_environment(workdir)
     try:
+        if ruleset is not None:
+            landlock.restrict_self(ruleset)
+    except OSError as exc:
+        raise LayerFailed("landlock", exc) from exc
+    try:
         if plan.seccomp is not None:
             plan.seccomp.load()
     except OSError as exc:
         raise LayerFailed("seccomp", exc) from exc
     return inherited
+
+
+def _own_rules(plan: ChildPlan, ruleset: int, workdir: str) -> None:
+    assert plan.landlock is not None
+    handled_fs = plan.landlock.handled_fs
+    landlock.add_path(ruleset, workdir, landlock.WORK, handled_fs)
+    if plan.private_proc:
+        # Its own /proc shows nothing but its own process.
+        landlock.add_path(ruleset, "/proc", landlock.READ_FILE | landlock.READ_DIR, handled_fs)
+    else:
+        # The node's /proc: the process directories may be listed (their numbers can be probed with getpgid()
+        # anyway), but only its own files read. A process it forks has another /proc/self, closed to it.
+        landlock.add_path(ruleset, "/proc", landlock.READ_DIR, handled_fs)
+        landlock.add_path(ruleset, "/proc/self", landlock.READ_FILE | landlock.READ_DIR, handled_fs)
 
 
 def _restore_signals() -> None:

@@ -4,8 +4,9 @@ Two places apply them. The zygote, once at start-up: its own network namespace (
 network at all for anything it forks) and its own mount namespace, where the world-writable directories of the
 host are covered by empty read-only tmpfs mounts. Each program's process, after the fork: a mount namespace of
 its own with a fresh size-limited tmpfs as /tmp and working directory (it vanishes with the process, so cleanup
-is O(1) whatever the program wrote), a user namespace of its own where RLIMIT_NPROC is counted (non-root),
-rlimits, an unprivileged uid (root), an empty environment and a seccomp filter.
+is O(1) whatever the program wrote), its own /proc (root), a user namespace of its own where RLIMIT_NPROC is
+counted (non-root), rlimits, an unprivileged uid (root), an empty environment, Landlock (services/sandbox/landlock.py)
+and a seccomp filter.
 
 Python 3.11 has no os.unshare or os.mount, hence libc through ctypes.
 """
@@ -46,6 +47,9 @@ NAMESPACE_FLAGS = (
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 0x40000
 
@@ -57,6 +61,11 @@ COVER_FLAGS = MS_RDONLY | MS_NOSUID | MS_NODEV  # empty read-only tmpfs over wor
 PRIVATE_TMP_FLAGS = MS_NOSUID | MS_NODEV  # a program's own /tmp
 MOUNT_FLAGS = (PRIVATE_PROPAGATION, COVER_FLAGS, PRIVATE_TMP_FLAGS)
 UNPRIVILEGED_NAMESPACES = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET
+# Mounts made only as root, which the chart never runs the sandbox as (so its profile need not allow them): a
+# program's own /proc (private_proc), and the interpreter's directories bound back where its uid could not reach
+# them (services/sandbox/runtime.py). Without root the kernel would refuse both anyway: a procfs shows the
+# mounter's PID namespace, and only root may mount the node's.
+PROC_FLAGS = MS_NOSUID | MS_NODEV | MS_NOEXEC
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
@@ -100,6 +109,11 @@ def mount(source: str, target: str, fstype: str | None, flags: int, data: str | 
         ),
         f"mount {target}",
     )
+
+
+def detach(target: str) -> None:
+    """Unmount `target` and what is mounted beneath it (MNT_DETACH)."""
+    _check(_libc.umount2(target.encode(), 2), f"umount {target}")
 
 
 # --- the zygote, once ---------------------------------------------------------------------------------------
@@ -387,6 +401,19 @@ def private_tmp(uid: int, gid: int, size_mb: int) -> str:
     unshare(CLONE_NEWNS)
     mount("tmpfs", "/tmp", "tmpfs", PRIVATE_TMP_FLAGS, f"size={size_mb}m,mode=0700,uid={uid},gid={gid}")
     return "/tmp"
+
+
+def private_proc() -> None:
+    """A procfs of its own over /proc (in the mount namespace of private_tmp) that shows only processes this one
+    may ptrace: with a uid of its own and non-dumpable, only itself. `subset=pid` leaves out everything but the
+    process directories (/proc/cpuinfo, /proc/sys …). Root only; Linux 5.8+ for the named options, else hidepid=2.
+    """
+    try:
+        mount("proc", "/proc", "proc", PROC_FLAGS, "hidepid=invisible,subset=pid")
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        mount("proc", "/proc", "proc", PROC_FLAGS, "hidepid=2")
 
 
 def set_limits(*, memory_mb: int, timeout_ms: int, max_processes: int, max_open_files: int, max_file_mb: int) -> int:

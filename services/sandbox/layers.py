@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from services.common.errors import ConfigError
 
 # In the order they are applied to a program's process.
-LAYER_NAMES = ("process", "filesystem", "network", "rlimits", "uid", "environment", "seccomp")
+LAYER_NAMES = ("process", "filesystem", "proc", "network", "rlimits", "uid", "environment", "landlock", "seccomp")
 
 
 @dataclass(frozen=True)

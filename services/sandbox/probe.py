@@ -5,6 +5,8 @@ The isolation report is built from these observations, so it states what program
 
 from __future__ import annotations
 
+import errno
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +16,7 @@ from services.sandbox.protocol import ZygoteConfig
 
 PROGRAM = """
 import json, os, resource
+# RUNTIME (the interpreter's directories, see services/sandbox/runtime.py) is set by program() above this line.
 facts = {"uid": os.getuid(), "env": sorted(os.environ), "cwd": os.getcwd()}
 with open("/proc/self/status") as status:
     facts["seccomp"] = [line.split()[1] for line in status if line.startswith("Seccomp:")][0]
@@ -23,7 +26,7 @@ try:
     facts["socket"] = "allowed"
 except OSError as exc:
     facts["socket"] = exc.errno
-with open("/proc/net/dev") as dev:
+with open("/proc/self/net/dev") as dev:
     facts["interfaces"] = [line.split(":")[0].strip() for line in dev.readlines()[2:]]
 facts["nproc"] = resource.getrlimit(resource.RLIMIT_NPROC)[0]
 try:
@@ -33,6 +36,18 @@ except OSError:
 facts["writable"] = [p for p in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock") if os.access(p, os.W_OK)]
 with open("/proc/self/mountinfo") as mounts:
     facts["cwd_tmpfs"] = any(line.split()[4] == os.getcwd() and " - tmpfs " in line for line in mounts)
+facts["pid"] = os.getpid()
+try:
+    facts["processes"] = sorted(int(name) for name in os.listdir("/proc") if name.isdigit())
+except OSError as exc:
+    facts["processes"] = exc.errno
+try:
+    os.listdir("/")
+    facts["root_listing"] = "allowed"
+except OSError as exc:
+    facts["root_listing"] = exc.errno
+# By the file modes alone (access() ignores Landlock): what this uid cannot read of the interpreter's files.
+facts["unreadable"] = [p for p in RUNTIME if not os.access(p, os.R_OK | (os.X_OK if os.path.isdir(p) else 0))]
 print(json.dumps(facts))
 """
 
@@ -55,6 +70,22 @@ class ZygoteSetup:
     user_namespace: str = ""
     # The tasks RLIMIT_NPROC counted for the uid at start-up (what a shared budget is added to).
     counted_tasks: int = 0
+    # Directories the programs' uids could not enter, covered so that only the interpreter's files show through.
+    exposed: list[str] = field(default_factory=list)
+
+
+def program(runtime_paths: list[str]) -> str:
+    """The probe, told which of the interpreter's paths a program must be able to read."""
+    return f"RUNTIME = {json.dumps(runtime_paths)}\n{PROGRAM}"
+
+
+def unreadable_reason(paths: list[str], uid: int, setup: ZygoteSetup) -> str:
+    exposed = f" (covered and bound back for it: {', '.join(setup.exposed)})" if setup.exposed else ""
+    return (
+        f"uid {uid} cannot read the interpreter's {', '.join(paths)}{exposed}, so programs would fail to import "
+        "the modules the zygote did not; programs keep the server's uid (make these directories readable to "
+        "others, or run the server as the interpreter's non-root owner)"
+    )
 
 
 def failed_layer(stderr: str) -> str | None:
@@ -75,10 +106,12 @@ def build_report(
                 f"a process per program, forked from a warm zygote ({threads} thread); own session, killed as a group",
             ),
             _filesystem(facts, setup, plan, config),
+            _proc(facts, setup, plan),
             _network(facts, setup),
             _rlimits(facts, setup, plan, config),
             _uid(facts, setup, plan, config),
             Layer("environment", facts["env"] == EXPECTED_ENV, f"only {', '.join(EXPECTED_ENV)}; none of the server's"),
+            _landlock(facts, setup, plan),
             _seccomp(facts, setup, plan),
         )
     )
@@ -139,6 +172,48 @@ def _filesystem(facts: dict[str, Any], setup: ZygoteSetup, plan: ChildPlan, conf
         False,
         f"{why}; programs work in a plain directory under {config.work_root} and disk use is limited per file "
         f"only ({config.max_file_mb} MiB)",
+    )
+
+
+def _proc(facts: dict[str, Any], setup: ZygoteSetup, plan: ChildPlan) -> Layer:
+    processes = facts.get("processes")
+    if plan.private_proc and processes == [facts.get("pid")]:
+        return Layer(
+            "proc",
+            True,
+            "a /proc of its own (hidepid=invisible, subset=pid): it sees its own process only, not the server's, "
+            "the zygote's or other programs' (no PID namespace: pids stay the node's)",
+        )
+    if "proc" in setup.failures:
+        why = setup.failures["proc"]
+    elif not plan.private_proc and setup.uid == 0:
+        why = "programs keep the server's uid (root), from whom a /proc of its own would hide nothing"
+    elif not plan.private_proc:
+        why = "not root: a /proc of its own would need a PID namespace and a second process per program"
+    else:
+        why = f"{len(processes)} processes visible" if isinstance(processes, list) else "/proc is not its own"
+    if _landlock_active(facts, plan):
+        return Layer("proc", False, f"{why}; Landlock lets it list /proc but read its own entries only")
+    return Layer("proc", False, f"{why}; it can list the node's processes and read their command lines")
+
+
+def _landlock_active(facts: dict[str, Any], plan: ChildPlan) -> bool:
+    return plan.landlock is not None and facts.get("root_listing") == errno.EACCES
+
+
+def _landlock(facts: dict[str, Any], setup: ZygoteSetup, plan: ChildPlan) -> Layer:
+    if plan.landlock is None or not _landlock_active(facts, plan):
+        return Layer("landlock", False, setup.failures.get("landlock") or "the restriction is not in force")
+    abi = plan.landlock.abi
+    devices = [path for path in plan.landlock.paths if path.startswith("/dev/")]
+    files = [path for path in plan.landlock.paths if path not in devices]
+    extra = "; TCP bind and connect refused" if abi >= 4 else ""
+    extra += "; signals and abstract sockets only within its own processes" if abi >= 6 else ""
+    return Layer(
+        "landlock",
+        True,
+        f"opens nothing but: {', '.join(files)} (read, execute), {', '.join(devices)}, its working directory "
+        f"(read, write) and its own /proc entries, whatever the modes (ABI {abi}){extra}",
     )
 
 

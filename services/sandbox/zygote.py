@@ -31,7 +31,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from services.sandbox import child, isolation, probe
+from services.sandbox import child, isolation, landlock, probe, runtime
 from services.sandbox.layers import IsolationReport
 from services.sandbox.model import Status
 from services.sandbox.protocol import (
@@ -176,6 +176,11 @@ class Zygote:
         # The zygote never blocks on a program: its ends are non-blocking (the program's stay blocking).
         for fd in (out_read, err_read, status_read):
             os.set_blocking(fd, False)
+        ruleset = None
+        if self.plan.landlock is not None:
+            # Without one (out of descriptors?) the process refuses to run its program: never unconfined.
+            with contextlib.suppress(OSError):
+                ruleset = self.plan.landlock.ruleset()
         pid = os.fork()
         if pid == 0:  # the program's process: never returns
             try:
@@ -191,11 +196,14 @@ class Zygote:
                     stderr_fd=err_write,
                     wake_fd=wake_read,
                     status_fd=status_write,
+                    ruleset_fd=ruleset,
                 )
             finally:
                 os._exit(child.EXIT_ISOLATION)
         for fd in (out_write, err_write, wake_read, status_write):
             os.close(fd)
+        if ruleset is not None:
+            os.close(ruleset)
         return Prepared(pid, wake_write, out_read, err_read, status_read, workdir)
 
     def _dispatch(self, job: Job, slot: Slot) -> None:
@@ -436,6 +444,15 @@ class Zygote:
                 setup.failures["filesystem"] = f"covering world-writable directories failed: {exc}"
         # For the fallback when a private tmpfs cannot be had (harmless otherwise: it stays empty).
         os.makedirs(self.config.work_root, mode=0o711, exist_ok=True)
+        # What programs must read, wherever the interpreter lives: as root, reachable for the programs' uids.
+        runtime_paths = runtime.runtime_paths()
+        if root and mounts:
+            uids = [slot.uid for slot in self.slots]
+            try:
+                setup.exposed = runtime.expose(runtime_paths, uids)
+            except OSError as exc:
+                setup.failures["uid"] = f"could not bind the interpreter's directories for uid {uids[0]}: {exc}"
+        rules = self._landlock_rules(runtime_paths, setup)
         try:
             seccomp: isolation.SeccompProgram | None = isolation.compile_seccomp()
         except (ImportError, OSError) as exc:
@@ -458,14 +475,23 @@ class Zygote:
             max_memory_mb=self.config.max_memory_mb,
             max_timeout_ms=self.config.max_timeout_ms,
             own_user_namespace=bool(setup.user_namespace),
+            private_proc=root and mounts,
+            landlock=rules,
         )
         # A layer that fails in the probe's process is dropped from the plan (and reported), then the probe
         # runs again; whatever plan passes is enforced for every program from then on.
+        program = probe.program(runtime_paths).encode()
         for _ in range(len(child.OPTIONAL_LAYERS) + 1):
-            result = self.run_one(Job(0, probe.PROGRAM.encode(), 10_000, 256, 65536))
+            result = self.run_one(Job(0, program, 10_000, 256, 65536))
             stderr = result.stderr.decode(errors="replace")
             if result.status is Status.OK:
-                break
+                facts = json.loads(result.stdout)
+                if not (self.plan.drop_uid and facts["unreadable"]):
+                    break
+                # Programs of another uid would fail on every import the zygote did not make ahead.
+                setup.failures["uid"] = probe.unreadable_reason(facts["unreadable"], self.slots[0].uid, setup)
+                self.plan = self.plan.without("uid")
+                continue
             failed = probe.failed_layer(stderr)
             try:
                 self.plan = self.plan.without(failed)
@@ -474,12 +500,33 @@ class Zygote:
             setup.failures[str(failed)] = stderr.strip()
         else:
             raise RuntimeError(f"the isolation probe failed with every optional layer dropped: {stderr}")
-        facts = json.loads(result.stdout)
+        if rules is not None and self.plan.landlock is None:
+            rules.close()
         self.prefork = True
         for slot in self.slots:
             slot.prepared = self._prepare(slot)
         threads = len(os.listdir("/proc/self/task"))
         return probe.build_report(facts, setup, self.plan, self.config, threads)
+
+    @staticmethod
+    def _landlock_rules(runtime_paths: list[str], setup: probe.ZygoteSetup) -> landlock.Rules | None:
+        """Reads beneath the interpreter's files and the system's programs and libraries, a few devices."""
+        try:
+            rules = landlock.Rules(landlock.abi_version())
+        except OSError as exc:
+            setup.failures["landlock"] = landlock.why_unavailable(exc)
+            return None
+        system = [os.path.realpath(path) for path in landlock.SYSTEM_READ if os.path.exists(path)]
+        try:
+            rules.allow(runtime.outermost([*runtime_paths, *system]), landlock.READ)
+            for device, rights in landlock.DEVICES.items():
+                rules.allow([device], rights)
+            os.close(rules.ruleset())  # the kernel takes every rule
+        except OSError as exc:
+            rules.close()
+            setup.failures["landlock"] = f"cannot make its rules: {exc}"
+            return None
+        return rules
 
 
 def classify(exit_status: int, cpu_seconds: float, timeout_ms: int) -> tuple[Status | None, str]:

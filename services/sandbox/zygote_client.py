@@ -39,6 +39,9 @@ _ZYGOTE_ENV = {
     "MKL_NUM_THREADS": "1",
     "NUMEXPR_NUM_THREADS": "1",
     "PYTHONDONTWRITEBYTECODE": "1",
+    # Not the server's working directory on sys.path (`-m` would put it there): programs may read every directory
+    # on the zygote's sys.path (services/sandbox/landlock.py), and the server may be started from anywhere.
+    "PYTHONSAFEPATH": "1",
 }
 
 

@@ -59,9 +59,10 @@ def test_sandbox_logs_the_isolation_layers_its_security_context_allows(deploymen
             # The chart's profile (files/seccomp/sandbox.json, run here by the kubelet from the rendered ConfigMap)
             # adds to the runtime default the unshare() and mount() of a user namespace: the zygote's empty network
             # namespace and each program's private tmpfs work, and each program counts its processes in a user
-            # namespace of its own. Only the uid stays the server's.
+            # namespace of its own. The uid stays the server's, and /proc (a mount of its own needs root) the pod's.
             assert seccomp["localhostProfile"] == "thinkmesh/sandbox.json"
-            assert active == ["process", "filesystem", "network", "rlimits", "environment", "seccomp"]
+            # Landlock needs no privilege (the runtime default allows its calls); /proc of its own needs root.
+            assert active == ["process", "filesystem", "network", "rlimits", "environment", "landlock", "seccomp"]
             assert layers["uid"]["level"] == "warning"
             assert "the server is not root" in layers["uid"]["msg"]
             assert "per program, counted in a user namespace of its own" in layers["rlimits"]["msg"]
@@ -70,7 +71,7 @@ def test_sandbox_logs_the_isolation_layers_its_security_context_allows(deploymen
             # can be had.
             assert seccomp["type"] == "RuntimeDefault"
             # Per process, resource limits, a clean environment and the syscall filter hold in any pod.
-            assert active == ["process", "rlimits", "environment", "seccomp"]
+            assert active == ["process", "rlimits", "environment", "landlock", "seccomp"]
             # Without a user namespace: no private tmpfs and mount namespace, no empty network namespace; the
             # server's uid is not root, so programs keep it. Each says why, as a warning.
             assert all(layers[name]["level"] == "warning" for name in ("filesystem", "network", "uid"))

@@ -132,9 +132,9 @@ def _run(image: str, code: str, profile: Path | None) -> dict[str, str]:
     return result
 
 
-def test_under_the_profile_only_the_uid_layer_is_inactive(image: str) -> None:
+def test_under_the_profile_only_the_uid_and_proc_layers_are_inactive(image: str) -> None:
     layers = _layers(image, PROFILE)
-    assert {name for name, (state, _) in layers.items() if state != "active"} == {"uid"}, layers
+    assert {name for name, (state, _) in layers.items() if state != "active"} == {"uid", "proc"}, layers
     assert f"processes ({MAX_PROCESSES} per program, counted in a user namespace of its own" in layers["rlimits"][1]
 
 
