@@ -1,7 +1,10 @@
 """Server interceptors: exceptions → status codes, bearer-token checks, request metrics.
 
 Every handler of every service passes through `ErrorInterceptor`, so core code only raises the project's own
-exceptions (services.common.errors) and never touches grpc status codes itself.
+exceptions (services.common.errors) and never touches grpc status codes itself. That includes decoding the
+request: grpc's aio server runs a handler's request deserializer before the handler, outside any servicer
+context, and answers UNKNOWN whatever it raises; so the interceptor hands grpc no deserializer (the bytes pass
+through as they are) and decodes them inside the handler, where an undecodable request is InvalidInput.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc import aio
 from prometheus_client import Counter, Histogram
 
@@ -73,8 +77,27 @@ async def _abort_for(exc: BaseException, context: Context, method: str) -> None:
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
 
 
+def _decoder(deserializer: Callable[[bytes], Any] | None, method: str) -> Callable[[bytes], Any]:
+    """The handler's request deserializer, raising InvalidInput for bytes that are not a valid request: a corrupt
+    wire format, or a string field whose bytes are not UTF-8 (protobuf refuses those while parsing: DecodeError
+    with upb, UnicodeDecodeError with the pure-Python parser)."""
+    if deserializer is None:
+        return lambda raw: raw
+    descriptor = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
+    name = descriptor.full_name if descriptor is not None else f"request for {method}"
+
+    def decode(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except (DecodeError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"request is not a valid {name}: {exc}") from exc
+
+    return decode
+
+
 def _wrap(handler: Handler, method: str) -> Handler:
-    """Re-build `handler` so its behaviour maps exceptions and records metrics."""
+    """Re-build `handler` so it decodes its request, maps exceptions and records metrics."""
+    decode = _decoder(handler.request_deserializer, method)
 
     def finish(started: float, code: grpc.StatusCode) -> None:
         LATENCY.labels(method).observe(time.perf_counter() - started)
@@ -83,10 +106,10 @@ def _wrap(handler: Handler, method: str) -> Handler:
     if handler.unary_unary is not None:
         inner_uu = handler.unary_unary
 
-        async def unary_unary(request: Any, context: Context) -> Any:
+        async def unary_unary(raw: bytes, context: Context) -> Any:
             started = time.perf_counter()
             try:
-                response = await inner_uu(request, context)
+                response = await inner_uu(decode(raw), context)
             except aio.AbortError:
                 finish(started, context.code() or grpc.StatusCode.UNKNOWN)
                 raise
@@ -96,16 +119,14 @@ def _wrap(handler: Handler, method: str) -> Handler:
             finish(started, grpc.StatusCode.OK)
             return response
 
-        return grpc.unary_unary_rpc_method_handler(
-            unary_unary, handler.request_deserializer, handler.response_serializer
-        )
+        return grpc.unary_unary_rpc_method_handler(unary_unary, None, handler.response_serializer)
     if handler.unary_stream is not None:
         inner_us = handler.unary_stream
 
-        async def unary_stream(request: Any, context: Context) -> AsyncIterator[Any]:
+        async def unary_stream(raw: bytes, context: Context) -> AsyncIterator[Any]:
             started = time.perf_counter()
             try:
-                async for item in inner_us(request, context):
+                async for item in inner_us(decode(raw), context):
                     yield item
             except aio.AbortError:
                 finish(started, context.code() or grpc.StatusCode.UNKNOWN)
@@ -115,9 +136,7 @@ def _wrap(handler: Handler, method: str) -> Handler:
                 await _abort_for(exc, context, method)
             finish(started, grpc.StatusCode.OK)
 
-        return grpc.unary_stream_rpc_method_handler(
-            unary_stream, handler.request_deserializer, handler.response_serializer
-        )
+        return grpc.unary_stream_rpc_method_handler(unary_stream, None, handler.response_serializer)
     return handler  # client-streaming shapes: thinkmesh defines none
 
 

@@ -1,4 +1,5 @@
-"""The TrainerService wiring: settings → store, Celery dispatcher → core → servicer → server."""
+"""The TrainerService wiring: settings → store, Celery dispatcher → core → servicer → server, and the round a
+stopped trainer left queued or running resumed."""
 
 from __future__ import annotations
 
@@ -34,6 +35,10 @@ async def run(**overrides: Any) -> None:
     except InvalidInput as exc:
         raise ConfigError(f"THINKMESH_TRAINER_POOL_FILE / THINKMESH_TRAINER_EVAL_DATASET: {exc}") from exc
     servicer = TrainerServicer(core)
+
+    async def resume() -> None:  # a round queued or running when the trainer last stopped goes on
+        core.resume()
+
     await serve(
         settings,
         [
@@ -42,4 +47,5 @@ async def run(**overrides: Any) -> None:
                 lambda server: trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server),
             )
         ],
+        ready=resume,
     )

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.common.errors import InvalidInput
 from services.trainer.core import TrainerCore
+from services.trainer.rounds.state import RoundRequest
 from thinkmesh.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 
+# thinkmesh.v1 has no queued state: a queued round is RUNNING, its stage "queued" until its first stage starts.
 _STATES = {
+    "queued": trainer_pb2.ROUND_STATE_RUNNING,
     "running": trainer_pb2.ROUND_STATE_RUNNING,
     "succeeded": trainer_pb2.ROUND_STATE_SUCCEEDED,
     "failed": trainer_pb2.ROUND_STATE_FAILED,
@@ -17,17 +21,31 @@ _KINDS = {common_pb2.MODEL_KIND_POLICY: "policy", common_pb2.MODEL_KIND_PPM: "pp
 _KIND_ENUM = {v: k for k, v in _KINDS.items()}
 
 
+def _kind(kind: common_pb2.ModelKind.ValueType) -> str | None:
+    """A model kind of a request: its name, or None (UNSPECIFIED: every kind). Proto3 enums are open, so a
+    number no kind has arrives as it was sent."""
+    if kind == common_pb2.MODEL_KIND_UNSPECIFIED:
+        return None
+    name = _KINDS.get(kind)
+    if name is None:
+        known = ", ".join(common_pb2.ModelKind.Name(k) for k in _KINDS)
+        raise InvalidInput(f"kind={kind} is not a model kind: {known}, or UNSPECIFIED for every kind")
+    return name
+
+
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def __init__(self, core: TrainerCore) -> None:
         self.core = core
 
     async def StartRound(self, request: trainer_pb2.StartRoundRequest, context: Any) -> trainer_pb2.StartRoundResponse:
         number = self.core.start_round(
-            request.pool_size,
-            request.rollouts,
-            request.candidates,
-            pool_file=request.pool_file,
-            eval_dataset=request.eval_dataset,
+            RoundRequest(
+                pool_size=request.pool_size,
+                rollouts=request.rollouts,
+                candidates=request.candidates,
+                pool_file=request.pool_file,
+                eval_dataset=request.eval_dataset,
+            )
         )
         return trainer_pb2.StartRoundResponse(round=number)
 
@@ -41,7 +59,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         return trainer_pb2.GetRoundResponse(
             round=state.round,
             state=_STATES[state.state],
-            stage=state.stage,
+            stage="queued" if state.state == "queued" else state.stage,
             problems_done=state.problems_done,
             problems_total=state.problems_total,
             metrics=metrics,
@@ -51,7 +69,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         )
 
     async def ListModels(self, request: trainer_pb2.ListModelsRequest, context: Any) -> trainer_pb2.ListModelsResponse:
-        listed = self.core.list_models(_KINDS.get(request.kind))
+        listed = self.core.list_models(_kind(request.kind))
         return trainer_pb2.ListModelsResponse(
             models=[
                 common_pb2.ModelInfo(

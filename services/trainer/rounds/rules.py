@@ -135,12 +135,20 @@ def held_out(question: str, fraction: float) -> bool:
 
 def regressions(before: dict[str, Any], after: dict[str, Any], gate: float) -> list[str]:
     """What dropped more than `gate` below the published models: MCTS and greedy accuracy are both watched (an
-    MCTS-only gate let an over-fitted policy through while its greedy accuracy halved)."""
+    MCTS-only gate let an over-fitted policy through while its greedy accuracy halved). A missing or non-finite
+    accuracy counts as 0: a NaN compares false with everything and would pass any gate."""
+    if not 0.0 <= gate < 1.0:
+        raise ValueError(f"a regression gate of {gate} refuses nothing: it must be in [0, 1)")
     return [
-        f"{name} accuracy {after.get(key, 0.0):.3f} < {before.get(key, 0.0):.3f}"
+        f"{name} accuracy {_accuracy(after, key):.3f} < {_accuracy(before, key):.3f}"
         for name, key in (("MCTS", "mcts_accuracy"), ("greedy", "greedy_accuracy"))
-        if after.get(key, 0.0) < before.get(key, 0.0) - gate
+        if _accuracy(after, key) < _accuracy(before, key) - gate
     ]
+
+
+def _accuracy(metrics: dict[str, Any], key: str) -> float:
+    value = metrics.get(key, 0.0)
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else 0.0
 
 
 def scaled_steps(examples: int, epochs: float, batch_size: int, least: int, most: int) -> int:

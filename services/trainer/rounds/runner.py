@@ -50,9 +50,15 @@ class RoundRunner:
         self.stop_after = stop_after  # tests: simulate a crash after this stage
 
     def run(self) -> RoundState:
-        self._ensure_baseline()
         rounds = self.context.rounds
         number = rounds.next_number()
+        try:
+            self._ensure_baseline()
+        except Exception as exc:  # recorded, so that GetRound says why a queued round never started
+            state = rounds.state(number) or RoundState(round=number, stage="")
+            state.state, state.message = "failed", f"baseline: {type(exc).__name__}: {exc}"
+            rounds.save(state)
+            raise
         state = rounds.state(number) or RoundState(round=number)
         state.state, state.message = "running", ""
         log.info("round %d: resuming at %s", number, next((s for s in STAGE_NAMES if s not in state.finished), "done"))

@@ -16,6 +16,7 @@ by `publish`.
 from __future__ import annotations
 
 import functools
+import logging
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -38,6 +39,8 @@ from services.trainer.rounds.state import Rounds, RoundState
 
 if TYPE_CHECKING:  # the evaluation's module loads the model code: the evaluate stage imports it when it runs
     from services.trainer.evaluation import OpenSandbox
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -332,7 +335,8 @@ def run_publish(context: RoundContext, state: RoundState) -> None:
     regressed = rules.regressions(previous.metrics if previous else {}, state.metrics, gate)
     if regressed:
         state.state = "rejected"
-        state.message = f"regressed past the gate ({'; '.join(regressed)}): current models kept"
+        state.message = f"regressed past the gate of {gate:g} ({'; '.join(regressed)}): current models kept"
+        log.warning("round %d rejected: %s", state.round, state.message)
     else:
         context.store.promote("policy", state.policy_version)
         context.store.promote("ppm", state.ppm_version)
