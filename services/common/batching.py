@@ -1,27 +1,111 @@
-"""Merging concurrent requests into one batch for a model.
+"""Merging concurrent requests into one batch for a model, and dropping the work no caller waits for any more.
 
 Requests that arrive within `window_s` of the first are run together by `run_batch` in one worker thread
 (torch releases the GIL in its kernels, so the event loop keeps serving). Requests are grouped by `key`: only
 requests with the same key (e.g. the same sampling parameters) share a batch. A failing batch fails only its
 own requests.
+
+A caller stops waiting when its deadline passes or when it goes away (grpc.aio cancels the handler's task). The
+one thread runs every caller's batches in turn, so work nobody waits for must stop, or it holds up every call
+queued behind it. Each request may carry a `Liveness`, read through the `liveness` function: the call's absolute
+deadline and a cancelled flag, which `submit` sets when its caller's task is cancelled (by the client, or by
+`within_deadline` when the deadline passes). A request that is already dead when its batch is about to run is
+not run; `run_batch` reads `alive()` between decoding steps or micro-batches, drops that request's rows and
+stops when none are left; a request that died while its batch ran gets DeadlineExceeded (or stays cancelled),
+never the partial result.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Hashable
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
+
+from services.common.errors import DeadlineExceeded
 
 Req = TypeVar("Req")
 Res = TypeVar("Res")
+
+# The absolute deadline (time.monotonic()) of the call being served, set by `within_deadline`. Engines read it
+# through `Liveness.of_current_call()` or `call_deadline()`; asyncio.to_thread copies it into its thread.
+_CALL_DEADLINE: ContextVar[float | None] = ContextVar("thinkmesh_call_deadline", default=None)
+
+
+def call_deadline() -> float | None:
+    """The absolute deadline (time.monotonic()) of the call being served, or None when it has none."""
+    return _CALL_DEADLINE.get()
+
+
+@asynccontextmanager
+async def within_deadline(seconds: float | None, what: str) -> AsyncIterator[None]:
+    """Runs the body under the caller's deadline, `seconds` from now (None: no deadline). A call with no time left
+    is not started; past the deadline the body is cancelled — which drops the call's rows from its batch and
+    aborts a vLLM request — and DeadlineExceeded is raised, naming `what`."""
+    if seconds is None:
+        yield
+        return
+    if seconds <= 0:
+        raise DeadlineExceeded(f"{what}: the caller's deadline had passed before the work could start")
+    token = _CALL_DEADLINE.set(time.monotonic() + seconds)
+    try:
+        async with asyncio.timeout(seconds) as timer:
+            yield
+    except TimeoutError as exc:
+        if timer.expired():
+            raise DeadlineExceeded(f"{what} did not finish within the caller's deadline of {seconds:.3g}s") from exc
+        raise
+    finally:
+        _CALL_DEADLINE.reset(token)
+
+
+@dataclass(eq=False)
+class Liveness:
+    """Whether the caller of a request still waits for its answer. Safe to read from the batch's thread."""
+
+    deadline: float | None = None  # time.monotonic(); None: no deadline
+    _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @classmethod
+    def of_current_call(cls) -> Liveness:
+        return cls(call_deadline())
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def alive(self) -> bool:
+        return not self.cancelled and not self.expired()
 
 
 @dataclass
 class _Pending(Generic[Req, Res]):
     request: Req
     future: asyncio.Future[Res]
+    liveness: Liveness | None
+
+    def wanted(self) -> bool:
+        """Whether to run (or answer) the request; a dead one's caller is told so, if it still listens."""
+        if self.future.done():
+            return False
+        if self.liveness is None or self.liveness.alive():
+            return True
+        if self.liveness.cancelled:
+            self.future.cancel()
+        else:
+            self.future.set_exception(DeadlineExceeded("the caller's deadline passed before its request was done"))
+        return False
 
 
 class MicroBatcher(Generic[Req, Res]):
@@ -31,6 +115,7 @@ class MicroBatcher(Generic[Req, Res]):
         *,
         size: Callable[[Req], int],
         key: Callable[[Req], Hashable] = lambda _: None,
+        liveness: Callable[[Req], Liveness | None] = lambda _: None,
         window_s: float = 0.005,
         max_batch: int = 64,
         name: str = "batch",
@@ -38,6 +123,7 @@ class MicroBatcher(Generic[Req, Res]):
         self._run_batch = run_batch
         self._size = size
         self._key = key
+        self._liveness = liveness
         self._window_s = window_s
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Pending[Req, Res]] | None = None
@@ -51,8 +137,15 @@ class MicroBatcher(Generic[Req, Res]):
             self._queue = asyncio.Queue()
             self._loop_task = asyncio.create_task(self._collect_and_run())
         future: asyncio.Future[Res] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(request, future))
-        return await future
+        liveness = self._liveness(request)
+        await self._queue.put(_Pending(request, future, liveness))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # The caller is gone (or its deadline passed): the batch's thread drops the request at its next check.
+            if liveness is not None:
+                liveness.cancel()
+            raise
 
     async def _collect_and_run(self) -> None:
         assert self._queue is not None
@@ -70,12 +163,16 @@ class MicroBatcher(Generic[Req, Res]):
                     break
             groups: dict[Hashable, list[_Pending[Req, Res]]] = {}
             for pending in batch:
-                if not pending.future.cancelled():
+                if pending.wanted():
                     groups.setdefault(self._key(pending.request), []).append(pending)
             for group in groups.values():
                 await self._run_group(loop, group)
 
     async def _run_group(self, loop: asyncio.AbstractEventLoop, group: list[_Pending[Req, Res]]) -> None:
+        # Groups run one after another: a request may have died while the ones before it ran.
+        group = [pending for pending in group if pending.wanted()]
+        if not group:
+            return
         try:
             results = await loop.run_in_executor(self._thread, self._run_batch, [p.request for p in group])
         except Exception as exc:
@@ -86,7 +183,7 @@ class MicroBatcher(Generic[Req, Res]):
         self.batches_run += 1
         self.requests_run += len(group)
         for pending, result in zip(group, results, strict=True):
-            if not pending.future.done():
+            if pending.wanted():  # a request that died during the run was cut short: its result is partial
                 pending.future.set_result(result)
 
     async def close(self) -> None:

@@ -10,12 +10,16 @@ models'); otherwise the engine falls back to `generate()` with stop strings.
 Sampling is the same as `generate()`'s: temperature, then nucleus (top-p) filtering, then one multinomial draw;
 a temperature of 0 is greedy. Each token's log-probability is taken from the filtered distribution it was drawn
 from (what `compute_transition_scores(normalize_logits=True)` reports).
+
+A batch may serve several callers (services.common.batching). Between tokens the loop asks whether each row's
+caller still waits (`alive`): the rows of a caller who went away or ran out of time leave the batch like finished
+ones, and the loop ends when no row is left, so an abandoned request costs at most the step in progress.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,8 +74,14 @@ def sample_candidates(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
     bf16_prefill_on_cpu: bool = False,
+    owners: Sequence[int] = (),
+    alive: Callable[[int], bool] | None = None,
 ) -> list[Sampled]:
     """counts[i] sampled continuations of left-padded prompt row i, in row order (a prompt's in a row).
+
+    `owners` names, for each of those sum(counts) rows, the request it serves (0, 1, …), and `alive(owner)` says
+    whether that request's caller still waits; its rows are dropped as soon as it does not, keeping the tokens
+    they had. Without `alive` every row runs until its stop token or the budget.
 
     Call under `torch.inference_mode()`. `bf16_prefill_on_cpu` encodes the prompts under bf16 autocast: on CPUs
     with bf16 matrix units that is faster for the prompts' long sequences, while the one-token steps after it are
@@ -80,6 +90,10 @@ def sample_candidates(
     """
     # Positions count real tokens only, so a left-padded row reads exactly as it would alone.
     positions = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
+    rows = sum(counts)
+    wanted = wanted_rows(rows, owners, alive, input_ids.device)
+    if not bool(wanted().any()):
+        return [Sampled([], 0.0) for _ in range(rows)]
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_prefill_on_cpu):
         prefill = model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True, logits_to_keep=1
@@ -94,7 +108,6 @@ def sample_candidates(
     mask = attention_mask[copies]
     next_position = mask.sum(dim=-1)
 
-    rows = copies.shape[0]
     token_ids: list[list[int]] = [[] for _ in range(rows)]
     logprobs = [0.0] * rows
     live = torch.arange(rows, device=device)  # the original row of each row still in the batch
@@ -104,7 +117,7 @@ def sample_candidates(
         for row, token, logprob in zip(live.tolist(), tokens.tolist(), token_logprobs.tolist(), strict=True):
             token_ids[row].append(token)
             logprobs[row] += logprob
-        going_on = ~torch.isin(tokens, stops)
+        going_on = ~torch.isin(tokens, stops) & wanted()[live]
         if step == max_new_tokens - 1 or not bool(going_on.any()):
             break
         if not bool(going_on.all()):
@@ -122,3 +135,22 @@ def sample_candidates(
         next_position = next_position + 1
         logits = output.logits[:, -1, :].float()
     return [Sampled(ids, logprob) for ids, logprob in zip(token_ids, logprobs, strict=True)]
+
+
+def wanted_rows(
+    rows: int, owners: Sequence[int], alive: Callable[[int], bool] | None, device: torch.device
+) -> Callable[[], torch.Tensor]:
+    """A function that tells, for each of the batch's original rows, whether its caller still waits."""
+    everyone = torch.ones(rows, dtype=torch.bool, device=device)
+    if alive is None:
+        return lambda: everyone
+    if len(owners) != rows:
+        raise ValueError(f"owners names {len(owners)} rows; the batch has {rows}")
+    owner_of_row = torch.tensor(list(owners), dtype=torch.long, device=device)
+    requests = max(owners, default=-1) + 1
+
+    def wanted() -> torch.Tensor:
+        per_request = [alive(owner) for owner in range(requests)]
+        return torch.tensor(per_request, dtype=torch.bool, device=device)[owner_of_row]
+
+    return wanted

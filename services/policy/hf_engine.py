@@ -5,27 +5,31 @@ services.common.batching): on a CPU a batch of 16 sequences costs little more wa
 where the throughput comes from. When every step marker is a single token (the embedded models) the batch runs
 in our own sampling loop (services.policy.decoding: each prompt encoded once for all its candidates, finished
 candidates leave the batch); otherwise in transformers' generate() with stop strings.
+
+Each request carries its caller's `Liveness` (services.common.batching): a request whose caller went away or ran
+out of time is not rendered, and its rows leave the batch at the next token (in generate(), they are marked
+finished), so the thread is free for the next batch within a decoding step.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
 
-from services.common.batching import MicroBatcher
+from services.common.batching import Liveness, MicroBatcher
 from services.common.devices import cpu_supports_bf16, pick_device
 from services.common.errors import InvalidInput
 from services.common.store import prompt_format_of
 from services.math import stepfmt
 from services.math.prompting import PromptRenderer
-from services.policy.decoding import sample_candidates
+from services.policy.decoding import sample_candidates, wanted_rows
 from services.policy.engine import (
     NO_ROOM,
     GeneratedStep,
@@ -42,6 +46,7 @@ log = logging.getLogger(__name__)
 class _Request:
     prompts: Sequence[StepPrompt]
     params: SamplingParams
+    liveness: Liveness = field(default_factory=Liveness)  # whether the caller still waits for the answer
 
     @property
     def sequences(self) -> int:
@@ -53,6 +58,22 @@ class _Request:
         # runs alone, and never costs the batching (one generate() call per seed would undo it).
         p = self.params
         return (p.temperature, p.top_p, p.max_new_tokens)
+
+
+class _Prompt(NamedTuple):
+    ids: tuple[int, ...]
+    n: int
+    owner: int  # the index, in its batch, of the request that asked for it
+
+
+class _StopAbandonedRows(StoppingCriteria):
+    """generate()'s counterpart of the sampling loop's check: a row whose caller stopped waiting is finished."""
+
+    def __init__(self, owners: Sequence[int], alive: Callable[[int], bool], device: str) -> None:
+        self._wanted = wanted_rows(len(owners), owners, alive, torch.device(device))
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        return ~self._wanted()  # type: ignore[return-value]
 
 
 class HFEngine:
@@ -84,6 +105,7 @@ class HFEngine:
             self._generate_group,
             size=lambda r: r.sequences,
             key=lambda r: r.batch_key(),
+            liveness=lambda r: r.liveness,
             window_s=batch_window_ms / 1000,
             max_batch=max_batch_sequences,
             name="hf-generate",
@@ -108,20 +130,33 @@ class HFEngine:
         return tuple(self.renderer.ids(prompt.question, prompt.steps))
 
     async def generate(self, prompts: Sequence[StepPrompt], params: SamplingParams) -> list[list[GeneratedStep]]:
-        return await self.batcher.submit(_Request(prompts, params))
+        return await self.batcher.submit(_Request(prompts, params, Liveness.of_current_call()))
 
     def _generate_group(self, group: list[_Request]) -> list[list[list[GeneratedStep]]]:
-        prompts = [(self.render(prompt), request.params.n) for request in group for prompt in request.prompts]
+        """Each request's candidates; a request whose caller no longer waits gets an empty (or partial) answer,
+        which the batcher never hands out."""
+
+        def alive(owner: int) -> bool:
+            return group[owner].liveness.alive()
+
+        # Rendering is the tokenizer's work: a request found dead here is never rendered.
+        rendered = [
+            [_Prompt(self.render(prompt), request.params.n, owner) for prompt in request.prompts]
+            if alive(owner)
+            else []
+            for owner, request in enumerate(group)
+        ]
+        prompts = [prompt for request in rendered for prompt in request]
         seed = next((r.params.seed for r in group if r.params.seed is not None), None)
         sample = self._sample if self._stop_ids is not None else self._sample_with_generate
         # A prompt that fills the model's context gets no token: its candidates end at the length limit, empty,
         # and the search counts the node as unfinished — the other prompts of the batch are not failed for it.
-        fits = [len(ids) < self.max_positions for ids, _ in prompts]
+        fits = [len(p.ids) < self.max_positions for p in prompts]
         fitting = [p for p, ok in zip(prompts, fits, strict=True) if ok]
-        sampled = iter(sample(fitting, group[0].params, seed) if fitting else [])
-        candidates = iter([next(sampled) if ok else [NO_ROOM] * n for (_, n), ok in zip(prompts, fits, strict=True)])
+        sampled = iter(sample(fitting, group[0].params, seed, alive) if fitting else [])
+        candidates = iter([next(sampled) if ok else [NO_ROOM] * p.n for p, ok in zip(prompts, fits, strict=True)])
         # Back from the flat prompt list to request → prompt → n candidates.
-        return [[next(candidates) for _ in request.prompts] for request in group]
+        return [[next(candidates) for _ in request] for request in rendered]
 
     def _encode(self, prompts: list[tuple[int, ...]], max_new_tokens: int) -> tuple[dict[str, torch.Tensor], int]:
         encoded = self.tokenizer.pad({"input_ids": [list(ids) for ids in prompts]}, padding=True, return_tensors="pt")
@@ -134,13 +169,18 @@ class HFEngine:
         return {name: tensor.to(self.device) for name, tensor in encoded.items()}, budget
 
     def _sample(
-        self, prompts: list[tuple[tuple[int, ...], int]], params: SamplingParams, seed: int | None
+        self, prompts: list[_Prompt], params: SamplingParams, seed: int | None, alive: Callable[[int], bool]
     ) -> list[list[GeneratedStep]]:
-        """Our own loop (services.policy.decoding): each distinct prompt encoded once, finished rows dropped."""
+        """Our own loop (services.policy.decoding): each distinct prompt encoded once, finished rows dropped, and
+        the rows of a request whose caller stopped waiting too."""
         asking: dict[tuple[int, ...], list[int]] = {}  # each distinct prompt → the indices of the prompts that are it
-        for index, (ids, _) in enumerate(prompts):
-            asking.setdefault(ids, []).append(index)
-        counts = [sum(prompts[index][1] for index in indices) for indices in asking.values()]
+        for index, prompt in enumerate(prompts):
+            asking.setdefault(prompt.ids, []).append(index)
+        counts = [sum(prompts[index].n for index in indices) for indices in asking.values()]
+        # A distinct prompt's rows go to the prompts that asked for it, in order (see the hand-out below).
+        owners = [
+            prompts[index].owner for indices in asking.values() for index in indices for _ in range(prompts[index].n)
+        ]
         encoded, budget = self._encode(list(asking), params.max_new_tokens)
         generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
         with torch.inference_mode():
@@ -155,20 +195,23 @@ class HFEngine:
                 top_p=params.top_p,
                 generator=generator,
                 bf16_prefill_on_cpu=self._autocast,
+                owners=owners,
+                alive=alive,
             )
         # A distinct prompt's rows are consecutive: hand them out, n at a time, to the prompts that asked.
         rows = iter(sampled)
         candidates: list[list[GeneratedStep]] = [[] for _ in prompts]
         for indices in asking.values():
             for index in indices:
-                candidates[index] = [self._to_step(s.token_ids, s.logprob) for s in islice(rows, prompts[index][1])]
+                candidates[index] = [self._to_step(s.token_ids, s.logprob) for s in islice(rows, prompts[index].n)]
         return candidates
 
     def _sample_with_generate(
-        self, prompts: list[tuple[tuple[int, ...], int]], params: SamplingParams, seed: int | None
+        self, prompts: list[_Prompt], params: SamplingParams, seed: int | None, alive: Callable[[int], bool]
     ) -> list[list[GeneratedStep]]:
         """transformers' generate() with stop strings: for tokenizers whose step markers span several tokens."""
-        rows_in = [ids for ids, n in prompts for _ in range(n)]
+        rows_in = [p.ids for p in prompts for _ in range(p.n)]
+        abandoned = _StopAbandonedRows([p.owner for p in prompts for _ in range(p.n)], alive, self.device)
         encoded, budget = self._encode(rows_in, params.max_new_tokens)
         if seed is not None:
             torch.manual_seed(seed)
@@ -186,6 +229,7 @@ class HFEngine:
                 output_scores=True,
                 stop_strings=list(stepfmt.STOP_STRINGS),
                 tokenizer=self.tokenizer,
+                stopping_criteria=StoppingCriteriaList([abandoned]),
                 **sampling,
             )
         prompt_length = encoded["input_ids"].shape[1]
@@ -197,7 +241,7 @@ class HFEngine:
                 ids = ids[: ids.index(self.tokenizer.pad_token_id)]
             steps.append(self._to_step(ids, float(scores[row, : len(ids)].float().sum())))
         rows = iter(steps)
-        return [[next(rows) for _ in range(n)] for _, n in prompts]
+        return [[next(rows) for _ in range(p.n)] for p in prompts]
 
     def _to_step(self, ids: list[int], logprob: float) -> GeneratedStep:
         text = str(self.tokenizer.decode(ids, skip_special_tokens=False))

@@ -64,6 +64,9 @@ async def run(**overrides: Any) -> None:
             max_prompts=settings.max_prompts,
             default_max_new_tokens=settings.default_max_new_tokens,
             max_new_tokens=settings.max_new_tokens,
+            max_prompt_chars=settings.max_prompt_chars,
+            max_request_chars=settings.max_request_chars,
+            max_temperature=settings.max_temperature,
         )
     )
     source = ModelSource(

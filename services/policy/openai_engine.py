@@ -4,19 +4,24 @@ as in the paper's bootstrap round where a large model writes the first trajector
 Uses the plain completions API (the step format is a raw prompt, not a chat), `n` samples, the step markers as
 stop strings. vLLM's server honours `include_stop_str_in_output`; for servers that drop the stop string, the
 marker is restored from `stop_reason` when given.
+
+Each HTTP call waits at most until the caller's deadline (services.common.batching.call_deadline), never the whole
+`timeout_s`: the call runs in a thread that a cancelled caller cannot stop, so the timeout is what frees it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from services.common.errors import NotReady
+from services.common.batching import call_deadline
+from services.common.errors import DeadlineExceeded, NotReady
 from services.math import stepfmt
 from services.math.prompting import few_shot_prefix
 from services.policy.engine import GeneratedStep, SamplingParams, StepEnd, StepPrompt, classify_end, cut_at_stop
@@ -37,18 +42,33 @@ class OpenAIEngine:
     def version(self) -> str:
         return f"openai:{self.model}"
 
-    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _timeout(self) -> float:
+        """Seconds an HTTP call may wait: `timeout_s`, or less when the caller's deadline comes first."""
+        deadline = call_deadline()
+        if deadline is None:
+            return self.timeout_s
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise DeadlineExceeded("the caller's deadline passed before the completions endpoint was called")
+        return min(self.timeout_s, left)
+
+    def _post(self, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         headers = {"Content-Type": "application/json"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         request = urllib.request.Request(self.url, json.dumps(body).encode(), headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
                 result: dict[str, Any] = json.loads(response.read())
                 return result
         except urllib.error.HTTPError as exc:
             raise NotReady(f"completions endpoint answered {exc.code}: {exc.read()[:300]!r}") from exc
         except (urllib.error.URLError, TimeoutError) as exc:
+            timed_out = isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError)
+            if timed_out and timeout_s < self.timeout_s:  # the wait was cut to the caller's deadline
+                raise DeadlineExceeded(
+                    f"completions endpoint {self.url} did not answer within the caller's deadline ({timeout_s:.3g}s)"
+                ) from exc
             raise NotReady(f"completions endpoint {self.url} unreachable: {exc}") from exc
 
     async def _one(self, prompt: StepPrompt, params: SamplingParams) -> list[GeneratedStep]:
@@ -65,7 +85,7 @@ class OpenAIEngine:
         }
         if params.seed is not None:
             body["seed"] = params.seed
-        reply = await asyncio.to_thread(self._post, body)
+        reply = await asyncio.to_thread(self._post, body, self._timeout())
         choices = sorted(reply.get("choices", []), key=lambda c: c.get("index", 0))
         return [self._step(choice) for choice in choices]
 

@@ -29,7 +29,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     ) -> policy_pb2.GenerateStepsResponse:
         prompts = [StepPrompt(p.question, tuple(p.steps)) for p in request.prompts]
         params = self.core.resolve(request.n, request.temperature, request.top_p, request.max_new_tokens, request.seed)
-        generation = await self.core.generate(prompts, params)
+        generation = await self.core.generate(prompts, params, timeout_s=context.time_remaining())
         return policy_pb2.GenerateStepsResponse(
             results=[
                 policy_pb2.CandidateSet(candidates=[_candidate(step) for step in candidates])

@@ -11,6 +11,15 @@ from services.common.settings import require
 
 BACKENDS = ("hf", "vllm", "openai")
 
+# Bounds on a request's text, in characters because they are checked before anything is tokenized: a 10 MB prompt
+# costs the tokenizer seconds, in the one thread every caller's batch waits for. A search prompt is a question and
+# the steps of one path, a few thousand characters; a model's whole context (4,096 tokens by default) is well
+# under 32 KiB of text. (Also the defaults of services.policy.core.Limits.)
+MAX_PROMPT_CHARS = 32 * 1024
+MAX_REQUEST_CHARS = 4 * 1024 * 1024
+# Far above any useful sampling temperature (the search samples at 0.7-1.0): beyond it the distribution is noise.
+MAX_TEMPERATURE = 10.0
+
 
 @dataclass(frozen=True)
 class PolicySettings(ServerSettings):
@@ -27,6 +36,12 @@ class PolicySettings(ServerSettings):
     default_max_new_tokens: int = 256
     # The most a request may ask for: the authors' per-step limit for real models (the rstar presets ask for it).
     max_new_tokens: int = 2048
+    # Bounds on a request's text (see MAX_PROMPT_CHARS): one prompt (question and steps) and all of a request's
+    # prompts, in characters. A prompt longer than the model's context but within the bound is answered as one with
+    # no room (empty candidates), and one above it is refused: keep the bound above the context in characters.
+    max_prompt_chars: int = MAX_PROMPT_CHARS
+    max_request_chars: int = MAX_REQUEST_CHARS
+    max_temperature: float = MAX_TEMPERATURE
     batch_window_ms: float = 5.0
     max_batch_sequences: int = 64
     # How often the store's current pointer is checked for a new version.
@@ -63,6 +78,14 @@ class PolicySettings(ServerSettings):
             "default_max_new_tokens",
             "must be between 1 and max_new_tokens",
         )
+        require(self.max_prompt_chars > 0, self, "max_prompt_chars", "must be positive")
+        require(
+            self.max_request_chars >= self.max_prompt_chars,
+            self,
+            "max_request_chars",
+            "must be at least max_prompt_chars",
+        )
+        require(0 < self.max_temperature < float("inf"), self, "max_temperature", "must be a positive number")
         require(self.batch_window_ms >= 0, self, "batch_window_ms", "must not be negative")
         require(
             self.backend != "openai" or bool(self.openai_base_url),

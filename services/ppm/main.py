@@ -41,7 +41,12 @@ async def run(**overrides: Any) -> None:
     settings = load_settings(PPMSettings, **overrides)
     configure_logging(settings.log_format, settings.log_level)
     store = ModelStore()
-    core = PPMCore(settings.max_items, settings.max_steps_per_item)
+    core = PPMCore(
+        settings.max_items,
+        settings.max_steps_per_item,
+        max_item_chars=settings.max_item_chars,
+        max_request_chars=settings.max_request_chars,
+    )
     source = ModelSource(
         core.slot,
         "ppm",

@@ -4,12 +4,17 @@ One forward pass scores every step of an item: the input is the prompt followed 
 by piece so the position of each step's last token is exact, and the value head is read there. Concurrent
 requests are merged into one padded batch (services.common.batching), in which items that differ only in their
 last step (a search node's new children) share one row (services.ppm.packing).
+
+A request's items go through the batcher as micro-batches of at most `max_batch` items, each carrying its caller's
+`Liveness`: the items of a caller who went away or ran out of time are not encoded nor scored, so an abandoned
+request costs at most the micro-batch in progress.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -17,7 +22,7 @@ from typing import Protocol
 import torch
 from transformers import AutoTokenizer
 
-from services.common.batching import MicroBatcher
+from services.common.batching import Liveness, MicroBatcher
 from services.common.devices import cpu_supports_bf16, pick_device
 from services.common.errors import InvalidInput
 from services.common.store import prompt_format_of
@@ -143,6 +148,14 @@ def score_packed(
     ]
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One item to score, and whether the caller of its request still waits (shared by the request's items)."""
+
+    item: ScoreItem
+    liveness: Liveness
+
+
 class HFScorer:
     def __init__(
         self, model_dir: Path, version: str, *, device: str = "auto", batch_window_ms: float = 5.0, max_batch: int = 32
@@ -158,8 +171,13 @@ class HFScorer:
         self.max_length = int(getattr(self.model.config, "max_position_embeddings", 4096))
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else self.tokenizer.eos_token_id or 0)
-        self.batcher: MicroBatcher[ScoreItem, list[float] | InvalidInput] = MicroBatcher(
-            self._score_batch, size=lambda _: 1, window_s=batch_window_ms / 1000, max_batch=max_batch, name="ppm"
+        self.batcher: MicroBatcher[_Job, list[float] | InvalidInput] = MicroBatcher(
+            self._score_jobs,
+            size=lambda _: 1,
+            liveness=lambda job: job.liveness,
+            window_s=batch_window_ms / 1000,
+            max_batch=max_batch,
+            name="ppm",
         )
 
     @property
@@ -167,21 +185,34 @@ class HFScorer:
         return self._version
 
     async def score(self, items: Sequence[ScoreItem]) -> list[list[float]]:
-        import asyncio
-
+        liveness = Liveness.of_current_call()
         # Each item is a batch element, so items of concurrent requests share forward passes.
-        results = await asyncio.gather(*(self.batcher.submit(item) for item in items))
+        try:
+            results = await asyncio.gather(*(self.batcher.submit(_Job(item, liveness)) for item in items))
+        except BaseException:
+            liveness.cancel()  # the request has failed or was cancelled: its items still queued need not run
+            raise
         for result in results:
             if isinstance(result, InvalidInput):
                 raise result
         return [r for r in results if not isinstance(r, InvalidInput)]
 
-    def _score_batch(self, items: list[ScoreItem]) -> list[list[float] | InvalidInput]:
+    def _score_jobs(self, jobs: list[_Job]) -> list[list[float] | InvalidInput]:
+        return self._score_batch([job.item for job in jobs], alive=lambda index: jobs[index].liveness.alive())
+
+    def _score_batch(
+        self, items: list[ScoreItem], alive: Callable[[int], bool] = lambda _: True
+    ) -> list[list[float] | InvalidInput]:
         """Scores for each item; an item that cannot be encoded gets its error, the others their scores. A path
         longer than the model reads (a deep search of a long problem) scores -1 at every step, the lowest, so the
-        search stops preferring it, instead of failing the whole batch."""
+        search stops preferring it, instead of failing the whole batch. An item whose caller no longer waits
+        (`alive(index)` false, asked before its encoding and again before the forward pass) is neither encoded nor
+        scored: it gets an empty list, which the batcher never hands out."""
         encoded: list[PackableItem | InvalidInput | list[float]] = []
-        for item in items:
+        for index, item in enumerate(items):
+            if not alive(index):
+                encoded.append([])
+                continue
             try:
                 encoded.append(encode_packable(self.renderer, item, self.max_length))
             except ItemTooLong:
@@ -189,6 +220,7 @@ class HFScorer:
                 encoded.append([-1.0] * len(item.steps))
             except InvalidInput as exc:
                 encoded.append(exc)
+        encoded = [e if not isinstance(e, PackableItem) or alive(index) else [] for index, e in enumerate(encoded)]
         valid = [e for e in encoded if isinstance(e, PackableItem)]
         scores = iter(self._forward(valid) if valid else [])
         return [next(scores) if isinstance(e, PackableItem) else e for e in encoded]

@@ -15,7 +15,7 @@ class PPMServicer(ppm_pb2_grpc.PPMServiceServicer):
 
     async def ScoreSteps(self, request: ppm_pb2.ScoreStepsRequest, context: Any) -> ppm_pb2.ScoreStepsResponse:
         items = [ScoreItem(item.question, tuple(item.steps)) for item in request.items]
-        scores = await self.core.score(items)
+        scores = await self.core.score(items, timeout_s=context.time_remaining())
         return ppm_pb2.ScoreStepsResponse(
             results=[ppm_pb2.StepScores(scores=row) for row in scores.results], model_version=scores.model_version
         )

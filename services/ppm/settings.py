@@ -9,6 +9,13 @@ from services.common.hot_reload import RELOADS, Reload, ReloadMode, resolve_relo
 from services.common.server import ServerSettings
 from services.common.settings import require
 
+# Bounds on a request's text, in characters because they are checked before anything is tokenized: a 10 MB item
+# costs the tokenizer seconds, in the one thread every caller's micro-batch waits for. An item is a question and
+# the steps of one search path, a few thousand characters; a model's whole context (4,096 tokens by default) is
+# well under 32 KiB of text. (Also the defaults of services.ppm.core.PPMCore.)
+MAX_ITEM_CHARS = 32 * 1024
+MAX_REQUEST_CHARS = 4 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class PPMSettings(ServerSettings):
@@ -20,6 +27,11 @@ class PPMSettings(ServerSettings):
     device: str = "auto"
     max_items: int = 512
     max_steps_per_item: int = 64
+    # Bounds on a request's text (see MAX_ITEM_CHARS): one item (question and steps) and all of a request's items,
+    # in characters. An item longer than the model reads but within the bound scores -1 at every step, and one above
+    # it is refused: keep the bound above the model's context in characters.
+    max_item_chars: int = MAX_ITEM_CHARS
+    max_request_chars: int = MAX_REQUEST_CHARS
     batch_window_ms: float = 5.0
     max_batch_items: int = 32
     reload_interval_s: float = 5.0
@@ -36,4 +48,8 @@ class PPMSettings(ServerSettings):
         super().validate()
         require(self.reload in RELOADS, self, "reload", f"must be one of {', '.join(RELOADS)}")
         require(self.max_items > 0, self, "max_items", "must be positive")
+        require(self.max_item_chars > 0, self, "max_item_chars", "must be positive")
+        require(
+            self.max_request_chars >= self.max_item_chars, self, "max_request_chars", "must be at least max_item_chars"
+        )
         require(self.max_batch_items > 0, self, "max_batch_items", "must be positive")
