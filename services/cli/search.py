@@ -35,12 +35,15 @@ def _up(args: argparse.Namespace) -> int:
     try:
         address = stack.start()
         print(f"search listening on {address}", flush=True)
-        signal.pause()
+        signal.pause()  # the supervisor restarts what dies; Ctrl-C, SIGTERM or a child that keeps dying end it
     except KeyboardInterrupt:
         pass
     finally:
         print("stopping every service", file=sys.stderr, flush=True)
         stack.stop()
+    if stack.failure:
+        print(f"thinkmesh up: {stack.failure}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

@@ -141,10 +141,14 @@ def _evolve(args: argparse.Namespace) -> int:
         print(markdown_table(rounds.states()))
         print(f"report: {store.root / 'rounds' / 'report.md'}, plot: {store.root / 'rounds' / 'progress.png'}")
     except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume the round", file=sys.stderr)
-        return 130
+        if not stack.failure:
+            print("interrupted: run the same command again to resume the round", file=sys.stderr)
+            return 130
     finally:
         stack.stop()
+    if stack.failure:  # a service kept dying: the supervisor stopped the round
+        print(f"thinkmesh evolve: {stack.failure}; run the same command again to resume", file=sys.stderr)
+        return 1
     return 0
 
 

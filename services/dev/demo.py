@@ -126,8 +126,8 @@ def main() -> int:
         say(f"solving {len(problems)} unseen problems through SearchService.Solve ({ROLLOUTS} rollouts each)")
         replies = asyncio.run(solve_all(address, problems))
     except KeyboardInterrupt:
-        say("interrupted")
-        return 130
+        say(stack.failure or "interrupted")  # the supervisor's reason when a service kept dying
+        return 1 if stack.failure else 130
     finally:
         stack.stop()
         say("every service stopped")

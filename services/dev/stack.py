@@ -2,8 +2,14 @@
 
 Each process is started in a process group of its own, so stopping the stack (Ctrl-C, SIGTERM, or leaving the
 `with` block) ends everything it started — the sandbox's zygote and its children included — and nothing is
-left behind. Services bind port 0 and announce their port on their first line; the stack wires the worker and
-the SearchService to those ports.
+left behind; newest first, so the worker stops before the services it calls. Services bind port 0 and announce
+their port on their first line; the stack wires the worker and the SearchService to those ports.
+
+Once started, the children are supervised (services/dev/supervisor.py): a child that dies is reaped, said loudly
+and restarted on the same port after a backoff (a dead worker's unacknowledged tasks are put back in the queue
+first, so they run again at once instead of after the broker's visibility timeout); one that keeps dying stops
+the stack, and the command exits non-zero. Every child also gets SIGTERM from Linux when the stack's process dies
+without stopping it (SIGKILL, a crash): services/dev/die_with_parent.py.
 """
 
 from __future__ import annotations
@@ -14,12 +20,15 @@ import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.common.settings import load_settings
+from services.dev import die_with_parent
+from services.dev.supervisor import Child, RestartPolicy, Supervisor
 from services.trainer.settings import TrainerSettings
 
 THINKMESH = [sys.executable, "-m", "services.cli"]
@@ -42,7 +51,12 @@ def _interrupt(signum: int, frame: object) -> None:
 
 @contextlib.contextmanager
 def _interrupts_deferred(*, discard: bool = False) -> Iterator[None]:
-    """Interrupts inside the block wait for its end (`discard`: are dropped, e.g. a second Ctrl-C while stopping)."""
+    """Interrupts inside the block wait for its end (`discard`: are dropped, e.g. a second Ctrl-C while stopping).
+
+    Only the main thread gets interrupts; another thread (the supervisor) must not raise the main thread's."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     _Interrupts.deferred += 1
     try:
         yield
@@ -64,18 +78,15 @@ def interrupt_on_sigterm() -> None:
 
 
 @dataclass
-class Child:
-    name: str
-    process: subprocess.Popen[bytes]
-    address: str = ""
-
-
-@dataclass
 class LocalStack:
     state_dir: Path  # store, broker, logs
     env: Mapping[str, str] = field(default_factory=dict)
     announce: Callable[[str], None] = lambda line: None
     children: list[Child] = field(default_factory=list)
+    restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
+    # Why the supervisor stopped the stack ("" while it runs): the command then exits non-zero.
+    failure: str = ""
+    _supervisor: Supervisor | None = None
 
     @property
     def store(self) -> Path:
@@ -101,18 +112,85 @@ class LocalStack:
         env.update(self.env)
         return env
 
-    def _spawn(self, name: str, argv: list[str], env: Mapping[str, str], *, listens: bool) -> Child:
-        log = open(self.state_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - kept open by the child
-        with _interrupts_deferred():
-            process = subprocess.Popen(
-                argv, stdout=subprocess.PIPE if listens else log, stderr=log, env=dict(env), start_new_session=True
+    def _log(self, name: str) -> Path:
+        return self.state_dir / "logs" / f"{name}.log"
+
+    def _popen(self, name: str, argv: list[str], env: Mapping[str, str], *, pipe: bool) -> subprocess.Popen[bytes]:
+        with open(self._log(name), "ab") as log:  # the child holds its own copy
+            return subprocess.Popen(
+                die_with_parent.command(argv),
+                stdout=subprocess.PIPE if pipe else log,
+                stderr=log,
+                env=dict(env),
+                start_new_session=True,
             )
-            child = Child(name, process)
+
+    def _spawn(
+        self,
+        name: str,
+        argv: list[str],
+        env: Mapping[str, str],
+        *,
+        listens: bool,
+        before_restart: Callable[[], None] | None = None,
+    ) -> Child:
+        with _interrupts_deferred():
+            process = self._popen(name, argv, env, pipe=listens)
+            child = Child(name, process, argv=list(argv), env=dict(env), listens=listens, before_restart=before_restart)
             self.children.append(child)
         if listens:
             child.address = self._first_line(child, timeout=300).removeprefix("listening on ")
             self.announce(f"{name} listening on {child.address}")
+        child.supervised = True
         return child
+
+    def _restart(self, child: Child) -> None:
+        """The supervisor's restart: the same command and environment, a listening child on the port it had."""
+        _signal_group(child.process, signal.SIGKILL)  # what the dead child started (its group) goes with it
+        if child.before_restart is not None:
+            try:
+                child.before_restart()
+            except Exception as exc:  # the restart matters more; the broker's visibility timeout still applies
+                self.announce(f"!! before restarting {child.name}: {exc!r}")
+        argv = _same_port(child.argv, child.address) if child.listens else child.argv
+        if child.process.stdout is not None:
+            child.process.stdout.close()
+        # Its first line goes to its log: the address is known already.
+        child.process = self._popen(child.name, argv, child.env, pipe=False)
+
+    def _requeue_worker_tasks(self, env: Mapping[str, str]) -> Callable[[], None]:
+        """Put the tasks a dead worker took back in the queue. The stack's broker is its own and the worker its
+        only consumer, so whatever is unacknowledged when no worker runs belongs to a dead one."""
+        from services.search.celery_app import restore_unacknowledged
+        from services.search.settings import CelerySettings
+
+        broker_url = env["THINKMESH_SEARCH_BROKER_URL"]
+
+        def requeue() -> None:
+            if not broker_url.startswith(("sqla+", "sqlalchemy+")):
+                return  # Redis: redelivered after its visibility timeout
+            restored = restore_unacknowledged(CelerySettings(broker_url=broker_url))
+            if restored:
+                self.announce(f"!! {restored} unfinished task(s) of a dead worker put back in the queue")
+
+        return requeue
+
+    def _supervise(self) -> None:
+        if self._supervisor is None:
+            self._supervisor = Supervisor(
+                self.children,
+                restart=self._restart,
+                give_up=self._give_up,
+                announce=self.announce,
+                policy=self.restart_policy,
+                logs=lambda child: f" — see {self._log(child.name)}",
+            )
+            self._supervisor.start()
+
+    def _give_up(self, reason: str) -> None:
+        """A child died too often: the main thread is interrupted as by Ctrl-C, and its `finally: stop()` runs."""
+        self.failure = reason
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
 
     @staticmethod
     def _first_line(child: Child, timeout: float) -> str:
@@ -142,11 +220,12 @@ class LocalStack:
             THINKMESH_SEARCH_POLICY_TARGET=policy.address,
             THINKMESH_SEARCH_PPM_TARGET=ppm.address,
         )
-        self._spawn("worker", [*THINKMESH, "worker"], env, listens=False)
-        if not with_search:
-            return ""
-        search = self._spawn("search", [*serve, "search", "--port", "0"], env, listens=True)
-        return search.address
+        requeue = self._requeue_worker_tasks(env)
+        requeue()  # tasks a previous run's worker took with it when it was killed
+        self._spawn("worker", [*THINKMESH, "worker"], env, listens=False, before_restart=requeue)
+        search = self._spawn("search", [*serve, "search", "--port", "0"], env, listens=True) if with_search else None
+        self._supervise()
+        return search.address if search is not None else ""
 
     def start_teacher(self, target: str, *, model: str = "", few_shot: int = 2) -> str:
         """A teacher PolicyService for a first round; returns its address. `target`: an OpenAI-compatible
@@ -172,19 +251,25 @@ class LocalStack:
         return next(child.address for child in self.children if child.name == name)
 
     def stop(self, grace: float = 25.0) -> None:
-        """SIGTERM every process group (newest first), then SIGKILL whatever is left after `grace` seconds.
+        """Stop supervising, then stop each child in turn, newest first (the SearchService, the worker, then the
+        services it calls): SIGTERM its process group and wait for it; SIGKILL the group once `grace` seconds have
+        gone by in all (a child reached after that gets 1 s). Every child is reaped.
 
         Another Ctrl-C or SIGTERM meanwhile does not cut this short: `grace` bounds it."""
         with _interrupts_deferred(discard=True):
+            if self._supervisor is not None:
+                self._supervisor.stop()  # first: nothing is restarted while it stops
+                self._supervisor = None
             self._stop(grace)
 
     def _stop(self, grace: float) -> None:
-        for child in reversed(self.children):
-            _signal_group(child.process, signal.SIGTERM)
         deadline = time.monotonic() + grace
         for child in reversed(self.children):
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            _signal_group(child.process, signal.SIGTERM)
+            try:
+                child.process.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.announce(f"{child.name} (pid {child.process.pid}) did not stop in time: killed")
             _signal_group(child.process, signal.SIGKILL)  # the group may hold grandchildren
             if child.process.poll() is None:
                 child.process.wait()
@@ -197,6 +282,15 @@ class LocalStack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _same_port(argv: list[str], address: str) -> list[str]:
+    """`argv` with its `--port` set to the port of `address`, so that whoever was given the address finds the
+    restarted service there."""
+    if "--port" not in argv or not address:
+        return argv
+    at = argv.index("--port") + 1
+    return [*argv[:at], address.rsplit(":", 1)[1], *argv[at + 1 :]]
 
 
 def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:

@@ -28,8 +28,9 @@ class CelerySettings:
 
     broker_url: str = "sqla+sqlite:///.thinkmesh/celery-broker.sqlite"
     result_backend: str = "db+sqlite:///.thinkmesh/celery-results.sqlite"
-    # Redis: a task whose worker died unacknowledged is redelivered after this long. Keep it above the longest
-    # search (default_deadline_s) so a slow task is never run twice.
+    # Redis and the embedded sqla+ broker alike: a task whose worker died unacknowledged is redelivered after this
+    # long. Keep it above the longest search (default_deadline_s) so a slow task is never run twice. (The local
+    # stack does not wait: it puts its dead worker's tasks back before restarting it, services/dev/supervisor.py.)
     visibility_timeout_s: int = 900
     # TLS to a rediss:// broker and result backend: the CA that signed Redis's certificate (unset: the system's
     # CAs), and the client certificate and key that a Redis with `tls-auth-clients yes` demands.
