@@ -16,7 +16,13 @@ import tempfile
 from pathlib import Path
 
 # In the order `thinkmesh bench --help` lists them; None: the policy and PPM areas below.
-BENCH_MODULES = ("services.sandbox.bench", "services.math.grading_bench", None, "services.search.eval.bench")
+BENCH_MODULES = (
+    "services.sandbox.bench",
+    "services.math.grading_bench",
+    None,
+    "services.search.eval.bench",
+    "services.dev.chaos",
+)
 
 
 def _models(args: argparse.Namespace) -> int:
