@@ -8,6 +8,7 @@ from services.common.logs import configure_logging
 from services.common.server import Service, serve, service_name
 from services.common.settings import load_settings
 from services.search.celery_app import make_celery
+from services.search.heartbeats import WorkerWatch, heartbeats_for
 from services.search.service.core import SearchCore
 from services.search.service.servicer import SearchServicer
 from services.search.settings import SearchSettings
@@ -17,7 +18,12 @@ from thinkmesh.v1 import search_pb2, search_pb2_grpc
 async def run(**overrides: Any) -> None:
     settings = load_settings(SearchSettings, **overrides)
     configure_logging(settings.log_format, settings.log_level)
-    servicer = SearchServicer(SearchCore(settings, make_celery(settings.celery)))
+    app = make_celery(settings.celery)
+    servicer = SearchServicer(SearchCore(settings, app))
+    # SERVING only while some worker's heartbeat is fresh (none at all: NOT_SERVING until one beats); a result
+    # backend without a heartbeat store leaves health untied to the workers.
+    heartbeats = heartbeats_for(app, settings.health_stale_s)
+    watch = None if heartbeats is None else WorkerWatch(heartbeats, settings.health_stale_s)
     await serve(
         settings,
         [
@@ -26,4 +32,7 @@ async def run(**overrides: Any) -> None:
                 lambda server: search_pb2_grpc.add_SearchServiceServicer_to_server(servicer, server),
             )
         ],
+        ready=None if watch is None else watch.ready,
+        on_stop=None if watch is None else watch.stop,
+        health=None if watch is None else watch.attach,
     )

@@ -10,6 +10,8 @@
   next turn. Either way a beat proves the loop that takes tasks from the broker turned, not just that some
   thread is alive. Celery's own heartbeat_sent signal is no substitute: it fires only while task events are
   enabled (`-E`), which this worker does not do.
+- The beat also writes the worker's heartbeat to the result backend (`services/search/heartbeats.py`, a few
+  seconds apart at most), whether or not the probe endpoint is on: the SearchService's health reads it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from celery.signals import worker_ready, worker_shutting_down
 
 from services.common.errors import ConfigError
 from services.common.settings import env_name
+from services.search.heartbeats import BeatWriter, Heartbeats, heartbeats_for, interval_s
 from services.search.settings import SearchSettings
 from services.search.worker.health import WorkerHealth
 from services.search.worker.health_http import HealthServer
@@ -29,8 +32,9 @@ from services.search.worker.health_http import HealthServer
 log = logging.getLogger(__name__)
 
 
-def consumer_step(health: WorkerHealth) -> type[bootsteps.StartStopStep]:
-    """A consumer bootstep class bound to `health` (Celery instantiates steps itself)."""
+def consumer_step(health: WorkerHealth, heartbeats: Heartbeats | None = None) -> type[bootsteps.StartStopStep]:
+    """A consumer bootstep class bound to `health` and, when given, the `heartbeats` store (Celery instantiates
+    steps itself)."""
 
     class WorkerHealthStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery ships no types
         name = "thinkmesh.worker_health"
@@ -42,7 +46,14 @@ def consumer_step(health: WorkerHealth) -> type[bootsteps.StartStopStep]:
 
         def start(self, c: Any) -> None:
             health.connected()
-            self._beats = c.timer.call_repeatedly(health.beat_interval_s, c.call_soon, (health.beat,))
+            write = None if heartbeats is None else BeatWriter(heartbeats, c.hostname, interval_s(health.stale_after_s))
+
+            def beat() -> None:
+                health.beat()
+                if write is not None:
+                    write()
+
+            self._beats = c.timer.call_repeatedly(health.beat_interval_s, c.call_soon, (beat,))
 
         def stop(self, c: Any) -> None:
             health.disconnected()
@@ -56,16 +67,20 @@ def consumer_step(health: WorkerHealth) -> type[bootsteps.StartStopStep]:
 
 
 def serve_health(app: Celery, settings: SearchSettings) -> HealthServer | None:
-    """With `health_port` set: /livez and /readyz on `host` (the metrics endpoint's), fed by `app`'s worker."""
-    if settings.health_port == 0:
-        return None
+    """Heartbeats in `app`'s result backend (for the SearchService's health) and, with `health_port` set, /livez
+    and /readyz on `host` (the metrics endpoint's), all fed by `app`'s worker."""
     health = WorkerHealth(settings.health_stale_s)
+    heartbeats = heartbeats_for(app, settings.health_stale_s)
+    if settings.health_port == 0:
+        if heartbeats is not None:
+            app.steps["consumer"].add(consumer_step(health, heartbeats))
+        return None
     try:
         server = HealthServer(health, settings.host, settings.health_port)
     except OSError as exc:
         variable = env_name(settings.SERVICE, "health_port")
         raise ConfigError(f"{variable}: cannot listen on {settings.host}:{settings.health_port}: {exc}") from exc
-    app.steps["consumer"].add(consumer_step(health))
+    app.steps["consumer"].add(consumer_step(health, heartbeats))
 
     def on_ready(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is app:

@@ -29,7 +29,7 @@ def run_worker(concurrency: int | None = None, queues: str | None = None) -> int
     start_metrics(settings)  # batch sizes and stage times of the searches this worker runs
     app = make_celery(settings.celery)
     register_tasks(app)
-    serve_health(app, settings)  # /livez and /readyz for the chart's probes, when health_port is set
+    serve_health(app, settings)  # heartbeats for the SearchService's health; /livez, /readyz when health_port is set
     # The runtime (built by the first task) holds gRPC channels and the grader's processes: close them on the way out.
     worker_shutdown.connect(_close_runtime, weak=False)
     argv = [

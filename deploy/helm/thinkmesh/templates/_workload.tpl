@@ -23,6 +23,8 @@ is reloading or draining is unready, not dead. */}}
 {{- define "thinkmesh.probe" -}}
 {{- $c := index .root.Values .name }}
 {{- $p := index $c.probes .probe | default dict }}
+{{- /* The search is ready only while a worker beats (its health follows them); started once it answers. */}}
+{{- $live := or (eq .probe "liveness") (and (eq .probe "startup") (eq .name "search")) }}
 {{- if or $p.exec $p.grpc $p.httpGet $p.tcpSocket }}
 {{- toYaml $p }}
 {{- else if and (eq .name "worker") $p }}
@@ -42,13 +44,13 @@ exec:
     - {{ printf "127.0.0.1:%d" (int $c.service.port) | quote }}
     - {{ include "thinkmesh.serviceHost" . | quote }}
     - {{ default 1 $p.timeoutSeconds | toString | quote }}
-    {{- if eq .probe "liveness" }}
+    {{- if $live }}
     - thinkmesh.liveness
     {{- end }}
 {{- else }}
 grpc:
   port: {{ $c.service.port }}
-  {{- if eq .probe "liveness" }}
+  {{- if $live }}
   service: thinkmesh.liveness
   {{- end }}
 {{- end }}
