@@ -137,12 +137,14 @@ class SolveTask:
 
 @dataclass(frozen=True)
 class SolveProgress:
-    """What a running search reports, at most twice a second."""
+    """What a running search reports, at most twice a second: the SearchService streams it (SolveStream) and, when
+    the result itself is late, answers with its best so far."""
 
     rollouts_done: int
     rollouts_total: int
     best_answer: str = ""
     best_score: float = 0.0
+    best_solution: str = ""  # the trajectory of the best answer
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -166,10 +168,17 @@ class SolveResult:
     policy_version: str = ""
     ppm_version: str = ""
     stopped_early: bool = False  # the deadline passed or the search was cancelled before the rollouts were spent
-    run: Mapping[str, Any] = field(default_factory=dict)  # the orchestrator's RunStats: calls, items, seconds
+    # The orchestrator's RunStats (calls, items, seconds); empty when no search ran: a task that reached its worker
+    # after its stop time is dropped unsearched.
+    run: Mapping[str, Any] = field(default_factory=dict)
     trees: tuple[Mapping[str, Any], ...] | None = None  # Tree.to_json() of each search, when the task asked
     job: str = ""  # as the task named them, when the result is kept
     problem_id: str = ""
+
+    @property
+    def searched(self) -> bool:
+        """Whether a search ran (see `run`)."""
+        return bool(self.run)
 
     def without_trees(self) -> SolveResult:
         """What travels through the result backend: the trees stay in the store."""

@@ -1,14 +1,20 @@
 """The SearchService's core: validates a Solve, sends it to the workers as a Celery task, follows it.
 
-It knows nothing of gRPC. Deadlines: the search is told to stop a little before the caller's deadline, so the
-best answer found so far arrives in time. A caller that goes away cancels its search.
+It knows nothing of gRPC. Deadlines: every Solve has one, the caller's or at most the server's
+`default_deadline_s`. The task carries an absolute stop time a margin before it, where the worker stops searching
+(even in the middle of a tick) and answers with its best so far; this core waits until just before the deadline
+and then answers with what it has: the worker's result, else the best answer the worker last published as
+progress, else an empty answer (stopped early). Only a Solve whose search never began — no worker took it before
+its stop time — is DEADLINE_EXCEEDED. A caller that goes away cancels its search.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -16,19 +22,35 @@ from celery import Celery
 
 from services.common.errors import DeadlineExceeded, InvalidInput, Overloaded, ThinkmeshError
 from services.search.cancellation import CancelRequests
-from services.search.protocol import SOLVE, SolveProgress, SolveResult, SolveTask
+from services.search.protocol import SOLVE, STAT_NAMES, SolveProgress, SolveResult, SolveTask
 from services.search.settings import SearchSettings
 
+log = logging.getLogger(__name__)
+
 # Time kept back from the caller's deadline for the result's way back: a share of it, at least a second (the worker
-# looks at its deadline between ticks, and one tick on a busy CPU can take most of a second), at most half of it.
+# stops at its stop time even in the middle of a tick, but its result still goes through the result backend, and
+# on a busy CPU that can take most of a second), at most half of it.
 _RESULT_MARGIN = 0.15
 _RESULT_MARGIN_MIN_S = 1.0
+# This core answers this long before the caller's deadline (at most a quarter of the time), with whatever it has
+# by then: the gRPC reply itself must still arrive in time.
+_REPLY_S = 0.25
 _MIN_BUDGET_S = 0.15  # less than this is refused outright
 _POLL_S = 0.05
+_POLL_MAX_S = 0.5  # the result of a search that ends early is late by at most this
+_READERS = 4
+# The longest a reference answer may be (characters). A reference is a final answer ("42", "\frac{3}{4}"), not a
+# solution; unbounded, it went onto the queue whatever its size. To become SearchSettings.max_reference_chars.
+MAX_REFERENCE_CHARS = 1_000
 
 
 def _search_time(budget: float) -> float:
     return budget - min(max(budget * _RESULT_MARGIN, _RESULT_MARGIN_MIN_S), budget / 2)
+
+
+def _answer_time(budget: float) -> float:
+    """When this core answers with what it has, from the start of a Solve with `budget` seconds."""
+    return budget - min(_REPLY_S, budget / 4)
 
 
 @dataclass(frozen=True)
@@ -51,6 +73,8 @@ class SearchCore:
         self.app = app
         self._cancels = CancelRequests(app)
         self._running = 0
+        self._reads = asyncio.Semaphore(_READERS)  # reads of the result backend at once
+        self._cancelling: set[asyncio.Task[None]] = set()
 
     def check(self, request: SolveRequest) -> SolveTask:
         """The task for a valid request. The Solve knobs a request leaves at 0 take this service's settings (the
@@ -58,8 +82,12 @@ class SearchCore:
         s = self.settings
         if not request.problem.strip():
             raise InvalidInput("problem is empty")
-        if len(request.problem) > s.max_problem_chars:
-            raise InvalidInput(f"problem is {len(request.problem)} characters; the maximum is {s.max_problem_chars}")
+        for name, text, most in (
+            ("problem", request.problem, s.max_problem_chars),
+            ("reference_answer", request.reference_answer, MAX_REFERENCE_CHARS),
+        ):
+            if len(text) > most:
+                raise InvalidInput(f"{name} is {len(text)} characters; the maximum is {most}")
         for name, value, limit in (
             ("rollouts", request.rollouts, s.max_rollouts),
             ("candidates", request.candidates, s.max_candidates),
@@ -79,8 +107,9 @@ class SearchCore:
 
     async def follow(
         self, request: SolveRequest, time_left: float | None
-    ) -> AsyncIterator[SolveProgress | SolveResult]:
-        """Progress events while the search runs, then its result."""
+    ) -> AsyncGenerator[SolveProgress | SolveResult, None]:
+        """Progress events while the search runs, then its result: by the Solve's deadline (the caller's, at most
+        the server's default), the best found so far."""
         task = self.check(request)
         if self._running >= self.settings.max_concurrent_solves:
             raise Overloaded(
@@ -91,35 +120,100 @@ class SearchCore:
         )
         if budget <= _MIN_BUDGET_S:
             raise DeadlineExceeded("the deadline leaves no time to search")
+        started = time.monotonic()
+        answer_by = started + _answer_time(budget)
         # No job: an online Solve's result comes back through the result backend and is not kept on the store.
         task = replace(task, deadline=time.time() + _search_time(budget))
         self._running += 1
-        result = self.app.send_task(SOLVE, args=[task.to_json()])
+        try:
+            # Off the event loop: on the embedded broker a send waits for SQLite's lock, and every other Solve with it.
+            result = await asyncio.to_thread(self.app.send_task, SOLVE, args=[task.to_json()])
+        except BaseException:
+            self._running -= 1
+            raise
         finished = False
         try:
-            last: Any = None
+            state, last = "PENDING", None
+            best: SolveProgress | None = None
             while True:
                 # One read of the task's record: its state and its payload must belong together.
-                meta = await asyncio.to_thread(result.backend.get_task_meta, result.id)
-                state, info = meta["status"], meta["result"]
-                if state == "SUCCESS":
-                    finished = True
-                    yield SolveResult.from_json(info)
+                meta = await self._read(result, answer_by)
+                if meta is not None:
+                    state, info = meta["status"], meta["result"]
+                    if state == "SUCCESS":
+                        finished = True
+                        yield _searched(SolveResult.from_json(info))
+                        return
+                    if state in ("FAILURE", "REVOKED"):
+                        finished = True
+                        raise SearchFailed(f"search failed: {type(info).__name__}: {info}"[:500])
+                    if state == "PROGRESS" and info != last:
+                        last = info
+                        best = SolveProgress.from_json(info)
+                        yield best
+                left = answer_by - time.monotonic()
+                if left <= 0:  # the result is late: answer with the best the worker published
+                    yield _late_answer(state, best, time.monotonic() - started)
                     return
-                if state in ("FAILURE", "REVOKED"):
-                    finished = True
-                    raise SearchFailed(f"search failed: {type(info).__name__}: {info}"[:500])
-                if state == "PROGRESS" and info != last:
-                    last = info
-                    yield SolveProgress.from_json(info)
-                await asyncio.sleep(_POLL_S)
+                await asyncio.sleep(min(self._poll_interval(), left))
         finally:
             self._running -= 1
-            if not finished:  # the caller went away or gave up: stop the search
-                await asyncio.to_thread(self._cancels.request, result.id)
+            if not finished:  # the caller went away, or the result is late: stop the search (without waiting)
+                self._cancel(result.id)
+
+    def _poll_interval(self) -> float:
+        """Between two reads of one Solve's task: the more Solves run, the less often each reads, so the result
+        backend serves about as many reads a second however many there are (the embedded one is SQLite, and the
+        worker's progress writes wait for its readers)."""
+        return min(_POLL_S * max(1.0, self._running / _READERS), _POLL_MAX_S)
+
+    async def _read(self, result: Any, answer_by: float) -> dict[str, Any] | None:
+        """The task's record, or None when the result backend has not answered by `answer_by`."""
+        try:
+            async with asyncio.timeout(max(0.0, answer_by - time.monotonic())), self._reads:
+                meta: dict[str, Any] = await asyncio.to_thread(result.backend.get_task_meta, result.id)
+        except TimeoutError:
+            return None
+        return meta
+
+    def _cancel(self, task_id: str) -> None:
+        """Raise the task's cancel flag in the background: the answer does not wait for it."""
+        cancelling = asyncio.create_task(asyncio.to_thread(self._cancels.request, task_id))
+        self._cancelling.add(cancelling)
+        cancelling.add_done_callback(self._cancelled)
+
+    def _cancelled(self, cancelling: asyncio.Task[None]) -> None:
+        self._cancelling.discard(cancelling)
+        if not cancelling.cancelled() and cancelling.exception() is not None:
+            log.warning("could not cancel a search", exc_info=cancelling.exception())
 
     async def solve(self, request: SolveRequest, time_left: float | None) -> SolveResult:
-        async for event in self.follow(request, time_left):
-            if isinstance(event, SolveResult):
-                return event
+        async with contextlib.aclosing(self.follow(request, time_left)) as events:
+            async for event in events:
+                if isinstance(event, SolveResult):
+                    return event
         raise SearchFailed("the search ended without a result")
+
+
+def _late_answer(state: str, progress: SolveProgress | None, elapsed: float) -> SolveResult:
+    """What a Solve whose result is late answers: the best its worker published (an empty answer if it had found
+    none yet); DEADLINE_EXCEEDED when no worker had begun the search."""
+    if state == "PENDING":
+        raise DeadlineExceeded("no answer by the deadline: no worker had begun the search (none was free)")
+    rollouts = progress.rollouts_done if progress is not None else 0
+    return SolveResult(
+        answer=progress.best_answer if progress is not None else "",
+        solution=progress.best_solution if progress is not None else "",
+        score=progress.best_score if progress is not None else 0.0,
+        stats={**dict.fromkeys(STAT_NAMES, 0), "rollouts": rollouts, "wall_ms": int(elapsed * 1000)},
+        stopped_early=True,
+    )
+
+
+def _searched(result: SolveResult) -> SolveResult:
+    """The worker's result; DEADLINE_EXCEEDED when it dropped the task (it arrived after its stop time)."""
+    if not result.searched:
+        raise DeadlineExceeded(
+            "no answer by the deadline: the search reached a worker only after its stop time (none was free)"
+        )
+    return result

@@ -9,7 +9,9 @@ processes and the loop's thread.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +29,11 @@ from services.search.grader import ProcessGrader
 from services.search.protocol import SolveProgress, SolveResult, SolveTask
 from services.search.settings import SearchSettings
 from services.search.worker.clients import GrpcGenerator, GrpcRunner, GrpcScorer
+
+log = logging.getLogger(__name__)
+
+# How often a running search publishes its progress and looks at its cancel flag.
+REPORT_S = 0.5
 
 
 def search_config(task: SolveTask, defaults: SearchConfig) -> SearchConfig:
@@ -79,6 +86,12 @@ def summarise(trees: list[Tree], stats: RunStats, method: Method, *, include_tre
         run=stats.as_dict(),
         trees=tuple(t.to_json() for t in trees) if include_trees else None,
     )
+
+
+class _Latest:
+    """The latest progress of one search: written on the loop's thread, read on its task's."""
+
+    progress: SolveProgress | None = None
 
 
 class WorkerRuntime:
@@ -164,15 +177,30 @@ class WorkerRuntime:
         progress: Callable[[SolveProgress], None] | None = None,
         is_cancelled: Callable[[], bool] | None = None,
     ) -> SolveResult:
-        """Blocking (called from a Celery thread): search one problem on the shared loop."""
-        return asyncio.run_coroutine_threadsafe(self._solve(task, progress, is_cancelled), self.loop).result()
+        """Blocking (called from a Celery thread): search one problem on the shared loop.
 
-    async def _solve(
-        self,
-        task: SolveTask,
-        progress: Callable[[SolveProgress], None] | None,
-        is_cancelled: Callable[[], bool] | None,
-    ) -> SolveResult:
+        This thread, not the loop's, talks to the result backend: every REPORT_S it publishes the search's latest
+        progress (its best answer so far: what the SearchService answers with if the result itself comes late) and
+        looks at the cancel flag. A slow backend then delays one task's reports, never every task's ticks."""
+        cancelled = asyncio.Event()  # set on the loop's thread only
+        latest = _Latest()
+        future = asyncio.run_coroutine_threadsafe(self._solve(task, cancelled, latest), self.loop)
+        published: SolveProgress | None = None
+        while True:
+            concurrent.futures.wait([future], timeout=REPORT_S)
+            if future.done():
+                return future.result()
+            try:
+                if is_cancelled is not None and is_cancelled():
+                    self.loop.call_soon_threadsafe(cancelled.set)
+                report = latest.progress
+                if progress is not None and report is not None and report != published:
+                    progress(report)
+                    published = report
+            except Exception:  # the result backend is down: the search goes on and stops at its deadline
+                log.warning("could not report the progress of a search or read its cancel flag", exc_info=True)
+
+    async def _solve(self, task: SolveTask, cancelled: asyncio.Event, latest: _Latest) -> SolveResult:
         task = task.with_defaults(self.settings)
         config = search_config(task, self.settings.search)
         trees = [
@@ -180,28 +208,23 @@ class WorkerRuntime:
             for i in range(task.searches)
         ]
         deadline = time.monotonic() + (task.deadline - time.time()) if task.deadline else None
-        cancelled = asyncio.Event()
         method: Method = task.method  # type: ignore[assignment]
         last_report = 0.0
 
         def on_tick(trees_: Any, stats: RunStats) -> None:
             nonlocal last_report
             now = time.monotonic()
-            if now - last_report < 0.5:  # progress and cancellation checks, at most twice a second
+            if now - last_report < REPORT_S:  # the best so far, at most as often as it is published
                 return
             last_report = now
-            if is_cancelled is not None and is_cancelled():
-                cancelled.set()
-            if progress is not None:
-                choice = choose(trees, method)
-                progress(
-                    SolveProgress(
-                        rollouts_done=sum(t.stats.rollouts for t in trees),
-                        rollouts_total=config.rollouts * task.searches,
-                        best_answer=choice.answer if choice else "",
-                        best_score=choice.score if choice else 0.0,
-                    )
-                )
+            choice = choose(trees, method)
+            latest.progress = SolveProgress(
+                rollouts_done=sum(t.stats.rollouts for t in trees),
+                rollouts_total=config.rollouts * task.searches,
+                best_answer=choice.answer if choice else "",
+                best_score=choice.score if choice else 0.0,
+                best_solution=choice.solution if choice else "",
+            )
 
         stats = await self.search_loop.submit(
             trees,

@@ -1,7 +1,8 @@
 """Celery tasks: thin, idempotent, acknowledged late.
 
-A task parses its `SolveTask`, returns the stored result when its job already solved this problem (a retried or
-redelivered task of a training round never searches twice), otherwise hands the search to the worker's runtime
+A task parses its `SolveTask`, drops it when it arrives after its stop time (its caller has stopped waiting),
+returns the stored result when its job already solved this problem (a retried or redelivered task of a training
+round never searches twice), otherwise hands the search to the worker's runtime
 and, when the task names a job, stores the result under that idempotency key. An online Solve names none: its
 result goes back through the result backend only, and nothing of it is left on the store. No `.get()` on other
 tasks inside a task.
@@ -9,6 +10,8 @@ tasks inside a task.
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,8 +21,10 @@ from celery import Celery, Task
 
 from services.common.store import default_root
 from services.search.cancellation import CancelRequests
-from services.search.protocol import PING, SOLVE, SolveProgress, SolveResult, SolveTask
+from services.search.protocol import PING, SOLVE, STAT_NAMES, SolveProgress, SolveResult, SolveTask
 from services.search.results import ResultStore
+
+log = logging.getLogger(__name__)
 
 _TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
@@ -36,6 +41,10 @@ def solve(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     from services.search.worker.runtime import WorkerRuntime
 
     task = SolveTask.from_json(payload)
+    late = _late_by(task)
+    if late is not None:  # its caller has stopped waiting: no search, nothing kept
+        log.warning("a solve task reached this worker %.1f s after its stop time: dropped unsearched", late)
+        return _nothing().to_json()
     results = ResultStore(Path(task.store or default_root())) if task.kept else None
     if results is not None:
         stored = results.get(task.job, task.problem_id)
@@ -46,7 +55,6 @@ def solve(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     cancels = CancelRequests(self.app)
 
     def progress(event: SolveProgress) -> None:
-        # Called from the runtime's loop thread, where the task's thread-local request is not visible.
         if task_id:
             self.update_state(task_id=task_id, state="PROGRESS", meta=event.to_json())
 
@@ -64,6 +72,19 @@ def solve(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     # First copy wins: a task that ran twice returns what the first one stored.
     stored = results.put(task.job, task.problem_id, replace(result, job=task.job, problem_id=task.problem_id).to_json())
     return SolveResult.from_json(stored).without_trees().to_json()
+
+
+def _late_by(task: SolveTask) -> float | None:
+    """How long ago the task's stop time passed (None: it has time left, or no stop time)."""
+    if task.deadline is None:
+        return None
+    late = time.time() - task.deadline
+    return late if late >= 0 else None
+
+
+def _nothing() -> SolveResult:
+    """The result of a search that never ran: no answer, stopped early."""
+    return SolveResult(answer="", solution="", score=0.0, stats=dict.fromkeys(STAT_NAMES, 0), stopped_early=True)
 
 
 def register_tasks(app: Celery) -> None:
