@@ -110,6 +110,8 @@ class SearchSettings(ServerSettings):
     max_candidates: int = 32
     max_searches: int = 16
     max_problem_chars: int = 8_000
+    # A reference answer (training mode) is a final answer, not a text: bounded before anything is queued.
+    max_reference_chars: int = 1_000
     max_concurrent_solves: int = 64
     # A Solve without a client deadline is bounded by this.
     default_deadline_s: float = 600.0
@@ -125,6 +127,7 @@ class SearchSettings(ServerSettings):
         require(self.worker_concurrency > 0, self, "worker_concurrency", "must be at least 1")
         require(bool(self.queues), self, "queues", "name at least one queue")
         self.celery.validate(self)
+        require(self.max_reference_chars > 0, self, "max_reference_chars", "must be at least 1")
         require(0 < s.rollouts <= self.max_rollouts, self, "rollouts", "must be between 1 and max_rollouts")
         require(0 < s.candidates <= self.max_candidates, self, "candidates", "must be between 1 and max_candidates")
         require(0 < self.searches <= self.max_searches, self, "searches", "must be between 1 and max_searches")

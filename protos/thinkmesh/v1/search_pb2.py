@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19thinkmesh/v1/search.proto\x12\x0cthinkmesh.v1\"\x84\x01\n\x0cSolveRequest\x12\x0f\n\x07problem\x18\x01 \x01(\t\x12\x10\n\x08rollouts\x18\x02 \x01(\r\x12\x12\n\ncandidates\x18\x03 \x01(\r\x12\x11\n\tmax_depth\x18\x04 \x01(\r\x12\x18\n\x10reference_answer\x18\x05 \x01(\t\x12\x10\n\x08searches\x18\x06 \x01(\r\"~\n\x0bSearchStats\x12\x10\n\x08rollouts\x18\x01 \x01(\r\x12\r\n\x05nodes\x18\x02 \x01(\r\x12\x14\n\x0cpolicy_calls\x18\x03 \x01(\r\x12\x14\n\x0csandbox_runs\x18\x04 \x01(\r\x12\x11\n\tppm_calls\x18\x05 \x01(\r\x12\x0f\n\x07wall_ms\x18\x06 \x01(\r\"\x97\x01\n\rSolveResponse\x12\x0e\n\x06\x61nswer\x18\x01 \x01(\t\x12\x10\n\x08solution\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12(\n\x05stats\x18\x04 \x01(\x0b\x32\x19.thinkmesh.v1.SearchStats\x12\x16\n\x0epolicy_version\x18\x05 \x01(\t\x12\x13\n\x0bppm_version\x18\x06 \x01(\t\"\x9f\x01\n\nSolveEvent\x12\x15\n\rrollouts_done\x18\x01 \x01(\r\x12\x16\n\x0erollouts_total\x18\x02 \x01(\r\x12\x13\n\x0b\x62\x65st_answer\x18\x03 \x01(\t\x12\x12\n\nbest_score\x18\x04 \x01(\x02\x12\x0c\n\x04\x64one\x18\x05 \x01(\x08\x12+\n\x06result\x18\x06 \x01(\x0b\x32\x1b.thinkmesh.v1.SolveResponse2\x98\x01\n\rSearchService\x12@\n\x05Solve\x12\x1a.thinkmesh.v1.SolveRequest\x1a\x1b.thinkmesh.v1.SolveResponse\x12\x45\n\x0bSolveStream\x12\x1a.thinkmesh.v1.SolveRequest\x1a\x18.thinkmesh.v1.SolveEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19thinkmesh/v1/search.proto\x12\x0cthinkmesh.v1\"\x84\x01\n\x0cSolveRequest\x12\x0f\n\x07problem\x18\x01 \x01(\t\x12\x10\n\x08rollouts\x18\x02 \x01(\r\x12\x12\n\ncandidates\x18\x03 \x01(\r\x12\x11\n\tmax_depth\x18\x04 \x01(\r\x12\x18\n\x10reference_answer\x18\x05 \x01(\t\x12\x10\n\x08searches\x18\x06 \x01(\r\"~\n\x0bSearchStats\x12\x10\n\x08rollouts\x18\x01 \x01(\r\x12\r\n\x05nodes\x18\x02 \x01(\r\x12\x14\n\x0cpolicy_calls\x18\x03 \x01(\r\x12\x14\n\x0csandbox_runs\x18\x04 \x01(\r\x12\x11\n\tppm_calls\x18\x05 \x01(\r\x12\x0f\n\x07wall_ms\x18\x06 \x01(\r\"\xae\x01\n\rSolveResponse\x12\x0e\n\x06\x61nswer\x18\x01 \x01(\t\x12\x10\n\x08solution\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12(\n\x05stats\x18\x04 \x01(\x0b\x32\x19.thinkmesh.v1.SearchStats\x12\x16\n\x0epolicy_version\x18\x05 \x01(\t\x12\x13\n\x0bppm_version\x18\x06 \x01(\t\x12\x15\n\rstopped_early\x18\x07 \x01(\x08\"\x9f\x01\n\nSolveEvent\x12\x15\n\rrollouts_done\x18\x01 \x01(\r\x12\x16\n\x0erollouts_total\x18\x02 \x01(\r\x12\x13\n\x0b\x62\x65st_answer\x18\x03 \x01(\t\x12\x12\n\nbest_score\x18\x04 \x01(\x02\x12\x0c\n\x04\x64one\x18\x05 \x01(\x08\x12+\n\x06result\x18\x06 \x01(\x0b\x32\x1b.thinkmesh.v1.SolveResponse2\x98\x01\n\rSearchService\x12@\n\x05Solve\x12\x1a.thinkmesh.v1.SolveRequest\x1a\x1b.thinkmesh.v1.SolveResponse\x12\x45\n\x0bSolveStream\x12\x1a.thinkmesh.v1.SolveRequest\x1a\x18.thinkmesh.v1.SolveEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,9 +36,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEARCHSTATS']._serialized_start=178
   _globals['_SEARCHSTATS']._serialized_end=304
   _globals['_SOLVERESPONSE']._serialized_start=307
-  _globals['_SOLVERESPONSE']._serialized_end=458
-  _globals['_SOLVEEVENT']._serialized_start=461
-  _globals['_SOLVEEVENT']._serialized_end=620
-  _globals['_SEARCHSERVICE']._serialized_start=623
-  _globals['_SEARCHSERVICE']._serialized_end=775
+  _globals['_SOLVERESPONSE']._serialized_end=481
+  _globals['_SOLVEEVENT']._serialized_start=484
+  _globals['_SOLVEEVENT']._serialized_end=643
+  _globals['_SEARCHSERVICE']._serialized_start=646
+  _globals['_SEARCHSERVICE']._serialized_end=798
 # @@protoc_insertion_point(module_scope)

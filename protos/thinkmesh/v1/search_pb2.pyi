@@ -97,12 +97,17 @@ class SolveResponse(_message.Message):
     STATS_FIELD_NUMBER: _builtins.int
     POLICY_VERSION_FIELD_NUMBER: _builtins.int
     PPM_VERSION_FIELD_NUMBER: _builtins.int
+    STOPPED_EARLY_FIELD_NUMBER: _builtins.int
     answer: _builtins.str
     solution: _builtins.str
     """The chosen trajectory in the step format."""
     score: _builtins.float
     policy_version: _builtins.str
     ppm_version: _builtins.str
+    stopped_early: _builtins.bool
+    """The deadline (or a cancel) stopped the search before its rollouts were spent: the answer is the best so far,
+    empty if no terminal step was reached yet.
+    """
     @_builtins.property
     def stats(self) -> Global___SearchStats: ...
     def __init__(
@@ -114,10 +119,11 @@ class SolveResponse(_message.Message):
         stats: Global___SearchStats | None = ...,
         policy_version: _builtins.str = ...,
         ppm_version: _builtins.str = ...,
+        stopped_early: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["stats", b"stats"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "policy_version", b"policy_version", "ppm_version", b"ppm_version", "score", b"score", "solution", b"solution", "stats", b"stats"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "policy_version", b"policy_version", "ppm_version", b"ppm_version", "score", b"score", "solution", b"solution", "stats", b"stats", "stopped_early", b"stopped_early"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

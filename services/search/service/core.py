@@ -39,9 +39,6 @@ _MIN_BUDGET_S = 0.15  # less than this is refused outright
 _POLL_S = 0.05
 _POLL_MAX_S = 0.5  # the result of a search that ends early is late by at most this
 _READERS = 4
-# The longest a reference answer may be (characters). A reference is a final answer ("42", "\frac{3}{4}"), not a
-# solution; unbounded, it went onto the queue whatever its size. To become SearchSettings.max_reference_chars.
-MAX_REFERENCE_CHARS = 1_000
 
 
 def _search_time(budget: float) -> float:
@@ -84,7 +81,7 @@ class SearchCore:
             raise InvalidInput("problem is empty")
         for name, text, most in (
             ("problem", request.problem, s.max_problem_chars),
-            ("reference_answer", request.reference_answer, MAX_REFERENCE_CHARS),
+            ("reference_answer", request.reference_answer, s.max_reference_chars),
         ):
             if len(text) > most:
                 raise InvalidInput(f"{name} is {len(text)} characters; the maximum is {most}")

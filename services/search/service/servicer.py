@@ -30,6 +30,7 @@ def _response(result: SolveResult) -> search_pb2.SolveResponse:
             **{k: int(result.stats.get(k, 0)) for k in search_pb2.SearchStats.DESCRIPTOR.fields_by_name}
         ),
         policy_version=result.policy_version,
+        stopped_early=result.stopped_early,
         ppm_version=result.ppm_version,
     )
 

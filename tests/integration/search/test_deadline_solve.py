@@ -134,14 +134,14 @@ async def test_a_solve_answers_by_its_deadline_with_its_best_so_far_when_the_pol
     elapsed = time.monotonic() - started
     assert 1.5 < elapsed < 3
     assert reply.answer != "" and reply.answer in {str(k) for k in range(7)} and "\\boxed{" in reply.solution
-    assert 0 < reply.stats.rollouts < ROLLOUTS  # a partial answer
+    assert 0 < reply.stats.rollouts < ROLLOUTS and reply.stopped_early  # a partial answer, and it says so
 
 
 async def test_a_solve_without_a_client_deadline_ends_by_the_servers_default(tier: Tier) -> None:
     started = time.monotonic()
     reply = await asyncio.wait_for(_solve(tier.search_short_default, _slowing("no deadline")), 30)
     assert time.monotonic() - started < DEFAULT_DEADLINE_S + 0.25
-    assert reply.answer != "" and 0 < reply.stats.rollouts < ROLLOUTS
+    assert reply.answer != "" and 0 < reply.stats.rollouts < ROLLOUTS and reply.stopped_early
 
 
 async def test_concurrent_solves_all_answer_by_their_deadline(tier: Tier) -> None:

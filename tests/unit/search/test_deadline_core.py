@@ -20,9 +20,10 @@ from celery.contrib.testing.worker import start_worker
 from services.common.errors import DeadlineExceeded, InvalidInput
 from services.search.cancellation import CancelRequests
 from services.search.protocol import SOLVE, STAT_NAMES, SolveProgress, SolveResult, SolveTask
-from services.search.service.core import MAX_REFERENCE_CHARS, SearchCore, SolveRequest
+from services.search.service.core import SearchCore, SolveRequest
 from services.search.settings import SearchSettings
 
+MAX_REFERENCE_CHARS = SearchSettings().max_reference_chars
 pytestmark = pytest.mark.timeout(60)
 
 LATE = "publishes its best so far, then answers too late"
