@@ -7,7 +7,8 @@ The longer version of the fault tests (docs/operations.md, "What holds under fau
   huge-then-normal the largest GenerateSteps the policy allows, with a short deadline, then a normal call
   many-largest     that largest request from several clients at once, then a normal call
   worker-kill      Solves in flight when the worker is SIGKILLed: each must still be answered
-  policy-kill      calls to the policy while it is SIGKILLed and restarted: how long it is away
+  <service>-kill   calls to sandbox, policy, PPM and search while each is SIGKILLed and restarted: how long it is
+                   away (calls refused meanwhile are the price of a restart; not coming back is a loss)
 
 and prints what it tried, what came back as the contract says, and what it lost.
 """
@@ -15,6 +16,7 @@ and prints what it tried, what came back as the contract says, and what it lost.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import signal
@@ -38,6 +40,7 @@ MAIN_RPCS = {
     "search": "/thinkmesh.v1.SearchService/Solve",
 }
 QUESTION = "A farmer has 17 sheep and buys 25 more. How many sheep does the farmer have?"
+STEP = "sheep = 17 + 25\n<end_of_step>"
 
 
 @dataclass(frozen=True)
@@ -165,34 +168,67 @@ def worker_kill(stack: Any, address: str, solves: int, kill_after_s: float) -> O
     return Outcome("worker-kill", solves, ok, solves - ok, _since(started), note)
 
 
-def policy_kill(stack: Any, address: str, seconds: float) -> Outcome:
-    """Normal calls in a loop; the policy is SIGKILLed a second in. Calls refused while it is away are the
-    price of a restart, not losses; a loss is a call that never ends, or no recovery within `seconds`."""
-    pb, stub, channel = _policy_stub(address)
+def _normal_calls() -> dict[str, Callable[[grpc.Channel], object]]:
+    """One ordinary call per service, by name."""
+    from thinkmesh.v1 import (
+        policy_pb2,
+        policy_pb2_grpc,
+        ppm_pb2,
+        ppm_pb2_grpc,
+        sandbox_pb2,
+        sandbox_pb2_grpc,
+        search_pb2,
+        search_pb2_grpc,
+    )
+
+    return {
+        "sandbox": lambda ch: sandbox_pb2_grpc.SandboxServiceStub(ch).Execute(
+            sandbox_pb2.ExecuteRequest(code="print(6 * 7)", timeout_ms=5000), timeout=30
+        ),
+        "policy": lambda ch: policy_pb2_grpc.PolicyServiceStub(ch).GenerateSteps(
+            policy_pb2.GenerateStepsRequest(prompts=[policy_pb2.StepPrompt(question=QUESTION)], n=1, max_new_tokens=8),
+            timeout=30,
+        ),
+        "ppm": lambda ch: ppm_pb2_grpc.PPMServiceStub(ch).ScoreSteps(
+            ppm_pb2.ScoreStepsRequest(
+                items=[ppm_pb2.ScoreItem(question=QUESTION, steps=["x = 17 + 25\n<end_of_step>"])]
+            ),
+            timeout=30,
+        ),
+        "search": lambda ch: search_pb2_grpc.SearchServiceStub(ch).Solve(
+            search_pb2.SolveRequest(problem=QUESTION, rollouts=1), timeout=60
+        ),
+    }
+
+
+def service_kill(
+    stack: Any, name: str, address: str, call: Callable[[grpc.Channel], object], seconds: float
+) -> Outcome:
+    """Ordinary calls to one service in a loop; the service is SIGKILLed a second in. Calls refused while it is away
+    are the price of a restart, not losses; a loss is no recovery within `seconds` (the supervisor restarts it on
+    the same address)."""
     started = time.monotonic()
     refused, answered = 0, 0
     killed_at: float | None = None
     back_after: float | None = None
-    try:
+    with grpc.insecure_channel(address) as channel:
         while _since(started) < seconds and back_after is None:
             if killed_at is None and _since(started) > 1.0:
-                _kill(stack, "policy")
+                _kill(stack, name)
                 killed_at = time.monotonic()
             try:
-                _normal_call_seconds(pb, stub)
+                call(channel)
                 answered += 1
                 if killed_at is not None:
                     back_after = _since(killed_at)
             except grpc.RpcError:
                 refused += 1
                 time.sleep(0.2)
-    finally:
-        channel.close()
     if back_after is None:
-        note = f"policy SIGKILLed; not back within {seconds:g} s"
+        note = f"{name} SIGKILLed; not back within {seconds:g} s"
     else:
-        note = f"policy SIGKILLed; {refused} calls refused while it restarted; back after {back_after:.1f} s"
-    return Outcome("policy-kill", answered + refused, answered, int(back_after is None), _since(started), note)
+        note = f"{name} SIGKILLed; {refused} calls refused while it restarted; back after {back_after:.1f} s"
+    return Outcome(f"{name}-kill", answered + refused, answered, int(back_after is None), _since(started), note)
 
 
 def run(stack: Any, search: str, options: argparse.Namespace, report: Callable[[Outcome], None]) -> list[Outcome]:
@@ -202,8 +238,9 @@ def run(stack: Any, search: str, options: argparse.Namespace, report: Callable[[
         lambda: huge_then_normal(addresses["policy"], 1, options.deadline),
         lambda: huge_then_normal(addresses["policy"], options.clients, options.deadline),
         lambda: worker_kill(stack, search, options.solves, options.kill_after),
-        lambda: policy_kill(stack, addresses["policy"], options.recovery),
     ]
+    for name, call in _normal_calls().items():
+        steps.append(functools.partial(service_kill, stack, name, addresses[name], call, options.recovery))
     outcomes = []
     for step in steps:
         outcome = step()

@@ -19,7 +19,8 @@ def test_the_chaos_bench_loses_nothing(tmp_path) -> None:  # type: ignore[no-unt
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     outcomes = {o["scenario"]: o for o in json.loads(proc.stdout.strip().splitlines()[-1])}
-    assert set(outcomes) == {"malformed", "huge-then-normal", "many-largest", "worker-kill", "policy-kill"}
+    kills = {f"{name}-kill" for name in ("sandbox", "policy", "ppm", "search")}
+    assert set(outcomes) == {"malformed", "huge-then-normal", "many-largest", "worker-kill", *kills}
     assert all(o["lost"] == 0 and o["ok"] > 0 for o in outcomes.values()), outcomes
     assert outcomes["malformed"]["ok"] == 4  # every service said INVALID_ARGUMENT
     assert outcomes["worker-kill"]["ok"] == 2  # both Solves answered although their worker was killed
