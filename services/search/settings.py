@@ -97,7 +97,10 @@ class SearchSettings(ServerSettings):
     port: int = 50054
     celery: CelerySettings = field(default_factory=CelerySettings)
     targets: ServiceTargets = field(default_factory=ServiceTargets)
-    worker_concurrency: int = 16  # tasks one worker process runs at once; their trees share batches
+    # Tasks one worker process runs at once (threads on one loop; their trees share batches). As many as one
+    # SearchService takes at once (max_concurrent_solves): a Solve whose task waits in the queue past its stop time
+    # has no answer to give (DEADLINE_EXCEEDED).
+    worker_concurrency: int = 64
     queues: tuple[str, ...] = (SEARCH_QUEUE,)
     # The defaults of a Solve whose knobs are 0 (the engine's: rollouts, candidates, max_depth, c, q_mode, ...)
     # and of its sampling (temperature, max_new_tokens, exec_timeout_ms, max_batch).

@@ -95,7 +95,6 @@ def tier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tier]:
             "THINKMESH_SEARCH_PPM_TARGET": ppm,
             "THINKMESH_SEARCH_SANDBOX_TARGET": sandbox,
             "THINKMESH_SEARCH_MAX_ROLLOUTS": str(ROLLOUTS),
-            "THINKMESH_SEARCH_WORKER_CONCURRENCY": "32",  # every Solve of the load test searches at once
         }
         search = running.enter_context(server_process([THINKMESH, "serve", "search", "--port", "0"], env))[1]
         short = running.enter_context(
