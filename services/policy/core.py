@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from services.common.batching import within_deadline
+from services.common.deadlines import within_deadline
 from services.common.errors import InvalidInput
 from services.common.hot_reload import Slot
 from services.policy.engine import GeneratedStep, GenerationEngine, SamplingParams, StepPrompt

@@ -23,7 +23,8 @@ from typing import Any, NamedTuple
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
 
-from services.common.batching import Liveness, MicroBatcher
+from services.common.batching import MicroBatcher
+from services.common.deadlines import Liveness
 from services.common.devices import cpu_supports_bf16, pick_device
 from services.common.errors import InvalidInput
 from services.common.store import prompt_format_of

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from services.common.batching import call_deadline
+from services.common.deadlines import call_deadline
 from services.common.errors import DeadlineExceeded, NotReady
 from services.math import stepfmt
 from services.math.prompting import few_shot_prefix

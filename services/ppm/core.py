@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from services.common.batching import within_deadline
+from services.common.deadlines import within_deadline
 from services.common.errors import InvalidInput
 from services.common.hot_reload import Slot
 from services.ppm.scorer import ScoreItem, StepScorer

@@ -22,7 +22,8 @@ from typing import Protocol
 import torch
 from transformers import AutoTokenizer
 
-from services.common.batching import Liveness, MicroBatcher
+from services.common.batching import MicroBatcher
+from services.common.deadlines import Liveness
 from services.common.devices import cpu_supports_bf16, pick_device
 from services.common.errors import InvalidInput
 from services.common.store import prompt_format_of

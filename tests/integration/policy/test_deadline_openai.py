@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from services.common.batching import within_deadline
+from services.common.deadlines import within_deadline
 from services.common.errors import DeadlineExceeded
 from services.policy.core import Limits, PolicyCore
 from services.policy.engine import SamplingParams, StepPrompt

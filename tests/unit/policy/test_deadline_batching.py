@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from services.common.batching import Liveness, MicroBatcher, call_deadline, within_deadline
+from services.common.batching import MicroBatcher
+from services.common.deadlines import Liveness, call_deadline, within_deadline
 from services.common.errors import DeadlineExceeded
 
 
