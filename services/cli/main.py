@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "services.cli.models",
     "services.cli.search",
     "services.cli.trainer",
+    "services.cli.train",
     "services.cli.bench",
     "services.cli.secrets",
 )

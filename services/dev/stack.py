@@ -9,7 +9,7 @@ Once started, the children are supervised (services/dev/supervisor.py): a child 
 and restarted on the same port after a backoff (a dead worker's unacknowledged tasks are put back in the queue
 first, so they run again at once instead of after the broker's visibility timeout); one that keeps dying stops
 the stack, and the command exits non-zero. Every child also gets SIGTERM from Linux when the stack's process dies
-without stopping it (SIGKILL, a crash): services/dev/die_with_parent.py.
+without stopping it (SIGKILL, a crash): services/common/die_with_parent.py.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.common import die_with_parent
 from services.common.settings import load_settings
-from services.dev import die_with_parent
 from services.dev.supervisor import Child, RestartPolicy, Supervisor
 from services.trainer.settings import TrainerSettings
 

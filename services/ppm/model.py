@@ -58,6 +58,15 @@ class ProcessRewardModel(nn.Module):
                 self.lm_head.weight = self.model.get_input_embeddings().weight
             self.likelihood_weight = nn.Parameter(torch.tensor(INITIAL_LIKELIHOOD_WEIGHT))
 
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """The backbone's decoder layers: what FSDP shards as one unit each (Accelerate reads this name)."""
+        return list(getattr(self.model, "_no_split_modules", None) or [])
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, object] | None = None) -> None:
+        """Recompute the backbone's activations in the backward pass (the Trainer calls this by name)."""
+        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -104,12 +113,14 @@ class ProcessRewardModel(nn.Module):
 
     # --- persistence -------------------------------------------------------------------------------------
 
-    def save_pretrained(self, directory: Path | str) -> None:
+    def save_pretrained(self, directory: Path | str, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Writes the PPM; `state_dict`: its weights gathered elsewhere (a sharded model's), else its own."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.config.save_pretrained(directory)
         # Tied embeddings share storage; safetensors wants each tensor once, contiguous.
-        state = {name: tensor.detach().contiguous().clone() for name, tensor in self.state_dict().items()}
+        weights = self.state_dict() if state_dict is None else state_dict
+        state = {name: tensor.detach().contiguous().clone() for name, tensor in weights.items()}
         save_file(state, str(directory / WEIGHTS), metadata={"format": "pt", "kind": HEAD_MARKER})
         description = {"head": "linear+tanh", "read_at": "last token of each step", "likelihood": self.likelihood}
         (directory / DESCRIPTION).write_text(json.dumps(description))

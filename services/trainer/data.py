@@ -68,8 +68,8 @@ class PPMConfig:
 
 def read_trajectories(path: Path) -> list[Trajectory]:
     """Supplied solutions in the step format: JSONL with `question` and `steps` (a list of steps) or `solution`
-    (the steps as one text). Every step must parse, and the last must be the answer; a bad row is refused with
-    its number."""
+    (the steps as one text, or as a list). Every step must parse, and the last must be the answer; a bad row is
+    refused with its number."""
     if not Path(path).is_file():
         raise NotFound(f"trajectory file {path} does not exist")
     trajectories = []
@@ -83,8 +83,10 @@ def read_trajectories(path: Path) -> list[Trajectory]:
         if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not row["question"].strip():
             raise InvalidInput(f"trajectory file {path}, line {number}: no question")
         steps = row.get("steps")
-        if steps is None and isinstance(row.get("solution"), str):
-            steps = stepfmt.parse_solution(row["solution"])
+        if steps is None:
+            # `solution`: the steps as one text, or as the list `thinkmesh curriculum sample` prints.
+            solution = row.get("solution")
+            steps = stepfmt.parse_solution(solution) if isinstance(solution, str) else solution
         if not isinstance(steps, list) or not steps or not all(isinstance(s, str) for s in steps):
             raise InvalidInput(f"trajectory file {path}, line {number}: no steps (a 'steps' list or a 'solution')")
         broken = next((s for s in steps if not stepfmt.parse_step(s).ok), None)
@@ -98,3 +100,38 @@ def read_trajectories(path: Path) -> list[Trajectory]:
     if not trajectories:
         raise InvalidInput(f"trajectory file {path} holds no trajectories")
     return trajectories
+
+
+PAIR_FIELDS = ("question", "prefix", "chosen", "rejected")
+
+
+def read_pairs(path: Path) -> list[StepPair]:
+    """Step pairs in a round's pair format (`pairs.jsonl`: JSONL with a StepPair's fields, `prefix` a list of
+    steps); a bad row is refused with its number."""
+    if not Path(path).is_file():
+        raise NotFound(f"pair file {path} does not exist")
+    pairs = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise InvalidInput(f"pair file {path}, line {number} is not JSON: {exc}") from exc
+        if not isinstance(row, dict) or any(name not in row for name in PAIR_FIELDS):
+            raise InvalidInput(f"pair file {path}, line {number}: a pair needs {', '.join(PAIR_FIELDS)}")
+        texts = [
+            row["question"],
+            row["chosen"],
+            row["rejected"],
+            *(row["prefix"] if isinstance(row["prefix"], list) else [0]),
+        ]
+        if not all(isinstance(text, str) for text in texts) or row["chosen"] == row["rejected"]:
+            raise InvalidInput(
+                f"pair file {path}, line {number}: question, chosen and rejected are texts (chosen differs from "
+                "rejected), prefix a list of steps"
+            )
+        pairs.append(StepPair(row["question"], tuple(row["prefix"]), row["chosen"], row["rejected"]))
+    if not pairs:
+        raise InvalidInput(f"pair file {path} holds no pairs")
+    return pairs

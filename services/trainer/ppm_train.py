@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import PreTrainedTokenizerBase, Trainer
+from transformers import PreTrainedTokenizerBase
 
 from services.math import stepfmt
 from services.math.prompting import PromptRenderer
@@ -25,7 +26,9 @@ from services.ppm.model import ProcessRewardModel
 from services.ppm.packing import PackedRow, pack
 from services.ppm.scorer import ItemTooLong, ScoreItem, encode_item, encode_step, require_fits
 from services.trainer.data import PPMConfig, StepPair
-from services.trainer.sft import TooLong, pad_id_of, run_trainer
+from services.trainer.sft import TooLong, pad_id_of
+from services.trainer.training.hf import TOKENS, CountingTrainer, Run, run_trainer
+from services.trainer.training.spec import Strategy
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,7 @@ class GroupCollator:
             "pair_rows": torch.tensor(rows),
             "better_at": torch.tensor(better_at),
             "worse_at": torch.tensor(worse_at),
+            TOKENS: torch.tensor(sum(len(f["prefix"]) + sum(len(step) for step in f["steps"]) for f in features)),
         }
 
 
@@ -110,7 +114,7 @@ def pair_scores(model: ProcessRewardModel, batch: dict[str, torch.Tensor]) -> tu
     return per_token[batch["pair_rows"], batch["better_at"]], per_token[batch["pair_rows"], batch["worse_at"]]
 
 
-class BradleyTerryTrainer(Trainer):
+class BradleyTerryTrainer(CountingTrainer):
     def __init__(self, *args: Any, center_coefficient: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.center_coefficient = center_coefficient
@@ -127,20 +131,17 @@ class BradleyTerryTrainer(Trainer):
         loss = loss + self.center_coefficient * ((better + worse) ** 2).mean()
         return (loss, {"better": better, "worse": worse}) if return_outputs else loss
 
+    def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Checkpoints in the PPM's own format (the Trainer's plain safetensors dump refuses its tied LM head)."""
+        if self.args.should_save:
+            model = self.accelerator.unwrap_model(self.model)
+            model.save_pretrained(output_dir or self.args.output_dir, state_dict=state_dict)
 
-def train_ppm(
-    model: ProcessRewardModel,
-    tokenizer: PreTrainedTokenizerBase,
-    pairs: Sequence[StepPair],
-    config: PPMConfig,
-    *,
-    prompt_format: str = "plain",
-    progress: bool = True,
-    on_step: Callable[[int, int], None] | None = None,
-) -> dict[str, float]:
-    """Trains the value head and backbone on step pairs, read in the policy's `prompt_format`. A group whose prefix
-    and step do not fit in `config.max_length` is left out, never cut, and its pairs are counted in the metrics
-    (`dropped_too_long`)."""
+
+def ppm_examples(
+    tokenizer: PreTrainedTokenizerBase, pairs: Sequence[StepPair], config: PPMConfig, prompt_format: str
+) -> tuple[list[dict[str, Any]], int]:
+    """The encoded groups that fit in `config.max_length`, and how many pairs did not (left out, never cut)."""
     if not pairs:
         raise ValueError("no pairs to train on")
     renderer = PromptRenderer(tokenizer, prompt_format)
@@ -153,19 +154,53 @@ def train_ppm(
             dropped += len(group.preferences)
     if not dataset:
         raise TooLong(f"all {dropped} pairs are longer than max_length={config.max_length} tokens")
-    collator = GroupCollator(pad_id_of(tokenizer))
-    metrics = run_trainer(
+    return dataset, dropped
+
+
+def fit_ppm(
+    model: ProcessRewardModel | Callable[[], ProcessRewardModel],
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[StepPair],
+    config: PPMConfig,
+    *,
+    prompt_format: str = "plain",
+    progress: bool = True,
+    on_step: Callable[[int, int, float | None], None] | None = None,
+    strategy: Strategy | None = None,
+    checkpoint_dir: Path | None = None,
+) -> Run:
+    """Trains the value head and backbone on step pairs, read in the policy's `prompt_format` (laid out by
+    `strategy`, checkpointed as `fit_sft` is). A group whose prefix and step do not fit in `config.max_length` is
+    left out, never cut, and its pairs are counted in the metrics (`dropped_too_long`)."""
+    dataset, dropped = ppm_examples(tokenizer, pairs, config, prompt_format)
+    run = run_trainer(
         BradleyTerryTrainer,
         model,
         dataset,
-        collator,
+        GroupCollator(pad_id_of(tokenizer)),
         config,
         progress=progress,
         name="ppm",
+        strategy=strategy,
+        checkpoint_dir=checkpoint_dir,
         on_step=on_step,
         center_coefficient=config.center_coefficient,
     )
-    return {**metrics, "dropped_too_long": float(dropped)}
+    run.metrics.update(dropped_too_long=float(dropped), examples=float(len(dataset)))
+    return run
+
+
+def train_ppm(
+    model: ProcessRewardModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[StepPair],
+    config: PPMConfig,
+    *,
+    prompt_format: str = "plain",
+    progress: bool = True,
+) -> dict[str, float]:
+    """`fit_ppm` in this process, without checkpoints: its metrics."""
+    return fit_ppm(model, tokenizer, pairs, config, prompt_format=prompt_format, progress=progress).metrics
 
 
 @torch.inference_mode()

@@ -10,6 +10,7 @@ from services.common.server import ServerSettings
 from services.common.settings import require
 from services.search.settings import CelerySettings, ServiceTargets
 from services.trainer.config import PRESETS, parse_retries
+from services.trainer.training.settings import TrainingSettings
 
 # The services a round can wait for (see `wait_for`).
 WAITABLE: tuple[str, ...] = ("policy", "ppm")
@@ -49,11 +50,14 @@ class TrainerSettings(ServerSettings):
     kube_namespace: str = ""
     kube_policy_deployment: str = ""
     kube_ppm_deployment: str = ""
+    # Where a round's SFT and PPM stages train (THINKMESH_TRAINER_TRAINING_*, THINKMESH_TRAINER_JOB_*).
+    training: TrainingSettings = field(default_factory=TrainingSettings)
 
     def validate(self) -> None:
         super().validate()
         require(self.preset in PRESETS, self, "preset", f"must be one of {', '.join(PRESETS)}")
         self.celery.validate(self)
+        self.training.validate(self)
         try:
             parse_retries(self.unsolved_retries)
         except ValueError as exc:

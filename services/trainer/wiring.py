@@ -22,6 +22,7 @@ from services.trainer.dispatch import CeleryDispatcher
 from services.trainer.evaluation import OpenSandbox
 from services.trainer.rounds import RoundRunner
 from services.trainer.settings import TrainerSettings
+from services.trainer.training.launch import Launcher, LocalLauncher
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,17 @@ def kube_rollout(settings: TrainerSettings) -> Callable[[str, str], None] | None
     return roll
 
 
+def training_launcher(settings: TrainerSettings) -> Launcher:
+    """Where a round's SFT and PPM stages train: beside the trainer (`training_mode` local: this process, or
+    `training_nproc_per_node` torchrun processes), or as a Kubernetes Job per stage (job)."""
+    training = settings.training
+    if training.training_mode == "job":
+        from services.trainer.training.jobs import KubeJobLauncher
+
+        return KubeJobLauncher(training)
+    return LocalLauncher(training.training_nproc_per_node)
+
+
 def make_runner_factory(
     settings: TrainerSettings, store: ModelStore, **hooks: object
 ) -> Callable[[RoundConfig], RoundRunner]:
@@ -131,6 +143,7 @@ def make_runner_factory(
     before = wait_for_current(settings, store)
     roll = kube_rollout(settings)
     sandbox = remote_sandbox(settings)
+    launcher = training_launcher(settings)
 
     def factory(config: RoundConfig) -> RoundRunner:
         return RoundRunner(
@@ -140,6 +153,8 @@ def make_runner_factory(
             before_search=before,
             on_publish=roll,
             sandbox=sandbox,
+            launcher=launcher,
+            strategy=settings.training.strategy(),
             **hooks,  # type: ignore[arg-type]
         )
 

@@ -39,6 +39,9 @@ def search_tier(
         "HF_HUB_OFFLINE": "1",
         "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
         "THINKMESH_PPM_DEVICE": "cpu",
+        # A scripted policy server (support.policy_server) reads its port from its settings: port 0, so that test
+        # runs side by side (or a local stack on 50052) never collide.
+        "THINKMESH_POLICY_PORT": "0",
         "THINKMESH_SEARCH_BROKER_URL": f"sqla+sqlite:///{root}/broker.sqlite",
         "THINKMESH_SEARCH_RESULT_BACKEND": f"db+sqlite:///{root}/results.sqlite",
         **(env or {}),

@@ -17,6 +17,8 @@ from services.trainer.config import RoundConfig
 from services.trainer.dispatch import CeleryDispatcher
 from services.trainer.rounds.stages import STAGE_NAMES, STAGES, RoundContext
 from services.trainer.rounds.state import Rounds, RoundState
+from services.trainer.training.launch import Launcher, LocalLauncher
+from services.trainer.training.spec import Strategy
 
 if TYPE_CHECKING:
     from services.trainer.evaluation import OpenSandbox
@@ -35,6 +37,8 @@ class RoundRunner:
         on_publish: Callable[[str, str], None] | None = None,
         before_search: Callable[[], None] | None = None,
         sandbox: OpenSandbox | None = None,
+        launcher: Launcher | None = None,
+        strategy: Strategy | None = None,
         stop_after: str | None = None,
     ) -> None:
         self.context = RoundContext(
@@ -46,6 +50,8 @@ class RoundRunner:
             on_publish=on_publish,
             before_search=before_search,
             sandbox=sandbox,
+            launcher=launcher or LocalLauncher(),
+            strategy=strategy or Strategy(),
         )
         self.stop_after = stop_after  # tests: simulate a crash after this stage
 

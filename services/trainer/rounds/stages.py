@@ -19,23 +19,25 @@ import functools
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from services.common.jsonfiles import write_jsonl
-from services.common.store import Lineage, ModelStore
+from services.common.store import Lineage, ModelStore, ModelVersion
 from services.math.curriculum import generate
 from services.search.engine.mcts import Tree
 from services.search.protocol import SolveTask
 from services.trainer.config import RoundConfig
 from services.trainer.corrupt import corrupted_pairs, trajectory_pairs
-from services.trainer.data import StepPair, Trajectory, read_trajectories, step_pairs
+from services.trainer.data import PPMConfig, SFTConfig, StepPair, Trajectory, read_trajectories, step_pairs
 from services.trainer.dispatch import CeleryDispatcher, SearchJob
 from services.trainer.extract import extract
 from services.trainer.rounds import rules
 from services.trainer.rounds.report import write_reports
 from services.trainer.rounds.state import Rounds, RoundState
+from services.trainer.training.launch import Launcher, LocalLauncher
+from services.trainer.training.spec import Strategy, TrainingResult
 
 if TYPE_CHECKING:  # the evaluation's module loads the model code: the evaluate stage imports it when it runs
     from services.trainer.evaluation import OpenSandbox
@@ -55,6 +57,9 @@ class RoundContext:
     on_publish: Callable[[str, str], None] | None = None
     before_search: Callable[[], None] | None = None  # e.g. wait until the services serve the current versions
     sandbox: OpenSandbox | None = None  # where evaluations run programs; None: in process
+    # Where the training stages run (in this process by default) and how they use their hardware.
+    launcher: Launcher = field(default_factory=LocalLauncher)
+    strategy: Strategy = field(default_factory=Strategy)
 
     def pool_levels(self, number: int) -> tuple[int, ...]:
         """The configured levels, or the frontier of the latest published round with its neighbours."""
@@ -86,8 +91,7 @@ class RoundContext:
     def publish_candidate(
         self,
         kind: str,
-        model: Any,
-        tokenizer: Any,
+        trained: Path,
         state: RoundState,
         *,
         base: str,
@@ -95,12 +99,12 @@ class RoundContext:
         data: str,
         metrics: dict[str, float],
     ) -> str:
-        """Stores a trained candidate without making it current (`publish` promotes it if it passes the gate). It
-        keeps the prompt format of the policy `base` it was trained from."""
+        """Stores the model a stage trained into `trained` (moving its files) without making it current (`publish`
+        promotes it if it passes the gate). It keeps the prompt format of the policy `base` it was trained from."""
         lineage = Lineage(base_model=f"policy {base}", round=state.round, source=source, data=data, metrics=metrics)
         prompt_format = self.store.get("policy", base).prompt_format
-        published = self.store.publish_pretrained(
-            kind, model, tokenizer, lineage, make_current=False, prompt_format=prompt_format
+        published = self.store.import_directory(
+            kind, trained, lineage, make_current=False, prompt_format=prompt_format, move=True
         )
         return published.version
 
@@ -216,11 +220,58 @@ def _reject(context: RoundContext, state: RoundState, why: str) -> None:
     context.report(state)
 
 
-def run_sft(context: RoundContext, state: RoundState) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _train(
+    context: RoundContext,
+    state: RoundState,
+    stage: str,
+    base: ModelVersion,
+    rows: list[dict[str, Any]],
+    recipe: SFTConfig | PPMConfig,
+) -> TrainingResult:
+    """Writes the stage's training data into the round's directory and runs the stage through the context's
+    launcher (in this process, torchrun beside it, or a Kubernetes Job); its metrics. The trained model waits in
+    `rounds/<n>/train/<stage>/model/` until `publish_candidate` takes it."""
+    from services.trainer.training.spec import TrainingSpec
 
-    from services.trainer.sft import TooLong, train_sft
+    directory = context.rounds.directory(state.round) / "train"
+    data = directory / f"{stage}.jsonl"
+    write_jsonl(data, rows)
+    spec = TrainingSpec(
+        stage=stage,  # type: ignore[arg-type]
+        data=str(data.resolve()),
+        base=str(base.path.resolve()),
+        out=str((directory / stage).resolve()),
+        recipe=recipe,
+        strategy=context.strategy,
+        prompt_format=base.prompt_format,
+    )
+    result = context.launcher.run(
+        spec,
+        name=f"r{state.round}-{stage}",
+        on_progress=lambda p: context.progress(stage, p.step, p.max_steps),
+    )
+    state.metrics[f"{stage}_dropped_long"] = result.dropped_too_long
+    state.metrics[f"{stage}_world_size"] = result.world_size
+    state.metrics[f"{stage}_tokens_per_s"] = round(result.tokens_per_s, 1)
+    return result
+
+
+def _lineage_metrics(result: TrainingResult) -> dict[str, float]:
+    """What a trained version's lineage records of the stage that trained it."""
+    return {
+        "train_loss": result.train_loss,
+        "final_loss": result.final_loss,
+        "steps": float(result.steps),
+        "seconds": result.seconds,
+        "dropped_too_long": float(result.dropped_too_long),
+        "world_size": float(result.world_size),
+    }
+
+
+def run_sft(context: RoundContext, state: RoundState) -> None:
+    from transformers import AutoTokenizer
+
+    from services.trainer.sft import TooLong, sft_examples
 
     rows = context.rounds.accumulated(state.round, "sft.jsonl")
     if not rows:
@@ -232,54 +283,38 @@ def run_sft(context: RoundContext, state: RoundState) -> None:
         _reject(context, state, why)
         return
     base = context.store.get("policy", context.base_policy())
-    torch.manual_seed(context.config.seed + state.round)
-    model = AutoModelForCausalLM.from_pretrained(base.path)
-    tokenizer = AutoTokenizer.from_pretrained(base.path)
     c = context.config
     searched = [Trajectory(r["question"], tuple(r["steps"])) for r in rows]
     trajectories, replayed, steps = rules.sft_mix(c, state.round, searched)
-    try:
-        metrics = train_sft(
-            model,
-            tokenizer,
-            trajectories,
-            replace(c.sft, max_steps=steps),
-            prompt_format=base.prompt_format,
-            progress=False,
-            on_step=lambda done, total: context.progress("sft", done, total),
-        )
+    recipe = replace(c.sft, max_steps=steps)
+    try:  # here, before any rank starts: a stage with nothing that fits rejects the round instead of failing it
+        sft_examples(AutoTokenizer.from_pretrained(base.path), trajectories, recipe, base.prompt_format)
     except TooLong as exc:
         _reject(context, state, f"SFT: {exc}; raise the preset's sft max_length or shorten the steps")
         return
-    state.metrics["sft_dropped_long"] = metrics["dropped_too_long"]
+    result = _train(context, state, "sft", base, [asdict(t) for t in trajectories], recipe)
     state.policy_version = context.publish_candidate(
         "policy",
-        model,
-        tokenizer,
+        Path(result.out),
         state,
         base=base.version,
         source="sft",
         data=f"{len(searched)} trajectories of rounds 1-{state.round} x{c.sft_weight}, {replayed} teacher"
         + _pool_note(c),
-        metrics=metrics,
+        metrics=_lineage_metrics(result),
     )
-    state.metrics["sft_loss"] = metrics["final_loss"]
+    state.metrics["sft_loss"] = result.final_loss
 
 
 def run_ppm(context: RoundContext, state: RoundState) -> None:
-    import torch
     from transformers import AutoTokenizer
 
-    from services.ppm.model import ProcessRewardModel
-    from services.trainer.ppm_train import group_pairs, train_ppm
+    from services.trainer.ppm_train import group_pairs, ppm_examples
     from services.trainer.sft import TooLong
 
     rows = context.rounds.accumulated(state.round, "pairs.jsonl")
     policy = context.store.get("policy", state.policy_version)
-    tokenizer = AutoTokenizer.from_pretrained(policy.path)
-    torch.manual_seed(context.config.seed + state.round)
     c = context.config
-    model = ProcessRewardModel.from_pretrained(policy.path, likelihood=c.ppm.likelihood)
     searched = step_pairs(rows)
     rng = random.Random(c.seed + state.round)
     # About three corruptible steps per problem: a sixth of the wanted pairs per level is enough problems.
@@ -295,30 +330,22 @@ def run_ppm(context: RoundContext, state: RoundState) -> None:
     # A batch holds groups (one prefix and its candidate steps), so the epochs count groups.
     groups = len(group_pairs(pairs))
     steps = rules.scaled_steps(groups, c.ppm_epochs, c.ppm.batch_size, c.ppm_min_steps, c.ppm.max_steps)
+    recipe = replace(c.ppm, max_steps=steps)
     try:
-        metrics = train_ppm(
-            model,
-            tokenizer,
-            pairs,
-            replace(c.ppm, max_steps=steps),
-            prompt_format=policy.prompt_format,
-            progress=False,
-            on_step=lambda done, total: context.progress("ppm", done, total),
-        )
+        ppm_examples(AutoTokenizer.from_pretrained(policy.path), pairs, recipe, policy.prompt_format)
     except TooLong as exc:
         _reject(context, state, f"PPM: {exc}; raise the preset's ppm max_length")
         return
-    state.metrics["ppm_dropped_long"] = metrics["dropped_too_long"]
+    result = _train(context, state, "ppm", policy, [asdict(p) for p in pairs], recipe)
     state.ppm_version = context.publish_candidate(
         "ppm",
-        model,
-        tokenizer,
+        Path(result.out),
         state,
         base=policy.version,
         source="bradley-terry",
         data=f"{len(searched)} tree pairs from rounds 1-{state.round} + {len(replay)} teacher-vs-corrupted"
         + _pool_note(c),
-        metrics=metrics,
+        metrics=_lineage_metrics(result),
     )
 
 

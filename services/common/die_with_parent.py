@@ -1,8 +1,9 @@
 """Run a command that gets SIGTERM when the process that started it dies, however it dies (SIGKILL included).
 
-`python -m services.dev.die_with_parent PARENT_PID COMMAND...` asks Linux for a parent-death signal
+`python -m services.common.die_with_parent PARENT_PID COMMAND...` asks Linux for a parent-death signal
 (prctl(PR_SET_PDEATHSIG)) and then becomes COMMAND (exec: same pid, and the request survives the exec). The local
-stack starts every child this way, so that killing `thinkmesh up` or `evolve` outright leaves no service behind.
+stack starts every child this way, so that killing `thinkmesh up` or `evolve` outright leaves no service behind,
+and the trainer its torchrun, so that a killed trainer leaves no training ranks behind.
 A step of its own rather than a `preexec_fn`: that runs between fork and exec, which is not safe in a process that
 has threads (the supervisor restarts children from one). Linux counts the *thread* that started the child as its
 parent: the stack starts children from its main thread and from the supervisor's, which lives as long as the stack.
