@@ -78,6 +78,12 @@ class Rendered:
         (container,) = self.pod(component)["spec"]["containers"]
         return container
 
+    def training_job(self) -> dict[str, Any] | None:
+        """The Job template the trainer starts its training stages from (training.mode job), parsed from its
+        ConfigMap; None when the stages train in the trainer's pod."""
+        found = self.find("ConfigMap", TRAINING_JOB_CONFIGMAP)
+        return yaml.safe_load(found["data"]["job.yaml"]) if found else None
+
     def settings(self, component: str) -> dict[str, str]:
         """The THINKMESH_* settings of a component: its ConfigMap's data."""
         return self.get("ConfigMap", name(component))["data"]
@@ -85,6 +91,9 @@ class Rendered:
 
 def name(component: str) -> str:
     return f"{RELEASE}-{component}"
+
+
+TRAINING_JOB_CONFIGMAP = f"{name('trainer')}-training-job"
 
 
 # Kinds whose schemas are not part of Kubernetes' API; the tests assert their content instead.

@@ -304,12 +304,15 @@ def test_every_pod_is_hardened(value_set: str) -> None:
 def test_gpu_components_request_gpus_on_the_gpu_pool(value_set: str) -> None:
     r = render(*values_args(value_set))
     for component in GPU_COMPONENTS:
-        resources = r.container(component)["resources"]
-        assert int(resources["limits"]["nvidia.com/gpu"]) >= 1, component
-        pod = r.pod(component)["spec"]
+        template = r.pod(component)
+        if component == "trainer" and (job := r.training_job()):
+            template = job["spec"]["template"]  # its stages train in Jobs (gpu-production): the GPUs are theirs
+        pod = template["spec"]
+        (container,) = pod["containers"]
+        assert int(container["resources"]["limits"]["nvidia.com/gpu"]) >= 1, component
         assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}, component
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
-        assert "/dev/shm" in {m["mountPath"] for m in r.container(component)["volumeMounts"]}
+        assert "/dev/shm" in {m["mountPath"] for m in container["volumeMounts"]}
 
 
 @pytest.mark.parametrize("value_set", ["defaults", "gpu-production"])
@@ -357,8 +360,14 @@ def test_gpu_production_serves_qwen_math_7b_on_vllm() -> None:
     # The hub download: DNS and HTTPS out of the seed pod, nothing in.
     seed_policy = r.get("NetworkPolicy", name("seed"))["spec"]
     assert seed_policy["ingress"] == [] and {"ports": [{"port": 443, "protocol": "TCP"}]} in seed_policy["egress"]
-    for component in GPU_COMPONENTS:
+    for component in ["policy", "ppm"]:
         assert r.pod(component)["spec"]["runtimeClassName"] == "nvidia", component
+    # A 7B full fine-tune: each stage a Job on one node's 8 GPUs (FSDP), the trainer itself on the CPU pool.
+    training = r.training_job()
+    assert training is not None
+    assert training["spec"]["template"]["spec"]["runtimeClassName"] == "nvidia"
+    assert r.settings("trainer")["THINKMESH_TRAINER_JOB_GPUS_PER_NODE"] == "8"
+    assert "runtimeClassName" not in r.pod("trainer")["spec"]
 
 
 def test_services_run_the_thinkmesh_command_on_their_port(defaults: Rendered) -> None:

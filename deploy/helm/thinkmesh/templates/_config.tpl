@@ -1,6 +1,7 @@
 {{/*
 The settings of a component as THINKMESH_* variables: the chart's wiring first, then the component's `config`
-(which wins). Rendered into the component's ConfigMap; its hash goes into the pod annotations.
+(which wins; only the trainer's training fields, which the chart takes from `training`, are refused there).
+Rendered into the component's ConfigMap; its hash goes into the pod annotations.
 
 Params: (dict "root" $ "name" "search" "store" "rw|ro|" "calls" (list "sandbox" ...) "auth" true)
 */}}
@@ -8,9 +9,7 @@ Params: (dict "root" $ "name" "search" "store" "rw|ro|" "calls" (list "sandbox" 
 {{- $root := .root }}
 {{- $c := index $root.Values .name }}
 {{- $p := include "thinkmesh.envPrefix" . }}
-{{- $env := dict }}
-{{- $_ := set $env (printf "%sLOG_FORMAT" $p) $root.Values.logging.format }}
-{{- $_ := set $env (printf "%sLOG_LEVEL" $p) $root.Values.logging.level }}
+{{- $env := include "thinkmesh.loggingSettings" . | fromYaml }}
 {{- if $root.Values.metrics.enabled }}
 {{- $_ := set $env (printf "%sMETRICS_PORT" $p) (toString $root.Values.metrics.port) }}
 {{- end }}
@@ -105,6 +104,36 @@ that follow the store (a pinned model never will). */}}
 {{- end }}
 {{- end }}
 {{- $_ := set $env (printf "%sWAIT_FOR" $p) (join "," $following) }}
+{{- /* Where its stages train (training; services/trainer/training/settings.py). The chart renders the Jobs'
+template, Role and NetworkPolicy from the same values, so these come from `training` only: the same field in
+trainer.config is refused rather than left to disagree with them. */}}
+{{- $t := $root.Values.training }}
+{{- $fields := list }}
+{{- $fields = append $fields (list "training_mode" "training.mode" $t.mode) }}
+{{- $fields = append $fields (list "training_nproc_per_node" "training.nprocPerNode" (int $t.nprocPerNode)) }}
+{{- $fields = append $fields (list "training_fsdp" "training.strategy.fsdp" $t.strategy.fsdp) }}
+{{- $fields = append $fields (list "training_gradient_checkpointing" "training.strategy.gradientCheckpointing" $t.strategy.gradientCheckpointing) }}
+{{- $fields = append $fields (list "training_attention" "training.strategy.attention" $t.strategy.attention) }}
+{{- $fields = append $fields (list "training_micro_batch_size" "training.strategy.microBatchSize" (int $t.strategy.microBatchSize)) }}
+{{- $fields = append $fields (list "training_checkpoint_steps" "training.strategy.checkpointSteps" (int $t.strategy.checkpointSteps)) }}
+{{- if include "thinkmesh.trainingJobs" $root }}
+{{- $j := $t.job }}
+{{- $fields = append $fields (list "job_kind" "training.job.kind" $j.kind) }}
+{{- $fields = append $fields (list "job_namespace" "the release namespace" $root.Release.Namespace) }}
+{{- $fields = append $fields (list "job_nodes" "training.job.nodes" (int $j.nodes)) }}
+{{- $fields = append $fields (list "job_gpus_per_node" "training.job.gpusPerNode" (int $j.gpusPerNode)) }}
+{{- $fields = append $fields (list "job_backoff_limit" "training.job.backoffLimit" (int $j.backoffLimit)) }}
+{{- $fields = append $fields (list "job_timeout_s" "training.job.timeoutSeconds" (int64 $j.timeoutSeconds)) }}
+{{- $fields = append $fields (list "job_rendezvous_port" "training.job.rendezvousPort" (int $j.rendezvousPort)) }}
+{{- $fields = append $fields (list "job_template" "the training Job template it mounts" (include "thinkmesh.trainingJobFile" $root)) }}
+{{- end }}
+{{- range $fields }}
+{{- $field := index . 0 }}
+{{- if hasKey $c.config $field }}
+{{- fail (printf "trainer.config.%s: the chart sets it from %s" $field (index . 1)) }}
+{{- end }}
+{{- $_ := set $env (printf "%s%s" $p (upper $field)) (toString (index . 2)) }}
+{{- end }}
 {{- end }}
 {{- range $key, $value := $c.config }}
 {{- if and (ne $key "drain_seconds") (ne (toString $value) "") }}
@@ -112,6 +141,14 @@ that follow the store (a pinned model never will). */}}
 {{- end }}
 {{- end }}
 {{- toYaml $env }}
+{{- end }}
+
+{{/* The logging settings of a thinkmesh process, as a map of variables: every service's, and the training Jobs'
+(under the trainer's prefix). Params: component context. */}}
+{{- define "thinkmesh.loggingSettings" -}}
+{{- $p := include "thinkmesh.envPrefix" . }}
+{{ $p }}LOG_FORMAT: {{ .root.Values.logging.format | quote }}
+{{ $p }}LOG_LEVEL: {{ .root.Values.logging.level | quote }}
 {{- end }}
 
 {{/* The component's ConfigMap. Same params as thinkmesh.settings. */}}

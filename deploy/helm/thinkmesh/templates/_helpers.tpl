@@ -154,6 +154,34 @@ with policy or ppm not deployed here, the pods that are reload in place; with bo
 {{- end }}
 {{- end }}
 
+{{/* "true" when a round's training stages run as Kubernetes Jobs that the trainer creates (training.mode job),
+else "". */}}
+{{- define "thinkmesh.trainingJobs" -}}
+{{- if and .Values.trainer.enabled (eq .Values.training.mode "job") }}
+{{- true }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when the trainer calls the Kubernetes API, else "": to roll the model Deployments (thinkmesh.rollout),
+to run its training Jobs (thinkmesh.trainingJobs). It then has a ServiceAccount of its own with a token, a Role
+per purpose (trainer-rbac.yaml) and egress to networkPolicy.apiServer. */}}
+{{- define "thinkmesh.trainerAccount" -}}
+{{- if or (include "thinkmesh.rollout" .) (include "thinkmesh.trainingJobs" .) }}
+{{- true }}
+{{- end }}
+{{- end }}
+
+{{/* The rules of the trainer's Role for trainer.rollout: read and patch the policy and PPM Deployments, by name
+and nothing else. Params: root. */}}
+{{- define "thinkmesh.trainerRolloutRules" -}}
+- apiGroups: [apps]
+  resources: [deployments]
+  resourceNames:
+    - {{ include "thinkmesh.componentName" (dict "root" . "name" "policy") }}
+    - {{ include "thinkmesh.componentName" (dict "root" . "name" "ppm") }}
+  verbs: [get, patch]
+{{- end }}
+
 {{/* The in-chart Redis's password: a Secret and its key. The chart renders that Secret only from
 redis.auth.password; without it (and without existingSecret) the secrets Job creates it in the cluster. */}}
 {{- define "thinkmesh.redisPasswordRef" -}}

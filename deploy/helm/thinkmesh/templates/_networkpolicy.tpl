@@ -125,7 +125,7 @@ spec:
   {{- end }}
 {{- end }}
 {{- end }}
-{{- if and (eq .name "trainer") (include "thinkmesh.rollout" $root) }}
+{{- if and (eq .name "trainer") (include "thinkmesh.trainerAccount" $root) }}
 {{- include "thinkmesh.apiServerEgress" $root }}
 {{- end }}
 {{- with index $np.extraEgress .name }}
@@ -148,8 +148,8 @@ spec:
   {{- end }}
 {{- end }}
 
-{{/* The NetworkPolicy of a Job's pods: no ingress; DNS and `egress` out. Params: root, name (the pods'
-component label), egress (NetworkPolicyEgressRules, rendered YAML). */}}
+{{/* The NetworkPolicy of a Job's pods: `ingress` in (none when empty); DNS and `egress` out. Params: root, name
+(the pods' component label), ingress and egress (NetworkPolicyIngressRules / EgressRules, rendered YAML). */}}
 {{- define "thinkmesh.jobNetworkPolicy" -}}
 {{- $root := .root }}
 {{- if $root.Values.networkPolicy.enabled }}
@@ -165,7 +165,12 @@ spec:
     matchLabels:
       {{- include "thinkmesh.selectorLabels" . | nindent 6 }}
   policyTypes: [Ingress, Egress]
+  {{- if .ingress }}
+  ingress:
+    {{- .ingress | nindent 4 }}
+  {{- else }}
   ingress: []
+  {{- end }}
   {{- if .egress }}
   egress:
     # DNS

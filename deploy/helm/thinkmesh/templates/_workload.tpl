@@ -1,6 +1,8 @@
 {{/*
 The Deployment every thinkmesh component runs, and the objects around it (Service, HPA, PDB).
-Params: the component context, (dict "root" $ "name" NAME) merged with its row of the wiring table.
+Params: the component context, (dict "root" $ "name" NAME "values" VALUES) merged with its row of the wiring
+table; "values" is the component's values as its pods use them (the trainer's with trainer.jobMode applied in
+training.mode job), .root.Values.NAME when absent.
 */}}
 
 {{/* A tiny gRPC health client for probes when TLS is on: the kubelet's own gRPC probe speaks plaintext only.
@@ -76,9 +78,9 @@ prometheus.io/path: /metrics
 
 {{/* Scheduling, identity and the hardened pod-level settings shared by Deployments and the StatefulSet. */}}
 {{- define "thinkmesh.podSpecCommon" -}}
-{{- $c := index .root.Values .name }}
-{{- if and (eq .name "trainer") (include "thinkmesh.rollout" .root) }}
-{{- /* The trainer's own account: its Role may patch the model Deployments (rbac.yaml). */}}
+{{- $c := .values | default (index .root.Values .name) }}
+{{- if and (eq .name "trainer") (include "thinkmesh.trainerAccount" .root) }}
+{{- /* The trainer's own account: its Roles may patch the model Deployments, run training Jobs (trainer-rbac.yaml). */}}
 serviceAccountName: {{ include "thinkmesh.componentName" . }}
 automountServiceAccountToken: true
 {{- else }}
@@ -120,7 +122,7 @@ tolerations:
 
 {{- define "thinkmesh.deployment" -}}
 {{- $root := .root }}
-{{- $c := index $root.Values .name }}
+{{- $c := .values | default (index $root.Values .name) }}
 {{- if $c.enabled }}
 apiVersion: apps/v1
 kind: Deployment
@@ -256,6 +258,11 @@ spec:
               mountPath: /etc/thinkmesh/auth
               readOnly: true
             {{- end }}
+            {{- if and (eq .name "trainer") (include "thinkmesh.trainingJobs" $root) }}
+            - name: training-job
+              mountPath: {{ include "thinkmesh.trainingJobDir" $root }}
+              readOnly: true
+            {{- end }}
       volumes:
         - name: tmp
           emptyDir:
@@ -286,6 +293,13 @@ spec:
             items:
               - key: {{ $root.Values.auth.tokensKey }}
                 path: {{ $root.Values.auth.tokensKey }}
+        {{- end }}
+        {{- if and (eq .name "trainer") (include "thinkmesh.trainingJobs" $root) }}
+        {{- /* Mounted whole (no subPath), so an upgrade's new template reaches the next stage without a restart. */}}
+        - name: training-job
+          configMap:
+            name: {{ include "thinkmesh.trainingJobConfigMap" $root }}
+            defaultMode: 0444
         {{- end }}
 {{- end }}
 {{- end }}
