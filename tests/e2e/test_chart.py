@@ -362,12 +362,13 @@ def test_gpu_production_serves_qwen_math_7b_on_vllm() -> None:
     assert seed_policy["ingress"] == [] and {"ports": [{"port": 443, "protocol": "TCP"}]} in seed_policy["egress"]
     for component in ["policy", "ppm"]:
         assert r.pod(component)["spec"]["runtimeClassName"] == "nvidia", component
-    # A 7B full fine-tune: each stage a Job on one node's 8 GPUs (FSDP), the trainer itself on the CPU pool.
+    # A 7B full fine-tune: each stage a Job on one node's 8 GPUs (FSDP); the trainer keeps one GPU for evaluating
+    # the 7B candidates.
     training = r.training_job()
     assert training is not None
     assert training["spec"]["template"]["spec"]["runtimeClassName"] == "nvidia"
     assert r.settings("trainer")["THINKMESH_TRAINER_JOB_GPUS_PER_NODE"] == "8"
-    assert "runtimeClassName" not in r.pod("trainer")["spec"]
+    assert r.pod("trainer")["spec"]["runtimeClassName"] == "nvidia"
 
 
 def test_services_run_the_thinkmesh_command_on_their_port(defaults: Rendered) -> None:
