@@ -36,6 +36,14 @@ def _cell(value: Any) -> str:
 RETRY_COLUMNS = (("retried", "retried"), ("solved by retries", "solved_by_retries"))
 # Shown only when some round left training examples out for their length (over the preset's max_length).
 DROPPED_COLUMNS = (("SFT dropped (long)", "sft_dropped_long"), ("PPM pairs dropped (long)", "ppm_dropped_long"))
+# Shown only when some round trained on several processes (torchrun, a Kubernetes Job): how, and how fast. The
+# stages' logs are in rounds/<n>/train/<stage>/logs/.
+TRAINING_COLUMNS = (
+    ("SFT ranks", "sft_world_size"),
+    ("SFT tokens/s", "sft_tokens_per_s"),
+    ("PPM ranks", "ppm_world_size"),
+    ("PPM tokens/s", "ppm_tokens_per_s"),
+)
 
 
 def markdown_table(states: list[RoundState]) -> str:
@@ -45,6 +53,8 @@ def markdown_table(states: list[RoundState]) -> str:
         columns = (*COLUMNS[:solved_at], *RETRY_COLUMNS, *COLUMNS[solved_at:])
     if any(s.metrics.get(key) for s in states for _, key in DROPPED_COLUMNS):
         columns = (*columns, *DROPPED_COLUMNS)
+    if any((s.metrics.get(key) or 0) > 1 for s in states for key in ("sft_world_size", "ppm_world_size")):
+        columns = (*columns, *TRAINING_COLUMNS)
     header = "| round | " + " | ".join(name for name, _ in columns) + " | policy | ppm | state |"
     rule = "|---" * (len(columns) + 4) + "|"
     rows = [

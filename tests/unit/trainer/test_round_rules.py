@@ -188,6 +188,18 @@ def test_the_report_shows_retry_columns_only_when_a_round_retried() -> None:
     assert [cell.strip() for cell in rows[0].strip("|").split("|")][names.index("retried")] == "–"
 
 
+def test_the_report_shows_how_training_ran_only_when_a_round_trained_on_several_processes() -> None:
+    from services.trainer.rounds.report import markdown_table
+
+    one = [RoundState(round=1, metrics={"sft_world_size": 1, "ppm_world_size": 1, "sft_tokens_per_s": 900.0})]
+    assert "SFT ranks" not in markdown_table(one)
+    eight = [*one, RoundState(round=2, metrics={"sft_world_size": 8, "sft_tokens_per_s": 51234.5, "ppm_world_size": 8})]
+    header, _, *rows = markdown_table(eight).splitlines()
+    names = [cell.strip() for cell in header.strip("|").split("|")]
+    cells = [cell.strip() for cell in rows[1].strip("|").split("|")]
+    assert (cells[names.index("SFT ranks")], cells[names.index("SFT tokens/s")]) == ("8", "51234.500")
+
+
 def test_the_stages_run_in_one_fixed_order_under_their_saved_names() -> None:
     from services.trainer.rounds import STAGE_NAMES, STAGES
 
