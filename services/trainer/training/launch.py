@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -16,6 +17,7 @@ from typing import Protocol
 from services.common import die_with_parent
 from services.common.errors import InvalidInput
 from services.trainer.training.spec import (
+    CHECKPOINTS_DIR,
     LOGS_DIR,
     PROGRESS_FILE,
     RANKS_DIR,
@@ -40,12 +42,33 @@ class Launcher(Protocol):
         ...
 
 
+FINGERPRINT = "fingerprint"
+
+
+def fingerprint(spec: TrainingSpec) -> str:
+    """What a stage's checkpoints were made from: the spec and its data's content."""
+    digest = hashlib.sha256(spec.to_json().encode())
+    with Path(spec.data).open("rb") as data:
+        for block in iter(lambda: data.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def clear_outcome(spec: TrainingSpec) -> None:
-    """Before a (re)start: no result or progress of an earlier run may be mistaken for this one's. Checkpoints stay:
-    they are what a restarted stage resumes from."""
+    """Before a (re)start: no result or progress of an earlier run may be mistaken for this one's. Checkpoints stay
+    when they were made from this very spec and data — they are what a restarted stage resumes from — and go when
+    not (another recipe or other data in the same directory would resume at the wrong place, or not at all)."""
     for name in (RESULT_FILE, PROGRESS_FILE):
         spec.path(name).unlink(missing_ok=True)
     shutil.rmtree(spec.path(RANKS_DIR), ignore_errors=True)
+    checkpoints = spec.path(CHECKPOINTS_DIR)
+    current = fingerprint(spec)
+    recorded = checkpoints / FINGERPRINT
+    if checkpoints.is_dir() and (not recorded.is_file() or recorded.read_text().strip() != current):
+        log.warning("%s holds checkpoints of another spec or other data: starting the stage afresh", checkpoints)
+        shutil.rmtree(checkpoints)
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    recorded.write_text(current + "\n")
 
 
 def finished(spec: TrainingSpec, how: str) -> TrainingResult:

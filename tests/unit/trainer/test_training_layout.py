@@ -125,3 +125,26 @@ def test_trainer_settings_compose_the_training_group() -> None:
         load_settings(TrainerSettings, {"THINKMESH_TRAINER_TRAINING_MODE": "job"})
     with pytest.raises(ConfigError, match="THINKMESH_TRAINER_TRAINING_ATTENTION"):
         load_settings(TrainerSettings, {"THINKMESH_TRAINER_TRAINING_ATTENTION": "flash"})
+
+
+def test_checkpoints_are_resumed_only_by_the_spec_and_data_that_made_them(tmp_path: Path) -> None:
+    from services.trainer.training.launch import clear_outcome
+
+    data = tmp_path / "sft.jsonl"
+    data.write_text('{"question": "q", "steps": ["a"]}\n')
+    spec = TrainingSpec("sft", str(data), "base", str(tmp_path / "out"), SFTConfig(max_steps=10))
+    checkpoint = spec.out_dir / "checkpoints" / "checkpoint-4"
+
+    def left_after(stage: TrainingSpec) -> bool:
+        checkpoint.mkdir(parents=True, exist_ok=True)
+        (spec.out_dir / "result.json").write_text("{}")
+        clear_outcome(stage)
+        assert not (spec.out_dir / "result.json").exists()  # never an earlier run's result
+        return checkpoint.is_dir()
+
+    clear_outcome(spec)  # the first start records what its checkpoints will be made from
+    assert left_after(spec)  # a restart of the same stage resumes
+    assert not left_after(dataclasses.replace(spec, recipe=SFTConfig(max_steps=20)))  # another recipe
+    assert left_after(dataclasses.replace(spec, recipe=SFTConfig(max_steps=20)))
+    data.write_text('{"question": "other", "steps": ["a"]}\n')
+    assert not left_after(dataclasses.replace(spec, recipe=SFTConfig(max_steps=20)))  # other data, same path
