@@ -5,7 +5,7 @@ without loading any training code."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,20 +66,26 @@ class PPMConfig:
     likelihood: bool = True
 
 
-def read_trajectories(path: Path) -> list[Trajectory]:
-    """Supplied solutions in the step format: JSONL with `question` and `steps` (a list of steps) or `solution`
-    (the steps as one text, or as a list). Every step must parse, and the last must be the answer; a bad row is
-    refused with its number."""
+def _rows(path: Path, what: str) -> Iterator[tuple[int, Any]]:
+    """The JSON value of each non-blank line of the JSONL file `path`, with its line number; `what` names the file
+    in errors ("trajectory file")."""
     if not Path(path).is_file():
-        raise NotFound(f"trajectory file {path} does not exist")
-    trajectories = []
+        raise NotFound(f"{what} {path} does not exist")
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            yield number, json.loads(line)
         except ValueError as exc:
-            raise InvalidInput(f"trajectory file {path}, line {number} is not JSON: {exc}") from exc
+            raise InvalidInput(f"{what} {path}, line {number} is not JSON: {exc}") from exc
+
+
+def read_trajectories(path: Path) -> list[Trajectory]:
+    """Supplied solutions in the step format: JSONL with `question` and `steps` (a list of steps) or `solution`
+    (the steps as one text, or as a list). Every step must parse, and the last must be the answer; a bad row is
+    refused with its number."""
+    trajectories = []
+    for number, row in _rows(path, "trajectory file"):
         if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not row["question"].strip():
             raise InvalidInput(f"trajectory file {path}, line {number}: no question")
         steps = row.get("steps")
@@ -108,16 +114,8 @@ PAIR_FIELDS = ("question", "prefix", "chosen", "rejected")
 def read_pairs(path: Path) -> list[StepPair]:
     """Step pairs in a round's pair format (`pairs.jsonl`: JSONL with a StepPair's fields, `prefix` a list of
     steps); a bad row is refused with its number."""
-    if not Path(path).is_file():
-        raise NotFound(f"pair file {path} does not exist")
     pairs = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as exc:
-            raise InvalidInput(f"pair file {path}, line {number} is not JSON: {exc}") from exc
+    for number, row in _rows(path, "pair file"):
         if not isinstance(row, dict) or any(name not in row for name in PAIR_FIELDS):
             raise InvalidInput(f"pair file {path}, line {number}: a pair needs {', '.join(PAIR_FIELDS)}")
         texts = [

@@ -90,3 +90,32 @@ def test_every_kind_appears_and_stays_valid_python() -> None:
     # the comment follows a changed number some of the time, and some of the time it keeps the right one
     comments = {t.split("\n")[0] for t in kinds["miscopy"] | kinds["question"]}
     assert "# 25 more mangoes" in comments and len(comments) > 1
+
+
+def test_training_files_read_the_curriculums_rows_and_refuse_a_bad_row_by_number(tmp_path: Path) -> None:
+    import json
+
+    import pytest
+
+    from services.common.errors import InvalidInput, NotFound
+    from services.trainer.data import StepPair, read_pairs, read_trajectories
+
+    sft = tmp_path / "sft.jsonl"
+    # `thinkmesh curriculum sample` prints the solution as a list of steps.
+    sft.write_text(json.dumps({"question": QUESTION, "solution": list(STEPS), "answer": "8"}) + "\n\n")
+    assert read_trajectories(sft) == [Trajectory(QUESTION, STEPS)]
+    pair = StepPair(QUESTION, STEPS[:1], STEPS[1], STEPS[1].replace("apples", "pears"))
+    pairs = tmp_path / "pairs.jsonl"
+    row = {"question": pair.question, "prefix": list(pair.prefix), "chosen": pair.chosen, "rejected": pair.rejected}
+    pairs.write_text(json.dumps(row) + "\n" + json.dumps({**row, "rejected": row["chosen"]}) + "\n")
+    with pytest.raises(InvalidInput, match=r"pair file .*, line 2: .*chosen differs from rejected"):
+        read_pairs(pairs)
+    pairs.write_text(json.dumps(row) + "\n{oops\n")
+    with pytest.raises(InvalidInput, match="line 2 is not JSON"):
+        read_pairs(pairs)
+    pairs.write_text(json.dumps(row) + "\n")
+    assert read_pairs(pairs) == [pair]
+    with pytest.raises(InvalidInput, match="line 1: a pair needs question, prefix, chosen, rejected"):
+        read_pairs(sft)
+    with pytest.raises(NotFound):
+        read_pairs(tmp_path / "missing.jsonl")
