@@ -37,8 +37,9 @@ class TrainingSettings:
     job_namespace: str = ""
     job_nodes: int = 1
     job_gpus_per_node: int = 1
-    # Pod failures the Job retries (a restarted stage resumes from its last checkpoint), and how long a stage may
-    # run in all before it is failed.
+    # Stage restarts: how many times a stage whose Job failed (any pod's failure fails it: the Job itself retries
+    # nothing) is started again as a whole, as a new Job that resumes from the stage's last checkpoint; and how long
+    # a stage may run in all, every attempt together, before it is failed.
     job_backoff_limit: int = 3
     job_timeout_s: float = 7 * 24 * 3600.0
     job_rendezvous_port: int = 29500

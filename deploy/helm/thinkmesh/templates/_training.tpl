@@ -42,11 +42,12 @@ comment at its top. Params: root. */}}
 {{- $t := $root.Values.trainer }}
 {{- $job := $root.Values.training.job -}}
 # The Job of one training stage, completed by the trainer before it creates it: metadata.name (this one's, with the
-# stage's name appended); spec.completions
-# and parallelism (training.job.nodes), completionMode (Indexed), backoffLimit and activeDeadlineSeconds
-# (training.job.backoffLimit, timeoutSeconds); the pod template's subdomain (the stage's headless Service) and the
-# container's command, args and rank environment. For training.job.kind pytorchjob it moves this pod template
-# into a PyTorchJob instead. Everything else is the chart's: change it in values, not here.
+# stage's name appended); spec.completions and parallelism (training.job.nodes), completionMode (Indexed),
+# backoffLimit 0 (a failed pod fails the Job; the trainer restarts the whole stage, up to training.job.backoffLimit
+# times, from its checkpoints) and activeDeadlineSeconds (what is left of training.job.timeoutSeconds); the pod
+# template's subdomain (the stage's headless Service) and the container's command, args and rank environment. For
+# training.job.kind pytorchjob it moves this pod template into a PyTorchJob instead. Everything else is the
+# chart's: change it in values, not here.
 apiVersion: batch/v1
 kind: Job
 metadata:
@@ -66,7 +67,8 @@ spec:
         {{- toYaml . | nindent 8 }}
       {{- end }}
     spec:
-      # A failed pod fails its index; the Job's backoffLimit retries it, resuming from the last checkpoint.
+      # A failed pod fails the Job (a replacement could not rejoin a running torchrun group); the trainer starts
+      # the stage again as a new Job, which resumes from the last checkpoint.
       restartPolicy: Never
       # The serving pods' account, without a token: training calls no Kubernetes API.
       serviceAccountName: {{ include "thinkmesh.serviceAccountName" $root }}
