@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import time
 import uuid
 from collections.abc import Callable
@@ -111,6 +112,19 @@ def check_kind(kind: str) -> ModelKindName:
     return kind
 
 
+def share_with_group(directory: Path) -> None:
+    """Make every file under `directory` readable, and every folder searchable, by the store's group: the policy
+    and PPM pods load what the trainer wrote under other uids of that group. safetensors writes its files 0600
+    whatever the umask (a temporary file persisted in place), so nothing else would let them read the weights."""
+    for path in (directory, *directory.rglob("*")):
+        if path.is_symlink():
+            continue
+        wanted = stat.S_IRGRP | stat.S_IXGRP if path.is_dir() else stat.S_IRGRP
+        mode = path.stat().st_mode
+        if mode & wanted != wanted:
+            path.chmod(stat.S_IMODE(mode) | wanted)
+
+
 class ModelStore:
     def __init__(self, root: Path | str | None = None) -> None:
         self.root = Path(root) if root is not None else default_root()
@@ -203,6 +217,7 @@ class ModelStore:
         staging.mkdir()
         try:
             write(staging)
+            share_with_group(staging)
             chosen = check_prompt_format(prompt_format) if prompt_format else prompt_format_of(staging)
             manifest = {"created_at": time.time(), "lineage": asdict(lineage), "prompt_format": chosen}
             (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))

@@ -5,6 +5,12 @@ workload's pod spec and says how Docker runs it: the same image, command and arg
 and Secrets resolved from the same rendering), user and groups, capabilities, seccomp, read-only root, volumes and
 limits, under the names of every Service that selects it. It translates; it does not know the chart's templates.
 
+It plays the Job controller's part too: a Job's pod runs once, and an Indexed Job (the trainer's training stages,
+services/trainer/training/jobs.py) has one pod per completion index, all at once (`Kubelet.pods()`), each with its
+index in the annotation and label the controller sets, under the hostname `<job>-<index>` and, with a
+`subdomain`, the DNS names its headless Service gives it. The objects a controller or the trainer creates (that
+Service) are translated from the same `Rendered`: add them to the chart's.
+
 A field it does not translate fails the run (`Untranslated`), so that a change to the chart cannot be silently
 left out here. What has no meaning on one Docker host is named in the `*_IGNORED` sets below, with the reason.
 """
@@ -31,8 +37,17 @@ POD_IGNORED = {
     "nodeSelector",  # scheduling: there is one Docker host
     "affinity",
     "tolerations",
+    "priorityClassName",  # scheduling and preemption: one host, nothing to preempt
     "imagePullSecrets",  # the images are local; nothing is pulled
 }
+# RuntimeClasses with nothing to translate. nvidia is the NVIDIA container runtime, which exposes a pod's GPUs: on a
+# host with GPUs Docker's `--gpus` (from the nvidia.com/gpu limit) does that, on one without there are none. Any
+# other (gVisor, Kata) is an isolation layer that plain Docker does not give: it fails.
+RUNTIME_CLASSES_IGNORED = {"nvidia"}
+# Resources with no meaning on a Docker host without GPUs (`Kubelet.host_gpus` False, where the CPU images run): the
+# CPU images serve on the CPU, and their training ranks talk over gloo, not NCCL. With GPUs: `--gpus N`.
+GPU_RESOURCE = "nvidia.com/gpu"
+CPU_HOST_IGNORED = {GPU_RESOURCE}
 CONTAINER_IGNORED = {
     "imagePullPolicy",
     "startupProbe",  # the tests wait for gRPC health SERVING themselves
@@ -42,7 +57,17 @@ CONTAINER_IGNORED = {
 # What is translated, by where it appears.
 POD_FIELDS = {"containers", "initContainers", "volumes", "securityContext", "terminationGracePeriodSeconds"}
 POD_FIELDS |= {"automountServiceAccountToken", "enableServiceLinks"}  # both must be false (checked)
+POD_FIELDS |= {"runtimeClassName", "subdomain"}  # only RUNTIME_CLASSES_IGNORED; subdomain: its headless Service's names
 JOB_FIELDS = {"restartPolicy"}  # a Job's pod runs once here: Never and OnFailure alike
+# A Job's own spec: completions and parallelism (one pod, or one per index of an Indexed Job, all at once).
+JOB_SPEC_FIELDS = {"template", "completionMode", "completions", "parallelism"}
+JOB_SPEC_IGNORED = {
+    "backoffLimit",  # each pod runs once here: the caller sees its exit code
+    "activeDeadlineSeconds",  # the caller's timeout bounds a run
+    "ttlSecondsAfterFinished",  # the caller removes what it ran
+}
+# What the Job controller puts on an Indexed Job's pods (as an annotation and, since Kubernetes 1.28, a label).
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 CONTAINER_FIELDS = {"name", "image", "command", "args", "ports", "env", "envFrom", "resources", "securityContext"}
 CONTAINER_FIELDS |= {"volumeMounts", "lifecycle"}  # lifecycle: preStop only, which runs when a pod stops
 POD_SECURITY = {"runAsUser", "runAsGroup", "runAsNonRoot", "fsGroup", "fsGroupChangePolicy", "supplementalGroups"}
@@ -57,6 +82,8 @@ SECCOMP_CONFIGMAP_SUFFIX = "-seccomp"
 _UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 # Kubernetes' dependent environment variables: $(NAME) is replaced when NAME is defined, $$ is an escaped $.
 _VARIABLE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+# The downward API's fieldPath into the pod's own labels or annotations: metadata.annotations['<key>'].
+_METADATA_FIELD = re.compile(r"metadata\.(labels|annotations)\['([^']+)'\]")
 
 
 class Untranslated(Exception):
@@ -98,8 +125,10 @@ def _only(where: str, obj: Mapping[str, Any], known: set[str]) -> None:
 class Pod:
     """One replica of a workload, in `docker run` terms."""
 
-    name: str  # also its hostname, as in the cluster
-    component: str  # the app.kubernetes.io/component label
+    name: str  # its hostname, as in the cluster: its metadata.name, but for an Indexed Job's pod `<job>-<index>`
+    # The app.kubernetes.io/component label; an init container's: <component>-<container>; an Indexed Job's pod's:
+    # <component>-<index> (what `Session` names the container after).
+    component: str
     image: str
     options: tuple[str, ...]  # every `docker run` option but name, network and aliases
     entrypoint: str | None  # the container's `command[0]`; None keeps the image's
@@ -111,6 +140,19 @@ class Pod:
     init: tuple[Pod, ...] = ()
 
 
+@dataclass(frozen=True)
+class _PodMeta:
+    """Who one pod is, as its controller makes it: what the downward API and its DNS names read."""
+
+    name: str
+    hostname: str
+    namespace: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    files: str  # the directory under `scratch` for its Secret and ConfigMap volumes
+    component: str
+
+
 @dataclass
 class Kubelet:
     manifests: Rendered
@@ -119,12 +161,25 @@ class Kubelet:
     host_cpus: int
     # rendered image → the local image run instead
     images: Mapping[str, str]
+    # Whether Docker can give containers GPUs (`--gpus`); without, nvidia.com/gpu is ignored (CPU_HOST_IGNORED).
+    host_gpus: bool = True
 
-    def pod(self, workload: dict[str, Any]) -> Pod:
-        """A Deployment's, StatefulSet's or Job's pod: its one container, and its init containers to run first."""
+    def pods(self, workload: dict[str, Any]) -> tuple[Pod, ...]:
+        """The pods the workload's controller starts together: an Indexed Job's, one per completion index; else its
+        one pod."""
+        indexes = self._completion_indexes(workload)
+        if indexes is None:
+            return (self.pod(workload),)
+        return tuple(self.pod(workload, index) for index in indexes)
+
+    def pod(self, workload: dict[str, Any], index: int | None = None) -> Pod:
+        """A Deployment's, StatefulSet's or Job's pod: its one container, and its init containers to run first. An
+        Indexed Job's pod of completion `index` (which it must be given)."""
         kind, name = workload["kind"], workload["metadata"]["name"]
         template = workload["spec"]["template"]
-        spec, labels = template["spec"], template["metadata"]["labels"]
+        spec = template["spec"]
+        labels = dict(template["metadata"]["labels"])
+        annotations = dict(template["metadata"].get("annotations") or {})
         namespace = workload["metadata"]["namespace"]
         where = f"{kind} {name}"
         _only(where, spec, POD_FIELDS | POD_IGNORED | (JOB_FIELDS if kind == "Job" else set()))
@@ -134,51 +189,120 @@ class Kubelet:
             raise Untranslated(f"{where}: service links (one env variable per Service) are not translated")
         if len(spec["containers"]) != 1:
             raise Untranslated(f"{where}: {len(spec['containers'])} containers; one is translated")
+        if "runtimeClassName" in spec and spec["runtimeClassName"] not in RUNTIME_CLASSES_IGNORED:
+            raise Untranslated(
+                f"{where}: runtimeClassName not translated: {spec['runtimeClassName']} (an isolation layer Docker "
+                f"does not give here; only {', '.join(sorted(RUNTIME_CLASSES_IGNORED))} is known)"
+            )
 
-        if kind == "StatefulSet":
-            pod_name = f"{name}-0"
+        indexes = self._completion_indexes(workload)
+        if indexes is not None:
+            if index not in indexes:
+                raise ValueError(f"{where}: an Indexed Job's pod is one of the indexes {indexes}, not {index!r}")
+            # The Job controller's: the index on the pod, its hostname <job>-<index>, its name that plus a suffix.
+            labels[COMPLETION_INDEX] = annotations[COMPLETION_INDEX] = str(index)
+            hostname = f"{name}-{index}"
+            pod_name = f"{hostname}-{secrets.token_hex(3)}"
+            aliases = []
+        elif index is not None:
+            raise ValueError(f"{where}: not an Indexed Job; it has no index {index}")
+        elif kind == "StatefulSet":
+            pod_name = hostname = f"{name}-0"
             aliases = [f"{pod_name}.{workload['spec']['serviceName']}.{namespace}.svc.{CLUSTER_DOMAIN}"]
         else:
-            pod_name = f"{name}-{secrets.token_hex(3)}"
+            pod_name = hostname = f"{name}-{secrets.token_hex(3)}"
             aliases = []
         for service in self.manifests.of_kind("Service"):
             selector = service["spec"].get("selector") or {}
             if selector and selector.items() <= labels.items():
                 svc = service["metadata"]["name"]
                 aliases += [svc, f"{svc}.{service['metadata']['namespace']}.svc.{CLUSTER_DOMAIN}"]
+        if "subdomain" in spec:
+            aliases += self._subdomain_names(where, spec["subdomain"], hostname, namespace, labels)
 
+        component = template["metadata"]["labels"]["app.kubernetes.io/component"]
+        pod = _PodMeta(
+            name=pod_name,
+            hostname=hostname,
+            namespace=namespace,
+            labels=labels,
+            annotations=annotations,
+            # Where its Secret and ConfigMap volumes are written: the workload's, or its index's own.
+            files=name if index is None else hostname,
+            component=component if index is None else f"{component}-{index}",
+        )
         init = tuple(
-            self._container(where, workload, container, pod_name, (), init=True)
+            self._container(where, workload, container, pod, (), init=True)
             for container in spec.get("initContainers", [])
         )
         (container,) = spec["containers"]
-        return replace(self._container(where, workload, container, pod_name, tuple(aliases)), init=init)
+        return replace(self._container(where, workload, container, pod, tuple(aliases)), init=init)
+
+    def _completion_indexes(self, workload: dict[str, Any]) -> range | None:
+        """An Indexed Job's completion indexes, all of which run at once here; None for any other workload. Checks a
+        Job's own spec."""
+        if workload["kind"] != "Job":
+            return None
+        spec = workload["spec"]
+        where = f"Job {workload['metadata']['name']}"
+        _only(where, spec, JOB_SPEC_FIELDS | JOB_SPEC_IGNORED)
+        mode = spec.get("completionMode", "NonIndexed")
+        completions, parallelism = spec.get("completions", 1), spec.get("parallelism", 1)
+        if mode == "NonIndexed":
+            if (completions, parallelism) != (1, 1):
+                raise Untranslated(f"{where}: {completions} completions, parallelism {parallelism}; one pod runs here")
+            return None
+        if mode != "Indexed":
+            raise Untranslated(f"{where}: completionMode {mode}")
+        if parallelism < completions:
+            # A training stage's ranks must all run at once; so do they here.
+            raise Untranslated(f"{where}: parallelism {parallelism} < {completions} completions: all run at once here")
+        return range(completions)
+
+    def _subdomain_names(
+        self, where: str, subdomain: str, hostname: str, namespace: str, labels: Mapping[str, str]
+    ) -> list[str]:
+        """`<hostname>.<subdomain>` and its fully qualified name, which cluster DNS gives a pod with a subdomain when a
+        headless Service of that name selects it. The short name is an alias of its own: Docker's DNS has no search
+        path, where a pod's resolv.conf searches `<namespace>.svc.<cluster domain>` first."""
+        service = self.manifests.find("Service", subdomain)
+        selector = (service or {}).get("spec", {}).get("selector") or {}
+        if (
+            service is None
+            or service["metadata"].get("namespace") != namespace
+            or service["spec"].get("clusterIP") != "None"
+            or not selector
+            or not selector.items() <= labels.items()
+        ):
+            raise Untranslated(
+                f"{where}: subdomain {subdomain}: no headless Service {subdomain} in {namespace} selects the pod "
+                f"(give it to the Kubelet's manifests), so {hostname}.{subdomain} would not resolve"
+            )
+        return [f"{hostname}.{subdomain}", f"{hostname}.{subdomain}.{namespace}.svc.{CLUSTER_DOMAIN}"]
 
     def _container(
         self,
         where: str,
         workload: dict[str, Any],
         container: dict[str, Any],
-        pod_name: str,
+        pod: _PodMeta,
         aliases: tuple[str, ...],
         *,
         init: bool = False,
     ) -> Pod:
         spec = workload["spec"]["template"]["spec"]
-        labels = workload["spec"]["template"]["metadata"]["labels"]
-        namespace = workload["metadata"]["namespace"]
         where = f"{where}, {'init container' if init else 'container'} {container['name']}"
         _only(where, container, CONTAINER_FIELDS | CONTAINER_IGNORED)
         # preStop runs when a pod is stopped; the tests remove their containers instead.
         _only(f"{where}, lifecycle", container.get("lifecycle", {}), {"preStop"})
 
-        env = self._env(where, container, pod_name, namespace)
+        env = self._env(where, container, pod)
         pod_security = spec.get("securityContext", {})
         options = [*self._security(where, pod_security, container.get("securityContext", {}))]
         options += self._resources(where, container.get("resources", {}))
         if "terminationGracePeriodSeconds" in spec:
             options += ["--stop-timeout", str(spec["terminationGracePeriodSeconds"])]
-        mounts, volumes = self._volumes(where, workload, container, pod_security.get("fsGroup"))
+        mounts, volumes = self._volumes(where, workload, pod.files, container, pod_security.get("fsGroup"))
         options += mounts
         ports = {}
         for port in container.get("ports", []):
@@ -193,12 +317,11 @@ class Kubelet:
         command = [expand(word, env) for word in container.get("command", [])]
         args = [expand(word, env) for word in container.get("args", [])]
         image = container["image"]
-        component = labels["app.kubernetes.io/component"]
         return Pod(
-            name=pod_name,
-            component=f"{component}-{container['name']}" if init else component,
+            name=pod.hostname,
+            component=f"{pod.component}-{container['name']}" if init else pod.component,
             image=self.images.get(image, image),
-            options=tuple(["--hostname", pod_name, *options]),
+            options=tuple(["--hostname", pod.hostname, *options]),
             entrypoint=command[0] if command else None,
             args=tuple([*command[1:], *args]),
             aliases=aliases,
@@ -220,7 +343,7 @@ class Kubelet:
         data.update({k: str(v) for k, v in (found.get("stringData" if kind == "Secret" else "data") or {}).items()})
         return data
 
-    def _env(self, where: str, container: dict[str, Any], pod_name: str, namespace: str) -> dict[str, str]:
+    def _env(self, where: str, container: dict[str, Any], pod: _PodMeta) -> dict[str, str]:
         """envFrom first, then env in order (a later name wins), as the kubelet builds it."""
         env: dict[str, str] = {}
         for source in container.get("envFrom", []):
@@ -236,12 +359,7 @@ class Kubelet:
                 continue
             source = var["valueFrom"]
             if "fieldRef" in source:
-                # The pod's own name and namespace are known before it starts; its IP and node are not.
-                fields = {"metadata.name": pod_name, "metadata.namespace": namespace}
-                path = source["fieldRef"]["fieldPath"]
-                if path not in fields:
-                    raise Untranslated(f"{where}, env {var['name']}: fieldRef {path}")
-                env[var["name"]] = fields[path]
+                env[var["name"]] = self._field(f"{where}, env {var['name']}", source["fieldRef"], pod)
                 continue
             kind = "ConfigMap" if "configMapKeyRef" in source else "Secret"
             ref = source.get("configMapKeyRef" if kind == "ConfigMap" else "secretKeyRef")
@@ -253,6 +371,22 @@ class Kubelet:
             elif not ref.get("optional"):
                 raise Untranslated(f"{where}, env {var['name']}: no key {ref['key']} in {kind} {ref['name']}")
         return env
+
+    @staticmethod
+    def _field(where: str, ref: Mapping[str, Any], pod: _PodMeta) -> str:
+        """The downward API's value of a fieldRef: the pod's own name, namespace, labels and annotations are known
+        before it starts (an Indexed Job's completion index among them); its IP and node are not."""
+        _only(f"{where}, fieldRef", ref, {"fieldPath", "apiVersion"})
+        path = ref["fieldPath"]
+        fields = {"metadata.name": pod.name, "metadata.namespace": pod.namespace}
+        if path in fields:
+            return fields[path]
+        match = _METADATA_FIELD.fullmatch(path)
+        found = getattr(pod, match.group(1)) if match else {}
+        if not match or match.group(2) not in found:
+            # The API server would give an empty value for a key the pod lacks; here that is a mistake to see.
+            raise Untranslated(f"{where}: fieldRef {path}")
+        return str(found[match.group(2)])
 
     # --- security ---------------------------------------------------------------------------------------------
 
@@ -321,7 +455,9 @@ class Kubelet:
         """Limits as cgroup limits; requests only place pods, and there is one host."""
         _only(f"{where}, resources", resources, {"limits", "requests"})
         limits = resources.get("limits", {})
-        _only(f"{where}, resources.limits", limits, {"cpu", "memory", "nvidia.com/gpu"})
+        _only(f"{where}, resources.limits", limits, {"cpu", "memory", GPU_RESOURCE})
+        if not self.host_gpus:
+            limits = {name: amount for name, amount in limits.items() if name not in CPU_HOST_IGNORED}
         options = []
         if "cpu" in limits:
             # Docker refuses more CPUs than the host has; a limit above that limits nothing anyway.
@@ -329,14 +465,14 @@ class Kubelet:
         if "memory" in limits:
             memory = str(quantity_bytes(limits["memory"]))
             options += ["--memory", memory, "--memory-swap", memory]  # no swap, as on a kubelet's node
-        if "nvidia.com/gpu" in limits:
-            options += ["--gpus", str(limits["nvidia.com/gpu"])]
+        if GPU_RESOURCE in limits:
+            options += ["--gpus", str(limits[GPU_RESOURCE])]
         return options
 
     # --- volumes ----------------------------------------------------------------------------------------------
 
     def _volumes(
-        self, where: str, workload: dict[str, Any], container: dict[str, Any], fs_group: int | None
+        self, where: str, workload: dict[str, Any], files: str, container: dict[str, Any], fs_group: int | None
     ) -> tuple[list[str], dict[str, int | None]]:
         """The container's volumeMounts as mounts, and the Docker volumes they need (→ fsGroup)."""
         sources = {v["name"]: v for v in workload["spec"]["template"]["spec"].get("volumes", [])}
@@ -371,7 +507,7 @@ class Kubelet:
                 ro = ":ro" if read_only or spec.get("readOnly") else ""
                 options += ["--volume", f"{volume}:{path}{ro}"]
             elif kind in ("secret", "configMap"):
-                directory = self._files(where, workload["metadata"]["name"], mount["name"], kind, spec, fs_group)
+                directory = self._files(where, files, mount["name"], kind, spec, fs_group)
                 options += ["--volume", f"{directory}:{path}:ro"]  # the kubelet mounts both read-only
             elif kind == "hostPath":
                 # A directory of this host, as on the node (the tests point it at what they made).
@@ -384,14 +520,14 @@ class Kubelet:
         return options, volumes
 
     def _files(
-        self, where: str, workload: str, volume: str, kind: str, spec: dict[str, Any], fs_group: int | None
+        self, where: str, owner: str, volume: str, kind: str, spec: dict[str, Any], fs_group: int | None
     ) -> Path:
         """A Secret or ConfigMap volume: a directory with a file per key (or per item), mode and group as the
         kubelet sets them."""
         name_key = "secretName" if kind == "secret" else "name"
         _only(f"{where}, {kind} volume {volume}", spec, {name_key, "items", "defaultMode", "optional"})
         data = self._data("Secret" if kind == "secret" else "ConfigMap", spec[name_key], spec.get("optional"), where)
-        directory = self.scratch / workload / volume
+        directory = self.scratch / owner / volume
         directory.mkdir(parents=True)
         directory.chmod(0o755)
         items = spec.get("items") or [{"key": key, "path": key} for key in data or {}]

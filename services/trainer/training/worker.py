@@ -23,6 +23,7 @@ import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from services.common.jsonfiles import write_json
+from services.common.store import share_with_group
 from services.trainer.data import PPMConfig, SFTConfig, read_pairs, read_trajectories
 from services.trainer.training.hf import Run, peak_memory_bytes, state_bytes, world
 from services.trainer.training.spec import (
@@ -118,6 +119,7 @@ def _write_model(run: Run, tokenizer: Any, state: dict[str, Any], target: Path) 
     model = run.trainer.accelerator.unwrap_model(run.trainer.model)
     model.save_pretrained(staging, state_dict=state)  # a causal LM's, or the PPM's own format (ppm/model.py)
     tokenizer.save_pretrained(staging)
+    share_with_group(staging)  # the serving pods read it under other uids of the store's group
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
 

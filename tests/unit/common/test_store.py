@@ -140,3 +140,21 @@ def test_the_prompt_format_is_decided_at_publishing_and_kept(tmp_path: Path) -> 
     assert store.get("policy", chat.version).prompt_format == "chat"
     with pytest.raises(InvalidInput, match="unknown prompt format 'chatml'"):
         store.publish("policy", _writer("b"), Lineage(), prompt_format="chatml")
+
+
+def test_a_published_version_is_readable_by_the_stores_group(tmp_path: Path) -> None:
+    """safetensors writes its weights 0600 whatever the umask; the serving pods read them under other uids of the
+    store's group."""
+
+    def private(directory: Path) -> None:
+        (directory / "config.json").write_text("{}")
+        (directory / "model.safetensors").write_bytes(b"weights")
+        (directory / "model.safetensors").chmod(0o600)
+        (directory / "sub").mkdir(mode=0o700)
+        (directory / "sub" / "part").write_text("x")
+        (directory / "sub" / "part").chmod(0o600)
+
+    version = ModelStore(tmp_path).publish("policy", private, Lineage())
+    for path in (version.path / "model.safetensors", version.path / "sub" / "part"):
+        assert path.stat().st_mode & 0o777 == 0o640
+    assert (version.path / "sub").stat().st_mode & 0o750 == 0o750
