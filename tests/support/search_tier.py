@@ -3,15 +3,19 @@ test gives), a real Celery worker on a SQLite broker, and the trainer's dispatch
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.math.curriculum import generate
 from services.search.celery_app import make_celery
 from services.search.settings import CelerySettings
+from services.trainer.config import RoundConfig
 from services.trainer.dispatch import CeleryDispatcher
 from support.processes import REPO, THINKMESH, server_process, wait_serving
 
@@ -80,3 +84,23 @@ def search_tier(
         finally:
             worker.terminate()
             worker.wait(timeout=60)
+
+
+@contextmanager
+def teacher_tier(
+    root: Path, store: Path, config: RoundConfig, *, dispatcher: type[CeleryDispatcher] = CeleryDispatcher
+) -> Iterator[SearchTier]:
+    """`search_tier` whose policy is the scripted teacher (support.teacher_policy), knowing the solutions of round
+    1's curriculum pool under `config` (the same draw RoundRunner makes)."""
+    per_level = -(-config.pool_size // len(config.pool_levels))
+    pool = [p for level in config.pool_levels for p in generate(level, per_level, seed=config.seed + 7_001)]
+    teacher = root / "teacher.json"
+    teacher.write_text(json.dumps({p.question: p.solution for p in pool}))
+    with search_tier(
+        root,
+        store,
+        [sys.executable, "-m", "support.teacher_policy"],
+        {"THINKMESH_TEST_TEACHER_FILE": str(teacher)},
+        dispatcher=dispatcher,
+    ) as tier:
+        yield tier

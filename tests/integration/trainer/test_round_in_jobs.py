@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,6 @@ from kmock import KubernetesEmulator
 from kubernetes import client
 
 from services.common.store import ModelStore
-from services.math.curriculum import generate
 from services.trainer.config import preset
 from services.trainer.dispatch import CeleryDispatcher
 from services.trainer.rounds import RoundRunner
@@ -30,7 +28,7 @@ from services.trainer.training.jobs import KubeJobLauncher
 from services.trainer.training.settings import TrainingSettings
 from support.job_runner import ProcessKubelet
 from support.processes import REPO
-from support.search_tier import search_tier
+from support.search_tier import teacher_tier
 from support.tiny_models import publish_micro_models
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -72,17 +70,7 @@ def training_job_template() -> dict[str, Any]:
 def stack(tmp_path: Path) -> Iterator[tuple[ModelStore, CeleryDispatcher]]:
     store = ModelStore(tmp_path / "store")
     publish_micro_models(store)
-    # The teacher knows the solutions of round 1's pool (the same draw RoundRunner makes).
-    per_level = -(-CONFIG.pool_size // len(CONFIG.pool_levels))
-    pool = [p for level in CONFIG.pool_levels for p in generate(level, per_level, seed=CONFIG.seed + 7_001)]
-    teacher = tmp_path / "teacher.json"
-    teacher.write_text(json.dumps({p.question: p.solution for p in pool}))
-    with search_tier(
-        tmp_path,
-        store.root,
-        [sys.executable, "-m", "support.teacher_policy"],
-        {"THINKMESH_TEST_TEACHER_FILE": str(teacher)},
-    ) as tier:
+    with teacher_tier(tmp_path, store.root, CONFIG) as tier:
         yield store, tier.dispatcher
 
 

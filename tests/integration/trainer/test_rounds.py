@@ -5,7 +5,6 @@ and a trainer stopped after its search resumes without searching again."""
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -16,7 +15,7 @@ from services.search.eval.compare import read_results
 from services.trainer.config import preset
 from services.trainer.dispatch import CeleryDispatcher
 from services.trainer.rounds import RoundRunner, Rounds, held_out
-from support.search_tier import search_tier
+from support.search_tier import teacher_tier
 from support.tiny_models import publish_micro_models
 
 pytestmark = pytest.mark.timeout(900)
@@ -40,18 +39,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ModelStore
     root = tmp_path_factory.mktemp("rounds")
     store = ModelStore(root / "store")
     publish_micro_models(store)
-    # The teacher knows the solutions of round 1's pool (the same draw RoundRunner makes).
-    per_level = -(-CONFIG.pool_size // len(CONFIG.pool_levels))
-    pool = [p for level in CONFIG.pool_levels for p in generate(level, per_level, seed=CONFIG.seed + 7_001)]
-    teacher = root / "teacher.json"
-    teacher.write_text(json.dumps({p.question: p.solution for p in pool}))
-    with search_tier(
-        root,
-        store.root,
-        [sys.executable, "-m", "support.teacher_policy"],
-        {"THINKMESH_TEST_TEACHER_FILE": str(teacher)},
-        dispatcher=CountingDispatcher,
-    ) as tier:
+    with teacher_tier(root, store.root, CONFIG, dispatcher=CountingDispatcher) as tier:
         yield store, tier.dispatcher
 
 
