@@ -31,12 +31,7 @@ def engine_loader(settings: PolicySettings, store: ModelStore):  # type: ignore[
         if settings.backend == "vllm":
             from services.policy.vllm_engine import VLLMEngine
 
-            return VLLMEngine(
-                path,
-                version,
-                gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
-                max_model_len=settings.vllm_max_model_len,
-            )
+            return VLLMEngine(path, version, engine_args=settings.vllm.engine_args())
         from services.policy.hf_engine import HFEngine
 
         return HFEngine(

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from services.common.hot_reload import RELOADS, Reload, ReloadMode, resolve_reload
 from services.common.server import ServerSettings
 from services.common.settings import require
+from services.policy.vllm_args import VLLMSettings
 
 BACKENDS = ("hf", "vllm", "openai")
 
@@ -50,7 +51,7 @@ class PolicySettings(ServerSettings):
     # (no gap; two models in memory), "replace" frees the live model first (NOT_SERVING while the new one loads;
     # the previous version is loaded back if it fails), "off" keeps the version current at start (a Deployment
     # rollout restarts the pods instead). "auto": replace for vllm, whose engine reserves most of the GPU
-    # (vllm_gpu_memory_utilization), so a second one never fits; swap otherwise.
+    # (THINKMESH_POLICY_VLLM_GPU_MEMORY_UTILIZATION), so a second one never fits; swap otherwise.
     reload: Reload = "auto"
     # openai backend: an OpenAI-compatible /v1 endpoint and its model name.
     openai_base_url: str = ""
@@ -59,9 +60,9 @@ class PolicySettings(ServerSettings):
     # Worked examples in the step format before each prompt (a teacher model for a first round: the authors
     # show 2); openai backend only, whose prompts are plain text.
     few_shot: int = 0
-    # vllm backend.
-    vllm_gpu_memory_utilization: float = 0.85
-    vllm_max_model_len: int = 4096
+    # vllm backend: the engine's arguments (THINKMESH_POLICY_VLLM_*: a preset, single arguments, any other as JSON;
+    # services/policy/vllm_args.py).
+    vllm: VLLMSettings = field(default_factory=VLLMSettings)
 
     @property
     def reload_mode(self) -> ReloadMode:
@@ -87,6 +88,8 @@ class PolicySettings(ServerSettings):
         )
         require(0 < self.max_temperature < float("inf"), self, "max_temperature", "must be a positive number")
         require(self.batch_window_ms >= 0, self, "batch_window_ms", "must not be negative")
+        if self.backend == "vllm":
+            self.vllm.check(self)
         require(
             self.backend != "openai" or bool(self.openai_base_url),
             self,

@@ -15,7 +15,7 @@ import contextlib
 import gc
 import inspect
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,23 +23,19 @@ from services.common.store import prompt_format_of
 from services.math import stepfmt
 from services.math.prompting import PromptRenderer
 from services.policy.engine import NO_ROOM, GeneratedStep, SamplingParams, StepPrompt, classify_end, cut_at_stop
+from services.policy.vllm_args import BASE, build_engine_args
 
 
 class VLLMEngine:
-    def __init__(
-        self, model_dir: Path, version: str, *, gpu_memory_utilization: float = 0.85, max_model_len: int = 4096
-    ) -> None:
+    def __init__(self, model_dir: Path, version: str, *, engine_args: Mapping[str, Any] | None = None) -> None:
+        """`engine_args`: every AsyncEngineArgs field but the model (services/policy/vllm_args.py: the settings'
+        `VLLMSettings.engine_args()`); None = the base arguments (prefix caching, 0.85 of the GPU, 4,096 tokens)."""
         from vllm import AsyncEngineArgs, AsyncLLMEngine
 
         self._version = version
-        args = AsyncEngineArgs(
-            model=str(model_dir),
-            enable_prefix_caching=True,
-            gpu_memory_utilization=gpu_memory_utilization,
-            max_model_len=max_model_len,
-        )
-        self.engine: Any = AsyncLLMEngine.from_engine_args(args)
-        self.max_model_len = max_model_len
+        chosen = dict(BASE if engine_args is None else engine_args)
+        self.engine: Any = AsyncLLMEngine.from_engine_args(build_engine_args(AsyncEngineArgs, str(model_dir), chosen))
+        self.max_model_len = int(chosen.get("max_model_len") or BASE["max_model_len"])
         self._prompt_format = prompt_format_of(Path(model_dir))
         self.renderer: PromptRenderer | None = None
 

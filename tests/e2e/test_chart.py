@@ -347,6 +347,22 @@ def test_the_cpu_trial_pulls_the_cpu_builds_of_the_torch_images(defaults: Render
         assert trial.container(component)["image"] == defaults.container(component)["image"]
 
 
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_a_vllm_policy_pod_requests_the_gpus_its_engine_uses(value_set: str) -> None:
+    """The engine's tensor x pipeline x data parallel sizes (its preset and settings, read as the pod reads them)
+    are the GPUs the pod asks for: more would idle, fewer would fail the engine at start."""
+    from services.common.settings import load_settings
+    from services.policy.settings import PolicySettings
+
+    r = render(*values_args(value_set))
+    environment = r.settings("policy")
+    if environment.get("THINKMESH_POLICY_BACKEND") != "vllm":
+        pytest.skip(f"{value_set}: the policy does not run on vLLM")
+    settings = load_settings(PolicySettings, environment)
+    gpus = int(r.container("policy")["resources"].get("limits", {}).get("nvidia.com/gpu", 0))
+    assert gpus == settings.vllm.gpus(), f"{value_set}: {gpus} GPUs for an engine on {settings.vllm.gpus()}"
+
+
 def test_gpu_production_serves_qwen_math_7b_on_vllm() -> None:
     r = render(*values_args("gpu-production"))
     settings = r.settings("policy")

@@ -16,11 +16,14 @@ from pathlib import Path
 async def check(store_root: Path) -> dict[str, object]:
     from services.common.store import ModelStore
     from services.policy.engine import SamplingParams, StepPrompt
+    from services.policy.vllm_args import VLLMSettings
     from services.policy.vllm_engine import VLLMEngine
     from support.tiny_models import QUESTION, STEPS, publish_micro_models
 
     policy, _ = publish_micro_models(ModelStore(store_root))
-    engine = VLLMEngine(policy.path, policy.version, gpu_memory_utilization=0.5, max_model_len=512)
+    # The arguments as the policy's settings build them (a pass-through one included): vLLM accepts them all.
+    settings = VLLMSettings(vllm_gpu_memory_utilization=0.5, vllm_max_model_len=512, vllm_engine_args='{"seed": 0}')
+    engine = VLLMEngine(policy.path, policy.version, engine_args=settings.engine_args())
     try:
         results = await engine.generate(
             [StepPrompt(QUESTION, ()), StepPrompt(QUESTION, STEPS[:1])],
