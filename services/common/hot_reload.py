@@ -11,6 +11,12 @@ loads the first model and then follows the store's current pointer in one of thr
   memory — and then the new one is loaded. For an engine that reserves most of a GPU (vLLM), where two never
   fit. If the new version fails to load, the previous one is loaded back; if that fails too, nothing serves
   until a newer version loads.
+- `inplace`: the new weights are loaded into the live engine (vLLM's in-place weight reload): new calls wait
+  (they are held, not refused), in-flight calls finish, the weights and the caches derived from them are
+  replaced, the held calls go on. No second engine, no gap in readiness, no dropped call. Where a version cannot
+  go in place (another architecture or tokenizer; an engine without it), it is loaded as `replace` does; if the
+  in-place load fails half-way, the engine is released and the version loaded as `replace` does (the previous
+  one back if it fails too).
 - `off`: the version current at start is served until the process restarts (a Kubernetes rollout of the
   Deployment replaces the pods, and each new pod loads the current version at start).
 """
@@ -28,16 +34,15 @@ from services.common.errors import NotReady
 log = logging.getLogger(__name__)
 
 # A service's reload setting; `auto` is the service's choice for its backend (see `resolve_reload`).
-Reload = Literal["auto", "swap", "replace", "off"]
+Reload = Literal["auto", "swap", "replace", "inplace", "off"]
 RELOADS: tuple[str, ...] = get_args(Reload)
-ReloadMode = Literal["swap", "replace", "off"]
+ReloadMode = Literal["swap", "replace", "inplace", "off"]
 
 
-def resolve_reload(reload: Reload, *, replace_by_default: bool) -> ReloadMode:
-    """`auto` → `replace` where two engines do not fit on the device (`replace_by_default`), else `swap`."""
-    if reload == "auto":
-        return "replace" if replace_by_default else "swap"
-    return reload
+def resolve_reload(reload: Reload, *, auto: ReloadMode) -> ReloadMode:
+    """`auto` → the backend's choice (`auto`): `inplace` for an engine that reserves most of a GPU and can take
+    new weights, `swap` where two models fit."""
+    return auto if reload == "auto" else reload
 
 
 class Versioned(Protocol):
@@ -48,6 +53,11 @@ class Versioned(Protocol):
 
 
 E = TypeVar("E", bound=Versioned)
+
+# `reload_in_place(engine, name)`: load version `name`'s weights into `engine`, which no call is using; False when
+# `name` cannot go in place (nothing was touched), an exception when loading failed (the engine's weights are then
+# unknown).
+InPlace = Callable[[E, str], Awaitable[bool]]
 
 
 class _Holder(Generic[E]):
@@ -62,6 +72,8 @@ class Slot(Generic[E]):
     def __init__(self, what: str) -> None:
         self._what = what
         self._holder: _Holder[E] | None = None
+        # Set while the slot is held (`hold`): new calls wait for it.
+        self._gate: asyncio.Event | None = None
         # What a call is told while the slot is empty.
         self._empty = f"no {what} model is loaded yet"
 
@@ -71,6 +83,8 @@ class Slot(Generic[E]):
 
     @asynccontextmanager
     async def lease(self) -> AsyncIterator[E]:
+        while self._gate is not None:  # held: wait (the caller's deadline bounds the wait)
+            await self._gate.wait()
         holder = self._holder
         if holder is None:
             raise NotReady(self._empty)
@@ -82,6 +96,21 @@ class Slot(Generic[E]):
             holder.active -= 1
             if holder.active == 0:
                 holder.idle.set()
+
+    @asynccontextmanager
+    async def hold(self) -> AsyncIterator[E | None]:
+        """Hold new calls (they wait, they are not refused) and wait for the in-flight ones to finish; yields the
+        engine (None: the slot is empty) for exclusive use, and lets the held calls in when the block ends."""
+        assert self._gate is None, "the slot is held already"
+        gate = self._gate = asyncio.Event()
+        try:
+            holder = self._holder
+            if holder is not None:
+                await holder.idle.wait()
+            yield holder.engine if holder is not None else None
+        finally:
+            self._gate = None
+            gate.set()
 
     async def install(self, engine: E) -> None:
         """Serve `engine` from now on; the previous one is closed once its in-flight calls have finished."""
@@ -124,6 +153,7 @@ class ModelSource(Generic[E]):
         pinned: str = "",
         interval_s: float = 5.0,
         reload: ReloadMode = "swap",
+        reload_in_place: InPlace[E] | None = None,
     ) -> None:
         self._slot = slot
         self._kind = kind
@@ -132,6 +162,7 @@ class ModelSource(Generic[E]):
         self._pinned = pinned
         self._interval_s = interval_s
         self._reload = reload
+        self._reload_in_place = reload_in_place
         self._stop = asyncio.Event()
         self._follower: asyncio.Task[None] | None = None
         # The name (store version or path) the slot's engine was loaded from; None while the slot is empty.
@@ -186,8 +217,9 @@ class ModelSource(Generic[E]):
         while not self._stop.is_set():
             name = self._current_name()
             if name is not None and name not in (self._serving, failed):
+                follow = {"replace": self._replace, "inplace": self._in_place}.get(self._reload, self._swap)
                 try:
-                    await (self._replace(name) if self._reload == "replace" else self._swap(name))
+                    await follow(name)
                 except Exception:
                     log.exception(
                         "loading %s version %s failed; %s",
@@ -204,6 +236,30 @@ class ModelSource(Generic[E]):
         engine = await self._load(name)
         await self._slot.install(engine)
         self._serving = name
+
+    async def _in_place(self, name: str) -> None:
+        """Load `name`'s weights into the live engine while new calls wait; `replace` where that cannot be done."""
+        broken = False
+        async with self._slot.hold() as engine:
+            if engine is None or self._reload_in_place is None:
+                done = False
+            else:
+                log.info("%s: loading %s into the engine serving %s (reload: inplace)", self._kind, name, self._serving)
+                try:
+                    done = await self._reload_in_place(engine, name)
+                except Exception:
+                    log.exception("%s: loading %s in place failed; releasing the engine", self._kind, name)
+                    done, broken = False, True
+                    # Its weights may be half of each version: nothing may run on it, not even the held calls
+                    # (they get NotReady; `replace` below reports "not serving" and loads a whole engine).
+                    await self._slot.release(f"the {self._kind} is loading version {name}; another replica can answer")
+            if done:
+                self._serving = name
+                log.info("%s version %s serving (loaded in place)", self._kind, name)
+                return
+        if not broken:
+            log.info("%s: %s cannot be loaded in place; replacing the engine", self._kind, name)
+        await self._replace(name)
 
     async def _replace(self, name: str) -> None:
         """Release the live engine, then load `name`; if that fails, load the previous version back."""

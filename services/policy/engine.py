@@ -9,7 +9,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 
 class StepEnd(enum.Enum):
@@ -56,6 +57,19 @@ class GenerationEngine(Protocol):
     async def generate(self, prompts: Sequence[StepPrompt], params: SamplingParams) -> list[list[GeneratedStep]]: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class ReloadsInPlace(Protocol):
+    """An engine that takes a new version's weights while it runs (the `inplace` reload: hot_reload.py)."""
+
+    def in_place_obstacle(self, model_dir: Path) -> str | None:
+        """Why `model_dir` cannot replace the served weights in place (None: it can)."""
+        ...
+
+    async def reload_in_place(self, model_dir: Path, version: str) -> None:
+        """Serve `model_dir`'s weights as `version` from now on; called while no request runs."""
+        ...
 
 
 def classify_end(text: str, finished_by_marker: bool) -> StepEnd:

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from pathlib import Path
 from typing import Any
 
-from services.common.hot_reload import ModelSource
+from services.common.hot_reload import InPlace, ModelSource
 from services.common.logs import configure_logging
 from services.common.server import Service, serve, service_name
 from services.common.settings import load_settings
 from services.common.store import ModelStore
 from services.policy.core import Limits, PolicyCore
-from services.policy.engine import GenerationEngine
+from services.policy.engine import GenerationEngine, ReloadsInPlace
 from services.policy.servicer import PolicyServicer
 from services.policy.settings import PolicySettings
 from thinkmesh.v1 import policy_pb2, policy_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 
 def engine_loader(settings: PolicySettings, store: ModelStore):  # type: ignore[no-untyped-def]
@@ -48,6 +52,24 @@ def engine_loader(settings: PolicySettings, store: ModelStore):  # type: ignore[
     return load
 
 
+def in_place_loader(store: ModelStore) -> InPlace[GenerationEngine]:
+    """`async reload(engine, version_or_path) -> bool`: the `inplace` reload of an engine that can take new weights
+    (the vllm backend); False, touching nothing, for another engine or a version that cannot go in place."""
+
+    async def reload(engine: GenerationEngine, name: str) -> bool:
+        if not isinstance(engine, ReloadsInPlace):
+            return False
+        path, version = store.resolve("policy", name)
+        obstacle = await asyncio.to_thread(engine.in_place_obstacle, Path(path))  # loads two tokenizers
+        if obstacle is not None:
+            log.info("policy %s cannot be loaded in place: %s", version, obstacle)
+            return False
+        await engine.reload_in_place(Path(path), version)
+        return True
+
+    return reload
+
+
 async def run(**overrides: Any) -> None:
     settings = load_settings(PolicySettings, **overrides)
     configure_logging(settings.log_format, settings.log_level)
@@ -72,6 +94,7 @@ async def run(**overrides: Any) -> None:
         pinned=settings.model or (settings.openai_model if settings.backend == "openai" else ""),
         interval_s=settings.reload_interval_s,
         reload=settings.reload_mode,
+        reload_in_place=in_place_loader(store),
     )
     servicer = PolicyServicer(core)
     await serve(

@@ -49,8 +49,10 @@ class PolicySettings(ServerSettings):
     reload_interval_s: float = 5.0
     # How a new current version takes over (services/common/hot_reload.py): "swap" loads it beside the live model
     # (no gap; two models in memory), "replace" frees the live model first (NOT_SERVING while the new one loads;
-    # the previous version is loaded back if it fails), "off" keeps the version current at start (a Deployment
-    # rollout restarts the pods instead). "auto": replace for vllm, whose engine reserves most of the GPU
+    # the previous version is loaded back if it fails), "inplace" loads the new weights into the running vLLM
+    # engine while new calls wait (one engine, no gap; a version of another architecture or tokenizer, or another
+    # backend, is replaced instead), "off" keeps the version current at start (a Deployment rollout restarts the
+    # pods instead). "auto": inplace for vllm, whose engine reserves most of the GPU
     # (THINKMESH_POLICY_VLLM_GPU_MEMORY_UTILIZATION), so a second one never fits; swap otherwise.
     reload: Reload = "auto"
     # openai backend: an OpenAI-compatible /v1 endpoint and its model name.
@@ -66,7 +68,7 @@ class PolicySettings(ServerSettings):
 
     @property
     def reload_mode(self) -> ReloadMode:
-        return resolve_reload(self.reload, replace_by_default=self.backend == "vllm")
+        return resolve_reload(self.reload, auto="inplace" if self.backend == "vllm" else "swap")
 
     def validate(self) -> None:
         super().validate()

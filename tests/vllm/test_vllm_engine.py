@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-from pathlib import Path
+import re
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-PYTHON = Path(os.environ.get("THINKMESH_VLLM_PYTHON", REPO / ".venv-vllm" / "bin" / "python"))
+from support.vllm_venv import PYTHON, REPO, needs_vllm_venv, run_check
 
-pytestmark = [
-    pytest.mark.skipif(not PYTHON.exists(), reason="no vLLM venv: run `make test-vllm`"),
-    pytest.mark.timeout(1200),
-]
+pytestmark = [needs_vllm_venv, pytest.mark.timeout(1200)]
 
 
 def test_vllm_engine_generates_n_candidates_per_prompt() -> None:
-    done = subprocess.run(
-        [str(PYTHON), str(REPO / "tests" / "vllm" / "check_vllm_engine.py")],
-        capture_output=True,
-        text=True,
-        timeout=1100,
-        cwd=REPO,
-    )
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    assert done.returncode == 0 and lines, done.stderr[-3000:]
-    report = json.loads(lines[-1])
+    report = run_check("check_vllm_engine.py", timeout_s=1100)
     assert report["shape"] == [3, 3]
     assert report["version"] == "v1"
     assert all(0 < tokens <= 16 for tokens in report["tokens"])
     assert set(report["ends"]) <= {"step", "code", "answer", "length"}
+    # One vLLM release: the CPU build tested here is the release the GPU policy image installs from the lock.
+    locked = re.search(r"^vllm==(\S+)", (REPO / "requirements" / "constraints.txt").read_text(), re.MULTILINE)
+    assert locked is not None
+    assert report["vllm"] == locked.group(1), f"{PYTHON} has vLLM {report['vllm']}, the lock pins {locked.group(1)}"

@@ -1,4 +1,5 @@
-"""Following the store's current version: swap, replace and off, with engines that count how many are alive."""
+"""Following the store's current version: swap, replace, inplace and off, with engines that count how many are
+alive."""
 
 from __future__ import annotations
 
@@ -37,6 +38,10 @@ class Fleet:
     def __init__(self, current: str | None = "v1", *, broken: tuple[str, ...] = ()) -> None:
         self.current = current
         self.broken = set(broken)
+        # inplace: versions that cannot go into a live engine, and versions whose in-place load fails half-way.
+        self.not_in_place: set[str] = set()
+        self.broken_in_place: set[str] = set()
+        self.in_place: list[tuple[str, str]] = []  # (the engine's version before, the version loaded into it)
         self.loads: list[str] = []
         self.alive = 0
         self.most_alive = 0
@@ -51,12 +56,29 @@ class Fleet:
         self.most_alive = max(self.most_alive, self.alive)
         return Engine(name, self)
 
+    async def reload_in_place(self, engine: Engine, name: str) -> bool:
+        if name in self.not_in_place:
+            return False
+        self.in_place.append((engine.version, name))
+        await asyncio.sleep(0)  # loading takes a while
+        if name in self.broken_in_place:
+            raise RuntimeError(f"{name}: a shard did not load")
+        engine._version = name
+        return True
+
     async def report(self, serving: bool) -> None:
         self.health.append(serving)
 
     def source(self, slot: Slot[Engine], reload: ReloadMode, pinned: str = "") -> ModelSource[Engine]:
         source = ModelSource(
-            slot, "policy", lambda: self.current, self.load, pinned=pinned, interval_s=INTERVAL_S, reload=reload
+            slot,
+            "policy",
+            lambda: self.current,
+            self.load,
+            pinned=pinned,
+            interval_s=INTERVAL_S,
+            reload=reload,
+            reload_in_place=self.reload_in_place,
         )
         source.report_serving_to(self.report)
         return source
@@ -185,7 +207,70 @@ async def test_a_failed_swap_keeps_the_live_engine_serving() -> None:
     await source.stop()
 
 
-@pytest.mark.parametrize("reload", ["off", "swap", "replace"])
+async def test_inplace_holds_new_calls_until_the_new_weights_are_in_the_live_engine() -> None:
+    fleet, slot = Fleet(), Slot[Engine]("policy")
+    source = fleet.source(slot, "inplace")
+    await source.start()
+    release = asyncio.Event()
+    in_flight = asyncio.create_task(hold_a_call(slot, release))
+    await asyncio.sleep(0)
+
+    fleet.current = "v2"
+    await polls()
+    # The reload waits for the call in flight, and a new call waits for the reload: held, not refused.
+    assert fleet.in_place == []
+    held_release = asyncio.Event()
+    held = asyncio.create_task(hold_a_call(slot, held_release))
+    await polls()
+    assert not held.done()
+    release.set()
+    assert await in_flight == "v1"
+    await until(lambda: slot.version == "v2")
+    held_release.set()
+    assert await held == "v2"
+    assert fleet.in_place == [("v1", "v2")]
+    # One engine throughout, never a second load, never out of service.
+    assert (fleet.loads, fleet.most_alive, fleet.health) == (["v1"], 1, [])
+    await source.stop()
+    assert fleet.alive == 0
+
+
+async def test_a_version_that_cannot_go_in_place_is_replaced() -> None:
+    fleet, slot = Fleet(), Slot[Engine]("policy")
+    fleet.not_in_place = {"v2"}  # e.g. another tokenizer
+    source = fleet.source(slot, "inplace")
+    await source.start()
+    fleet.current = "v2"
+    await until(lambda: slot.version == "v2")
+    assert (fleet.loads, fleet.in_place, fleet.health, fleet.most_alive) == (["v1", "v2"], [], [False, True], 1)
+    await source.stop()
+
+
+async def test_a_failed_in_place_load_releases_the_engine_and_replaces_it() -> None:
+    fleet, slot = Fleet(), Slot[Engine]("policy")
+    fleet.broken_in_place = {"v2"}
+    source = fleet.source(slot, "inplace")
+    await source.start()
+    release = asyncio.Event()
+    in_flight = asyncio.create_task(hold_a_call(slot, release))
+    await asyncio.sleep(0)
+    fleet.current = "v2"
+    await polls()
+    held = asyncio.create_task(hold_a_call(slot, asyncio.Event()))
+    release.set()
+    await in_flight
+    # The half-loaded engine never answers: the held call is told to go elsewhere, a whole engine is loaded.
+    with pytest.raises(NotReady, match="loading version v2"):
+        await held
+    await until(lambda: slot.version == "v2")
+    assert fleet.loads == ["v1", "v2"]
+    assert fleet.health == [False, True]
+    assert fleet.most_alive == 1
+    await source.stop()
+    assert fleet.alive == 0
+
+
+@pytest.mark.parametrize("reload", ["off", "swap", "replace", "inplace"])
 async def test_off_and_pinned_never_reload(reload: ReloadMode) -> None:
     fleet, slot = Fleet(), Slot[Engine]("policy")
     pinned = "" if reload == "off" else "/models/downloaded"
@@ -227,8 +312,8 @@ async def test_an_engine_that_fails_to_close_does_not_stop_the_next_version() ->
     await slot.close()
 
 
-def test_auto_replaces_only_where_two_engines_do_not_fit() -> None:
-    assert resolve_reload("auto", replace_by_default=True) == "replace"
-    assert resolve_reload("auto", replace_by_default=False) == "swap"
-    for mode in ("swap", "replace", "off"):
-        assert resolve_reload(mode, replace_by_default=True) == mode
+def test_auto_is_the_backends_choice_and_an_explicit_mode_is_kept() -> None:
+    assert resolve_reload("auto", auto="inplace") == "inplace"
+    assert resolve_reload("auto", auto="swap") == "swap"
+    for mode in ("swap", "replace", "inplace", "off"):
+        assert resolve_reload(mode, auto="inplace") == mode

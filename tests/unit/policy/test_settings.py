@@ -13,7 +13,7 @@ from services.policy.settings import PolicySettings
     ("env", "mode"),
     [
         ({}, "swap"),
-        ({"THINKMESH_POLICY_BACKEND": "vllm"}, "replace"),  # two vLLM engines never fit on one GPU
+        ({"THINKMESH_POLICY_BACKEND": "vllm"}, "inplace"),  # two vLLM engines never fit on one GPU
         ({"THINKMESH_POLICY_BACKEND": "vllm", "THINKMESH_POLICY_RELOAD": "swap"}, "swap"),
         ({"THINKMESH_POLICY_BACKEND": "vllm", "THINKMESH_POLICY_RELOAD": "off"}, "off"),
         ({"THINKMESH_POLICY_RELOAD": "replace"}, "replace"),
@@ -24,7 +24,9 @@ def test_reload_mode(env: dict[str, str], mode: str) -> None:
 
 
 def test_an_unknown_reload_names_the_variable() -> None:
-    with pytest.raises(ConfigError, match="THINKMESH_POLICY_RELOAD='restart' must be one of auto, swap, replace, off"):
+    with pytest.raises(
+        ConfigError, match="THINKMESH_POLICY_RELOAD='restart' must be one of auto, swap, replace, inplace, off"
+    ):
         load_settings(PolicySettings, environ={"THINKMESH_POLICY_RELOAD": "restart"})
     with pytest.raises(ConfigError, match="THINKMESH_POLICY_RELOAD: must be one of"):
         load_settings(PolicySettings, environ={}, reload="restart")

@@ -16,5 +16,7 @@ def test_reload_mode(value: str, mode: str) -> None:
 
 
 def test_an_unknown_reload_names_the_variable() -> None:
-    with pytest.raises(ConfigError, match="THINKMESH_PPM_RELOAD='never' must be one of auto, swap, replace, off"):
+    with pytest.raises(
+        ConfigError, match="THINKMESH_PPM_RELOAD='never' must be one of auto, swap, replace, inplace, off"
+    ):
         load_settings(PPMSettings, environ={"THINKMESH_PPM_RELOAD": "never"})
