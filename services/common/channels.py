@@ -2,11 +2,17 @@
 
 `dns:///name:port` targets resolve to every address of a headless Service and calls are balanced
 round-robin over them, which is how search workers spread load over all sandbox pods.
+
+A channel opened with an `affinity_header` balances by consistent hashing instead (gRPC core's
+`ring_hash_experimental`): every call carrying the same value of that header goes to the same address of those
+the resolver reports, and when that address goes, the ring's next one takes its calls (and only its calls). Search
+workers send every policy call of one tree under one key, so the replica's prefix cache keeps the tree's prefix.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -16,24 +22,37 @@ from services.common.security import TlsFiles, channel_credentials
 
 _MIB = 1024 * 1024
 
-_SERVICE_CONFIG = json.dumps(
+# The metadata key a caller sets on each call of an affinity channel: calls with one value share one server.
+AFFINITY_HEADER = "x-thinkmesh-affinity"
+
+# Retry transient UNAVAILABLE (a pod going away mid-rollout) a few times, with backoff. Under ring hashing a retry
+# is picked again, so a call whose server just went lands on the ring's next server.
+_METHOD_CONFIG = [
     {
-        "loadBalancingConfig": [{"round_robin": {}}],
-        # Retry transient UNAVAILABLE (a pod going away mid-rollout) a few times, with backoff.
-        "methodConfig": [
-            {
-                "name": [{}],
-                "retryPolicy": {
-                    "maxAttempts": 3,
-                    "initialBackoff": "0.05s",
-                    "maxBackoff": "1s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }
-        ],
+        "name": [{}],
+        "retryPolicy": {
+            "maxAttempts": 3,
+            "initialBackoff": "0.05s",
+            "maxBackoff": "1s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        },
     }
-)
+]
+# gRPC core reads the hash key from `requestHashHeader` only when this is true, and reads it once per process, when
+# the first ring_hash channel is built (grpcio 1.85); without it every call fails INTERNAL "hash attribute not
+# present". Set to "true" outright where affinity is asked for: a "false" inherited from the environment must not
+# turn every policy call into an error.
+_RING_HASH_HEADER_FLAG = "GRPC_EXPERIMENTAL_RING_HASH_SET_REQUEST_HASH_KEY"
+
+
+def service_config(affinity_header: str | None = None) -> str:
+    """The channel's service config: round-robin over every address, or consistent hashing on `affinity_header`."""
+    balancing: dict[str, Any] = {"round_robin": {}}
+    if affinity_header:
+        # gRPC's default ring (1,024 entries or more) splits the keys about evenly over a few replicas.
+        balancing = {"ring_hash_experimental": {"requestHashHeader": affinity_header}}
+    return json.dumps({"loadBalancingConfig": [balancing], "methodConfig": _METHOD_CONFIG})
 
 
 class _TokenInterceptor(aio.UnaryUnaryClientInterceptor, aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
@@ -60,12 +79,18 @@ def open_channel(
     tls: TlsFiles | None = None,
     token: str | None = None,
     max_message_mb: int = 64,
+    affinity_header: str | None = None,
 ) -> aio.Channel:
-    """An asyncio channel; TLS when `tls` names a CA or certificate, a bearer token on every call when given."""
+    """An asyncio channel; TLS when `tls` names a CA or certificate, a bearer token on every call when given.
+
+    `affinity_header`: balance by consistent hashing on that metadata key's value (calls without it fail INTERNAL,
+    so every call on such a channel must carry one) instead of round-robin."""
+    if affinity_header:
+        os.environ[_RING_HASH_HEADER_FLAG] = "true"
     options: list[tuple[str, Any]] = [
         ("grpc.max_send_message_length", max_message_mb * _MIB),
         ("grpc.max_receive_message_length", max_message_mb * _MIB),
-        ("grpc.service_config", _SERVICE_CONFIG),
+        ("grpc.service_config", service_config(affinity_header)),
         ("grpc.enable_retries", 1),
         ("grpc.keepalive_time_ms", 30_000),
     ]

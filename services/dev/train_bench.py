@@ -23,7 +23,7 @@ from pathlib import Path
 SMALL_SHAPES = {"micro": "micro", "small": "small"}
 
 
-def _write_model(directory: Path, shape_name: str) -> None:
+def write_model(directory: Path, shape_name: str) -> None:
     """An untrained model of the shape, and a tokenizer trained on the curriculum, as a Hugging Face directory."""
     from dataclasses import replace
 
@@ -74,7 +74,7 @@ def _bench(args: argparse.Namespace) -> int:
     logging.getLogger("transformers").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="thinkmesh-train-bench-") as scratch:
         root = Path(scratch)
-        _write_model(root / "base", args.shape)
+        write_model(root / "base", args.shape)
         rows = [
             {"question": p.question, "solution": list(p.solution)}
             for level in range(1, 6)

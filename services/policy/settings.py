@@ -8,7 +8,7 @@ from typing import ClassVar
 from services.common.hot_reload import RELOADS, Reload, ReloadMode, resolve_reload
 from services.common.server import ServerSettings
 from services.common.settings import require
-from services.policy.vllm_args import VLLMSettings
+from services.common.vllm_args import VLLMSettings
 
 BACKENDS = ("hf", "vllm", "openai")
 
@@ -63,7 +63,7 @@ class PolicySettings(ServerSettings):
     # show 2); openai backend only, whose prompts are plain text.
     few_shot: int = 0
     # vllm backend: the engine's arguments (THINKMESH_POLICY_VLLM_*: a preset, single arguments, any other as JSON;
-    # services/policy/vllm_args.py).
+    # services/common/vllm_args.py).
     vllm: VLLMSettings = field(default_factory=VLLMSettings)
 
     @property

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from services.common.store import prompt_format_of
+from services.common.vllm_args import BASE, build_engine_args
 from services.math import stepfmt
 from services.math.prompting import PromptRenderer
 from services.policy.engine import NO_ROOM, GeneratedStep, SamplingParams, StepPrompt, classify_end, cut_at_stop
-from services.policy.vllm_args import BASE, build_engine_args
 
 # What may differ between two versions whose weights go into one engine: the engine's shapes and kernels were set up
 # from the first version's config and its tokenizer from the first version's files, so everything else in
@@ -78,7 +78,7 @@ def in_place_obstacle(current: Path, new: Path) -> str | None:
 
 class VLLMEngine:
     def __init__(self, model_dir: Path, version: str, *, engine_args: Mapping[str, Any] | None = None) -> None:
-        """`engine_args`: every AsyncEngineArgs field but the model (services/policy/vllm_args.py: the settings'
+        """`engine_args`: every AsyncEngineArgs field but the model (services/common/vllm_args.py: the settings'
         `VLLMSettings.engine_args()`); None = the base arguments (prefix caching, 0.85 of the GPU, 4,096 tokens)."""
         from vllm import AsyncEngineArgs, AsyncLLMEngine
 
@@ -106,6 +106,7 @@ class VLLMEngine:
 
     async def _one(self, prompt: StepPrompt, params: SamplingParams) -> list[GeneratedStep]:
         from vllm import SamplingParams as VLLMSamplingParams
+        from vllm.sampling_params import RequestOutputKind
 
         rendered = await self._render(prompt)
         if len(rendered["prompt_token_ids"]) >= self.max_model_len:
@@ -120,6 +121,9 @@ class VLLMEngine:
             stop=list(stepfmt.STOP_STRINGS),
             include_stop_str_in_output=True,
             logprobs=0,  # the sampled token's logprob only: gives cumulative_logprob
+            # One output, at the end, with all n candidates: streamed (the default), an n > 1 request's outputs
+            # each carry only the candidates that moved, so the last of them can hold fewer than n.
+            output_kind=RequestOutputKind.FINAL_ONLY,
         )
         request_id = uuid.uuid4().hex
         final = None

@@ -20,9 +20,13 @@ from thinkmesh.v1 import ppm_pb2, ppm_pb2_grpc
 
 def scorer_loader(settings: PPMSettings, store: ModelStore) -> Callable[[str], Awaitable[StepScorer]]:
     def build(name: str) -> StepScorer:
+        path, version = store.resolve("ppm", name)
+        if settings.backend == "vllm":
+            from services.ppm.vllm_scorer import VLLMScorer
+
+            return VLLMScorer(path, version, engine_args=settings.vllm.engine_args("ppm"))
         from services.ppm.scorer import HFScorer
 
-        path, version = store.resolve("ppm", name)
         return HFScorer(
             path,
             version,

@@ -136,9 +136,7 @@ class ProcessRewardModel(nn.Module):
         state = _load_state(directory)
         saved_ppm = any(key.startswith("value_head.") for key in state)
         if saved_ppm:
-            description = directory / DESCRIPTION
-            # PPMs saved before the likelihood term have no such key: they are value heads alone.
-            likelihood = bool(description.is_file() and json.loads(description.read_text()).get("likelihood"))
+            likelihood = reads_likelihood(directory)
         model = cls(config, likelihood=likelihood)
         if not saved_ppm:
             # A policy checkpoint: the backbone, the LM head when the likelihood is read, a fresh value head.
@@ -155,6 +153,13 @@ class ProcessRewardModel(nn.Module):
                 f"{directory}: weights do not fit the PPM (missing {missing[:5]}, unexpected {unexpected[:5]})"
             )
         return model.to(dtype)
+
+
+def reads_likelihood(directory: Path | str) -> bool:
+    """Whether the PPM saved in `directory` reads the path's likelihood, as its ppm.json says (PPMs saved before
+    the likelihood term have no such key: they are value heads alone)."""
+    description = Path(directory) / DESCRIPTION
+    return bool(description.is_file() and json.loads(description.read_text()).get("likelihood"))
 
 
 def _paths(attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor:

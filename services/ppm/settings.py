@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from services.common.hot_reload import RELOADS, Reload, ReloadMode, resolve_reload
 from services.common.server import ServerSettings
 from services.common.settings import require
+from services.common.vllm_args import VLLMSettings
 
 # Bounds on a request's text, in characters because they are checked before anything is tokenized: a 10 MB item
 # costs the tokenizer seconds, in the one thread every caller's micro-batch waits for. An item is a question and
@@ -15,6 +16,8 @@ from services.common.settings import require
 # well under 32 KiB of text. (Also the defaults of services.ppm.core.PPMCore.)
 MAX_ITEM_CHARS = 32 * 1024
 MAX_REQUEST_CHARS = 4 * 1024 * 1024
+# hf: transformers in this process (services/ppm/scorer.py); vllm: vLLM's pooling runner (services/ppm/vllm_scorer.py).
+BACKENDS = ("hf", "vllm")
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,7 @@ class PPMSettings(ServerSettings):
     SERVICE: ClassVar[str] = "ppm"
 
     port: int = 50053
+    backend: str = "hf"
     # A store version ("v3") to pin, or a model directory; empty = the store's current PPM, hot-reloaded.
     model: str = ""
     device: str = "auto"
@@ -38,15 +42,23 @@ class PPMSettings(ServerSettings):
     # How a new current version takes over (services/common/hot_reload.py): "swap" loads it beside the live
     # model (no gap), "replace" frees the live model first (NOT_SERVING meanwhile), "off" keeps the version
     # current at start (a Deployment rollout restarts the pods instead); "inplace" (the policy's vLLM engine's
-    # weight reload) works as replace here; "auto" = swap.
+    # weight reload) works as replace here; "auto" = swap, and replace on the vllm backend, whose engine reserves
+    # its share of the GPU (THINKMESH_PPM_VLLM_GPU_MEMORY_UTILIZATION), so a second one does not fit beside it.
     reload: Reload = "auto"
+    # vllm backend: the engine's arguments (THINKMESH_PPM_VLLM_*: a preset, single arguments, any other as JSON;
+    # services/common/vllm_args.py, the policy's settings group). Prefix caching is off whatever they say: the
+    # pooling runner reads every token's hidden state.
+    vllm: VLLMSettings = field(default_factory=VLLMSettings)
 
     @property
     def reload_mode(self) -> ReloadMode:
-        return resolve_reload(self.reload, auto="swap")
+        return resolve_reload(self.reload, auto="replace" if self.backend == "vllm" else "swap")
 
     def validate(self) -> None:
         super().validate()
+        require(self.backend in BACKENDS, self, "backend", f"must be one of {', '.join(BACKENDS)}")
+        if self.backend == "vllm":
+            self.vllm.check(self)
         require(self.reload in RELOADS, self, "reload", f"must be one of {', '.join(RELOADS)}")
         require(self.max_items > 0, self, "max_items", "must be positive")
         require(self.max_item_chars > 0, self, "max_item_chars", "must be positive")

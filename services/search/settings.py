@@ -20,6 +20,8 @@ from services.search.engine.mcts import INFERENCE, SearchConfig
 from services.search.engine.orchestrator import Sampling
 
 SEARCH_QUEUE = "search"
+# How a worker spreads its policy calls over the policy's replicas (`SearchSettings.policy_routing`).
+POLICY_ROUTINGS = ("affinity", "round_robin")
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,12 @@ class SearchSettings(ServerSettings):
     port: int = 50054
     celery: CelerySettings = field(default_factory=CelerySettings)
     targets: ServiceTargets = field(default_factory=ServiceTargets)
+    # `affinity`: every policy call of one tree (one question) goes to the same replica of those policy_target
+    # resolves to (consistent hashing; the next replica when that one goes), whose prefix cache then holds the
+    # tree's prefix: docs/benchmarks.md measures the hit rate. `round_robin` spreads each batch's calls instead.
+    # A task's own policy (a teacher's target) is routed the same way. `round_robin` by default, for one local
+    # replica (where affinity would only split each batch into calls); the chart sets `affinity`.
+    policy_routing: str = "round_robin"
     # Tasks one worker process runs at once (threads on one loop; their trees share batches). As many as one
     # SearchService takes at once (max_concurrent_solves): a Solve whose task waits in the queue past its stop time
     # has no answer to give (DEADLINE_EXCEEDED).
@@ -138,6 +146,12 @@ class SearchSettings(ServerSettings):
         require(s.max_code_errors > 0, self, "max_code_errors", "must be at least 1")
         require(s.q_mode in ("terminal", "ppm"), self, "q_mode", "must be 'terminal' or 'ppm'")
         require(self.answer_method in METHODS, self, "answer_method", f"must be one of {', '.join(METHODS)}")
+        require(
+            self.policy_routing in POLICY_ROUTINGS,
+            self,
+            "policy_routing",
+            f"must be one of {', '.join(POLICY_ROUTINGS)}",
+        )
         require(self.sampling.max_batch > 0, self, "max_batch", "must be at least 1")
         require(0 <= self.health_port <= 65535, self, "health_port", "must be between 0 (off) and 65535")
         # On the SQLite transport the consumer loop waits up to 2 s for a message between turns.

@@ -397,6 +397,9 @@ def test_services_run_the_thinkmesh_command_on_their_port(defaults: Rendered) ->
     worker = defaults.container("worker")
     assert worker["args"] == ["worker"]
     assert defaults.settings("worker")["THINKMESH_SEARCH_WORKER_CONCURRENCY"] == "16"
+    # Each tree's policy calls stay on one policy pod (its prefix cache), over the headless Service's addresses.
+    assert defaults.settings("worker")["THINKMESH_SEARCH_POLICY_ROUTING"] == "affinity"
+    assert defaults.settings("worker")["THINKMESH_SEARCH_POLICY_TARGET"].startswith("dns:///")
 
 
 def test_grpc_services_have_grpc_probes_and_model_pods_a_long_startup(defaults: Rendered) -> None:

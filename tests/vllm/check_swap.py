@@ -26,11 +26,11 @@ async def check(root: Path) -> dict[str, object]:
 
     from services.common.hot_reload import ModelSource
     from services.common.store import Lineage, ModelStore
+    from services.common.vllm_args import VLLMSettings
     from services.policy.core import Limits, PolicyCore
     from services.policy.engine import SamplingParams, StepPrompt
     from services.policy.main import engine_loader, in_place_loader
     from services.policy.settings import PolicySettings
-    from services.policy.vllm_args import VLLMSettings
     from services.policy.vllm_engine import VLLMEngine
     from support.tiny_models import QUESTION, STEPS, publish_micro_models
 

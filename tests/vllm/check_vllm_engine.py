@@ -18,8 +18,8 @@ async def check(store_root: Path) -> dict[str, object]:
     from importlib.metadata import version
 
     from services.common.store import ModelStore
+    from services.common.vllm_args import VLLMSettings
     from services.policy.engine import SamplingParams, StepPrompt
-    from services.policy.vllm_args import VLLMSettings
     from services.policy.vllm_engine import VLLMEngine
     from support.tiny_models import QUESTION, STEPS, publish_micro_models
 

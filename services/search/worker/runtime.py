@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from services.common.channels import open_channel
+from services.common.channels import AFFINITY_HEADER, open_channel
 from services.common.errors import InvalidInput
 from services.search.engine.answers import Method, choose
 from services.search.engine.backends import Backends
@@ -126,16 +126,28 @@ class WorkerRuntime:
     async def _build(self) -> SearchLoop:
         s = self.settings
         tls = s.client_tls
-        targets = (s.targets.policy_target, s.targets.sandbox_target, s.targets.ppm_target)
-        self._channels = [open_channel(target, tls=tls) for target in targets]
+        self._channels = [
+            self._policy_channel(s.targets.policy_target),
+            open_channel(s.targets.sandbox_target, tls=tls),
+            open_channel(s.targets.ppm_target, tls=tls),
+        ]
         policy, sandbox, ppm = self._channels
         backends = Backends(
-            generator=GrpcGenerator(policy),
+            generator=GrpcGenerator(policy, affinity=self._affinity),
             runner=GrpcRunner(sandbox),
             scorer=GrpcScorer(ppm),
             grader=self._grader,
         )
         return SearchLoop(Orchestrator(backends, s.sampling))
+
+    @property
+    def _affinity(self) -> bool:
+        return self.settings.policy_routing == "affinity"
+
+    def _policy_channel(self, target: str) -> Any:
+        """A channel to a PolicyService, balanced as `policy_routing` says."""
+        header = AFFINITY_HEADER if self._affinity else None
+        return open_channel(target, tls=self.settings.client_tls, affinity_header=header)
 
     def _policy(self, target: str) -> GrpcGenerator | None:
         """The generator of a task's own PolicyService (None: the worker's); one channel per target, kept."""
@@ -144,9 +156,9 @@ class WorkerRuntime:
         if target not in self._policies:
             if len(self._policies) >= MAX_OTHER_POLICIES:
                 raise InvalidInput(f"a worker talks to at most {MAX_OTHER_POLICIES} other policy services")
-            channel = open_channel(target, tls=self.settings.client_tls)
+            channel = self._policy_channel(target)
             self._channels.append(channel)
-            self._policies[target] = GrpcGenerator(channel)
+            self._policies[target] = GrpcGenerator(channel, affinity=self._affinity)
         return self._policies[target]
 
     def close(self) -> None:

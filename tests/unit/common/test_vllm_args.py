@@ -8,8 +8,8 @@ import pytest
 
 from services.common.errors import ConfigError
 from services.common.settings import load_settings
+from services.common.vllm_args import BASE, VLLM_PRESETS, VLLMSettings, build_engine_args
 from services.policy.settings import PolicySettings
-from services.policy.vllm_args import BASE, VLLM_PRESETS, VLLMSettings, build_engine_args
 
 
 def test_without_settings_the_engine_gets_the_base_arguments() -> None:

@@ -1,13 +1,14 @@
-"""The vLLM engine's arguments, from the policy's settings: a preset for a model size and GPU count, the settings a
-deployment names one by one, and any other engine argument passed through as it is (no vLLM import here: the
-settings are read and checked where vLLM is not installed).
+"""A vLLM engine's arguments, from a service's settings (the policy's, and the PPM's on its vllm backend): a preset
+for a model size and GPU count, the settings a deployment names one by one, and any other engine argument passed
+through as it is (no vLLM import here: the settings are read and checked where vLLM is not installed).
 
 Each layer wins over the one before it:
 
     BASE                          prefix caching on (sibling nodes of a tree share their prefix), 0.85 of the GPU,
                                   4,096 tokens of context
     VLLM_PRESETS[vllm_preset]     a model size on a number of GPUs (below)
-    vllm_<argument> settings      THINKMESH_POLICY_VLLM_TENSOR_PARALLEL_SIZE=2, ... (the `VLLMSettings` fields)
+    vllm_<argument> settings      THINKMESH_POLICY_VLLM_TENSOR_PARALLEL_SIZE=2, ... (the `VLLMSettings` fields;
+                                  THINKMESH_PPM_VLLM_* for the PPM)
     vllm_engine_args              THINKMESH_POLICY_VLLM_ENGINE_ARGS='{"max_num_partial_prefills": 2}': a JSON
                                   object of any other `AsyncEngineArgs` field
 
@@ -26,6 +27,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from services.common.errors import ConfigError
+from services.common.settings import env_name
 
 BASE: dict[str, Any] = {"enable_prefix_caching": True, "gpu_memory_utilization": 0.85, "max_model_len": 4096}
 
@@ -44,7 +46,7 @@ PARALLEL = ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_siz
 
 @dataclass(frozen=True)
 class VLLMSettings:
-    """The vllm backend's settings (THINKMESH_POLICY_VLLM_*); an unset one (empty) takes the preset's or vLLM's."""
+    """A vllm backend's settings (THINKMESH_<SERVICE>_VLLM_*); an unset one (empty) takes the preset's or vLLM's."""
 
     vllm_preset: str = ""
     vllm_gpu_memory_utilization: float | None = None
@@ -62,12 +64,13 @@ class VLLMSettings:
     vllm_swap_space: float | None = None  # GiB of CPU memory per GPU for preempted sequences
     vllm_engine_args: str = ""  # a JSON object of any other AsyncEngineArgs field
 
-    def engine_args(self) -> dict[str, Any]:
+    def engine_args(self, service: str = "policy") -> dict[str, Any]:
         """Every engine argument but the model, layered as the module doc says; raises ConfigError naming the
-        variable for a preset that does not exist or a pass-through that is not a JSON object."""
+        variable (of `service`'s settings) for a preset that does not exist or a pass-through that is not a JSON
+        object."""
         if self.vllm_preset and self.vllm_preset not in VLLM_PRESETS:
             raise ConfigError(
-                f"THINKMESH_POLICY_VLLM_PRESET={self.vllm_preset!r} must be one of {', '.join(VLLM_PRESETS)}"
+                f"{env_name(service, 'vllm_preset')}={self.vllm_preset!r} must be one of {', '.join(VLLM_PRESETS)}"
             )
         args = {**BASE, **VLLM_PRESETS.get(self.vllm_preset, {})}
         for field in fields(self):
@@ -75,33 +78,32 @@ class VLLMSettings:
             if field.name not in ("vllm_preset", "vllm_engine_args") and value is not None:
                 args[field.name.removeprefix("vllm_")] = value
         if self.vllm_engine_args.strip():
+            variable = env_name(service, "vllm_engine_args")
             try:
                 extra = json.loads(self.vllm_engine_args)
             except ValueError as exc:
-                raise ConfigError(f"THINKMESH_POLICY_VLLM_ENGINE_ARGS is not JSON: {exc}") from exc
+                raise ConfigError(f"{variable} is not JSON: {exc}") from exc
             if not isinstance(extra, dict):
-                raise ConfigError("THINKMESH_POLICY_VLLM_ENGINE_ARGS must be a JSON object of engine arguments")
+                raise ConfigError(f"{variable} must be a JSON object of engine arguments")
             if "model" in extra:
-                raise ConfigError(
-                    "THINKMESH_POLICY_VLLM_ENGINE_ARGS: the model is THINKMESH_POLICY_MODEL's (the store)"
-                )
+                raise ConfigError(f"{variable}: the model is {env_name(service, 'model')}'s (the store)")
             args.update(extra)
         return args
 
-    def gpus(self) -> int:
+    def gpus(self, service: str = "policy") -> int:
         """The GPUs one engine uses: the product of its parallel sizes."""
-        args = self.engine_args()
+        args = self.engine_args(service)
         count = 1
         for name in PARALLEL:
             count *= int(args.get(name) or 1)
         return count
 
     def check(self, owner: object) -> None:
-        """For PolicySettings.validate: the layers combine (the preset exists, the JSON parses), and the numbers
-        that vLLM would only refuse after minutes of loading are in range."""
+        """For the owning settings' validate(): the layers combine (the preset exists, the JSON parses), and the
+        numbers that vLLM would only refuse after minutes of loading are in range."""
         from services.common.settings import require
 
-        args = self.engine_args()
+        args = self.engine_args(str(getattr(owner, "SERVICE")))  # noqa: B009
         utilization = args.get("gpu_memory_utilization")
         require(
             utilization is None or 0 < float(utilization) <= 1,
@@ -115,13 +117,13 @@ class VLLMSettings:
             require(size is None or int(size) >= 1, owner, f"vllm_{name}", "must be at least 1")
 
 
-def build_engine_args(engine_args_class: type, model: str, args: dict[str, Any]) -> Any:
+def build_engine_args(engine_args_class: type, model: str, args: dict[str, Any], service: str = "policy") -> Any:
     """`AsyncEngineArgs(model=model, **args)`, an unknown argument refused by name with the known ones listed."""
     known = {field.name for field in fields(engine_args_class)}
     unknown = sorted(set(args) - known)
     if unknown:
         raise ConfigError(
-            f"vLLM has no engine argument {', '.join(unknown)} (THINKMESH_POLICY_VLLM_*); this vLLM knows: "
+            f"vLLM has no engine argument {', '.join(unknown)} ({env_name(service, 'vllm')}_*); this vLLM knows: "
             + ", ".join(sorted(known))
         )
     return engine_args_class(model=model, **args)
