@@ -22,6 +22,7 @@ BENCH_MODULES = (
     None,
     "services.search.eval.bench",
     "services.dev.chaos",
+    "services.dev.traffic",
     "services.dev.train_bench",
 )
 

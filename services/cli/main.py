@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run a Celery worker for search tasks")
     worker.add_argument("--concurrency", type=int, default=None)
-    worker.add_argument("--queues", default=None, help="comma-separated queues (default: search)")
+    worker.add_argument("--queues", default=None, help="comma-separated queues: solve, round (default: both)")
     worker.set_defaults(func=_worker)
 
     for name in COMMAND_MODULES:

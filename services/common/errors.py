@@ -16,7 +16,12 @@ class InvalidInput(ThinkmeshError):
 
 
 class Overloaded(ThinkmeshError):
-    """A bounded queue is full; the caller should back off and retry."""
+    """A bounded queue is full; the caller should back off and retry, after `retry_after_s` when it is set (the
+    interceptor sends it as gRPC's server pushback, which a client's retry policy honours)."""
+
+    def __init__(self, message: str = "", *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class NotReady(ThinkmeshError):

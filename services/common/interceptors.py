@@ -70,9 +70,20 @@ def status_of(exc: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+# gRFC A6's server pushback: a client whose retry policy covers the code waits this many ms before its retry.
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+
+
+def trailers_of(exc: ThinkmeshError) -> tuple[tuple[str, str], ...]:
+    """Trailing metadata for an error: the retry pushback of an Overloaded that says when to come back."""
+    if isinstance(exc, Overloaded) and exc.retry_after_s is not None:
+        return ((RETRY_PUSHBACK_KEY, str(max(0, round(exc.retry_after_s * 1000)))),)
+    return ()
+
+
 async def _abort_for(exc: BaseException, context: Context, method: str) -> None:
     if isinstance(exc, ThinkmeshError):
-        await context.abort(status_of(exc), str(exc) or type(exc).__name__)
+        await context.abort(status_of(exc), str(exc) or type(exc).__name__, trailing_metadata=trailers_of(exc))
     log.error("unexpected error in %s", method, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
 

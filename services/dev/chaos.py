@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
-import signal
 import tempfile
 import threading
 import time
@@ -135,13 +133,6 @@ def huge_then_normal(address: str, clients: int, deadline_s: float) -> Outcome:
     return Outcome(name, clients + 1, ok, clients + 1 - ok, _since(started), note)
 
 
-def _kill(stack: Any, name: str) -> int:
-    child = next(c for c in stack.children if c.name == name)
-    pid = int(child.process.pid)
-    os.killpg(pid, signal.SIGKILL)
-    return pid
-
-
 def worker_kill(stack: Any, address: str, solves: int, kill_after_s: float) -> Outcome:
     from thinkmesh.v1 import search_pb2, search_pb2_grpc
 
@@ -159,7 +150,7 @@ def worker_kill(stack: Any, address: str, solves: int, kill_after_s: float) -> O
         with ThreadPoolExecutor(solves) as pool:
             futures = [pool.submit(solve, i) for i in range(solves)]
             time.sleep(kill_after_s)
-            pid = _kill(stack, "worker")
+            pid = stack.kill("worker")
             codes = [f.result() for f in futures]
     ok = codes.count(grpc.StatusCode.OK)
     note = f"worker {pid} SIGKILLed {kill_after_s:g} s into {solves} Solves; answered: {ok}"
@@ -214,7 +205,7 @@ def service_kill(
     with grpc.insecure_channel(address) as channel:
         while _since(started) < seconds and back_after is None:
             if killed_at is None and _since(started) > 1.0:
-                _kill(stack, name)
+                stack.kill(name)
                 killed_at = time.monotonic()
             try:
                 call(channel)

@@ -29,6 +29,7 @@ from pathlib import Path
 from services.common import die_with_parent
 from services.common.settings import load_settings
 from services.dev.supervisor import Child, RestartPolicy, Supervisor
+from services.search.settings import QUEUES
 from services.trainer.settings import TrainerSettings
 
 THINKMESH = [sys.executable, "-m", "services.cli"]
@@ -207,8 +208,10 @@ class LocalStack:
                 raise RuntimeError(f"{child.name} exited with {child.process.returncode}: see its log")
         raise TimeoutError(f"{child.name} did not start within {timeout}s")
 
-    def start(self, *, with_search: bool = True) -> str:
-        """Start everything; returns the SearchService's address ("" without it)."""
+    def start(self, *, with_search: bool = True, worker_pools: Mapping[str, str] | None = None) -> str:
+        """Start everything; returns the SearchService's address ("" without it). `worker_pools`: a worker per
+        entry, its name → the queues it consumes ("solve", "round", "solve,round"), as the chart's pools; None:
+        one worker, `worker`, on every queue."""
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         env = self._env()
         serve = [*THINKMESH, "serve"]
@@ -222,7 +225,12 @@ class LocalStack:
         )
         requeue = self._requeue_worker_tasks(env)
         requeue()  # tasks a previous run's worker took with it when it was killed
-        self._spawn("worker", [*THINKMESH, "worker"], env, listens=False, before_restart=requeue)
+        pools = worker_pools or {"worker": ",".join(QUEUES)}
+        for name, queues in pools.items():
+            argv = [*THINKMESH, "worker", "--queues", queues]
+            # Putting back every unacknowledged task is right only for a lone worker: beside another pool it would
+            # hand the live one's tasks out again. Several pools wait for the broker's visibility timeout instead.
+            self._spawn(name, argv, env, listens=False, before_restart=requeue if len(pools) == 1 else None)
         search = self._spawn("search", [*serve, "search", "--port", "0"], env, listens=True) if with_search else None
         self._supervise()
         return search.address if search is not None else ""
@@ -249,6 +257,13 @@ class LocalStack:
 
     def address(self, name: str) -> str:
         return next(child.address for child in self.children if child.name == name)
+
+    def kill(self, name: str) -> int:
+        """SIGKILL a child's process group (a fault, for the benches: the supervisor restarts it); its pid."""
+        child = next(c for c in self.children if c.name == name)
+        pid = int(child.process.pid)
+        os.killpg(pid, signal.SIGKILL)
+        return pid
 
     def stop(self, grace: float = 25.0) -> None:
         """Stop supervising, then stop each child in turn, newest first (the SearchService, the worker, then the

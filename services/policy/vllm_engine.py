@@ -15,7 +15,6 @@ vLLM requests, so the scheduler frees their KV-cache blocks at once instead of f
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import inspect
 import json
@@ -27,6 +26,7 @@ from typing import Any
 
 from services.common.store import prompt_format_of
 from services.common.vllm_args import BASE, build_engine_args
+from services.common.vllm_streams import last_output
 from services.math import stepfmt
 from services.math.prompting import PromptRenderer
 from services.policy.engine import NO_ROOM, GeneratedStep, SamplingParams, StepPrompt, classify_end, cut_at_stop
@@ -126,19 +126,8 @@ class VLLMEngine:
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
         request_id = uuid.uuid4().hex
-        final = None
-        try:
-            async with contextlib.aclosing(self.engine.generate(rendered, sampling, request_id)) as outputs:
-                async for output in outputs:
-                    final = output
-        except BaseException:
-            # Cancelled (or failed) before the end. vLLM's generate() aborts a request whose stream is cancelled or
-            # closed (aclosing closes it at once, not at garbage collection); the explicit abort covers the versions
-            # and paths where it does not. Aborting a finished or unknown id does nothing.
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self.engine.abort(request_id))
-            raise
-        assert final is not None
+        # Cancelled (or failed) before the end: the request is aborted, its KV-cache blocks freed at once.
+        final = await last_output(self.engine.generate(rendered, sampling, request_id), self.engine.abort, request_id)
         steps = []
         for completion in final.outputs:
             text, by_marker = cut_at_stop(completion.text)

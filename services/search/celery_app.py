@@ -29,7 +29,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
 from services.common.settings import load_settings
-from services.search.settings import SEARCH_QUEUE, CelerySettings, SearchSettings
+from services.search.settings import SOLVE_QUEUE, CelerySettings, SearchSettings
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +288,8 @@ def make_celery(settings: CelerySettings | None = None) -> Celery:
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        task_default_queue=SEARCH_QUEUE,
+        # Solve tasks (the SearchService's) go to the default queue; a round's name theirs (settings.QUEUES).
+        task_default_queue=SOLVE_QUEUE,
         worker_prefetch_multiplier=1,
         task_serializer="json",
         result_serializer="json",

@@ -19,7 +19,12 @@ from services.search.engine.answers import DEFAULT_METHOD, METHODS
 from services.search.engine.mcts import INFERENCE, SearchConfig
 from services.search.engine.orchestrator import Sampling
 
-SEARCH_QUEUE = "search"
+# Two queues, so interactive searches never wait behind a round's thousands: Solve calls go to `solve`, a training
+# round's problems to `round`. A worker consumes the queues its `queues` setting names (both by default: one local
+# worker does everything); in a cluster each queue has workers of its own (the chart's worker pools).
+SOLVE_QUEUE = "solve"
+ROUND_QUEUE = "round"
+QUEUES = (SOLVE_QUEUE, ROUND_QUEUE)
 # How a worker spreads its policy calls over the policy's replicas (`SearchSettings.policy_routing`).
 POLICY_ROUTINGS = ("affinity", "round_robin")
 
@@ -31,8 +36,9 @@ class CelerySettings:
     broker_url: str = "sqla+sqlite:///.thinkmesh/celery-broker.sqlite"
     result_backend: str = "db+sqlite:///.thinkmesh/celery-results.sqlite"
     # Redis and the embedded sqla+ broker alike: a task whose worker died unacknowledged is redelivered after this
-    # long. Keep it above the longest search (default_deadline_s) so a slow task is never run twice. (The local
-    # stack does not wait: it puts its dead worker's tasks back before restarting it, services/dev/supervisor.py.)
+    # long. Keep it above the longest search (SearchSettings.task_time_limit_s, checked at start-up) so a slow task
+    # is never run twice. (The local stack does not wait: it puts its dead worker's tasks back before restarting it,
+    # services/dev/supervisor.py.)
     visibility_timeout_s: int = 900
     # TLS to a rediss:// broker and result backend: the CA that signed Redis's certificate (unset: the system's
     # CAs), and the client certificate and key that a Redis with `tls-auth-clients yes` demands.
@@ -109,7 +115,13 @@ class SearchSettings(ServerSettings):
     # SearchService takes at once (max_concurrent_solves): a Solve whose task waits in the queue past its stop time
     # has no answer to give (DEADLINE_EXCEEDED).
     worker_concurrency: int = 64
-    queues: tuple[str, ...] = (SEARCH_QUEUE,)
+    # The queues this worker consumes (SOLVE_QUEUE, ROUND_QUEUE).
+    queues: tuple[str, ...] = QUEUES
+    # The longest one task searches, from the moment a worker starts it: then it answers with the best found so far
+    # (stopped early). Below the broker's visibility timeout (celery.visibility_timeout_s, checked at start-up):
+    # a task still unacknowledged after that is redelivered, and a search running longer would run twice. Unset:
+    # 90 % of the visibility timeout.
+    task_time_limit_s: float | None = None
     # The defaults of a Solve whose knobs are 0 (the engine's: rollouts, candidates, max_depth, c, q_mode, ...)
     # and of its sampling (temperature, max_new_tokens, exec_timeout_ms, max_batch).
     search: SearchConfig = INFERENCE
@@ -124,6 +136,10 @@ class SearchSettings(ServerSettings):
     # A reference answer (training mode) is a final answer, not a text: bounded before anything is queued.
     max_reference_chars: int = 1_000
     max_concurrent_solves: int = 64
+    # Backpressure: a Solve is refused (RESOURCE_EXHAUSTED, with a retry pushback) while this many tasks or more
+    # wait in the solve queue (read from the broker at most once a second; 0 = no bound). Unknown (the broker does
+    # not answer): admitted.
+    max_solve_queue: int = 256
     # A Solve without a client deadline is bounded by this.
     default_deadline_s: float = 600.0
     # The worker's probe endpoint (GET /livez, /readyz over HTTP on `host`; 0 = off): both fail once its
@@ -137,8 +153,18 @@ class SearchSettings(ServerSettings):
         s = self.search
         require(self.worker_concurrency > 0, self, "worker_concurrency", "must be at least 1")
         require(bool(self.queues), self, "queues", "name at least one queue")
+        unknown = sorted(set(self.queues) - set(QUEUES))
+        require(not unknown, self, "queues", f"{', '.join(unknown)}: the queues are {', '.join(QUEUES)}")
         self.celery.validate(self)
+        require(
+            0 < self.time_limit_s < self.celery.visibility_timeout_s,
+            self,
+            "task_time_limit_s",
+            f"must be positive and below visibility_timeout_s ({self.celery.visibility_timeout_s} s), or the broker "
+            "redelivers a search that is still running and it runs twice",
+        )
         require(self.max_reference_chars > 0, self, "max_reference_chars", "must be at least 1")
+        require(self.max_solve_queue >= 0, self, "max_solve_queue", "must be 0 (no bound) or more")
         require(0 < s.rollouts <= self.max_rollouts, self, "rollouts", "must be between 1 and max_rollouts")
         require(0 < s.candidates <= self.max_candidates, self, "candidates", "must be between 1 and max_candidates")
         require(0 < self.searches <= self.max_searches, self, "searches", "must be between 1 and max_searches")
@@ -156,6 +182,13 @@ class SearchSettings(ServerSettings):
         require(0 <= self.health_port <= 65535, self, "health_port", "must be between 0 (off) and 65535")
         # On the SQLite transport the consumer loop waits up to 2 s for a message between turns.
         require(self.health_stale_s >= 5, self, "health_stale_s", "must be at least 5 (seconds)")
+
+    @property
+    def time_limit_s(self) -> float:
+        """task_time_limit_s, or 90 % of the broker's visibility timeout when unset."""
+        if self.task_time_limit_s is not None:
+            return self.task_time_limit_s
+        return 0.9 * self.celery.visibility_timeout_s
 
     @property
     def client_tls(self) -> TlsFiles | None:

@@ -35,6 +35,9 @@ class TrainerSettings(ServerSettings):
     teacher_target: str = ""
     # The search tier's broker, as its pods read it (THINKMESH_TRAINER_BROKER_URL, ...).
     celery: CelerySettings = field(default_factory=CelerySettings)
+    # A round's searches out on the `round` queue at once: the next problem goes when one finishes, so the queue
+    # holds no more than this whatever the pool's size (and the round queue's workers' autoscaler sees it).
+    search_in_flight: int = 64
     # The services a round calls: the policy and PPM whose new versions it waits for before its search (their hot
     # reload), and the sandbox its evaluations run the candidates' programs on ("" = an in-process sandbox).
     targets: ServiceTargets = field(default_factory=ServiceTargets)
@@ -57,6 +60,7 @@ class TrainerSettings(ServerSettings):
         super().validate()
         require(self.preset in PRESETS, self, "preset", f"must be one of {', '.join(PRESETS)}")
         self.celery.validate(self)
+        require(self.search_in_flight > 0, self, "search_in_flight", "must be at least 1")
         self.training.validate(self)
         try:
             parse_retries(self.unsolved_retries)

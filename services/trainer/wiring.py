@@ -139,7 +139,7 @@ def training_launcher(settings: TrainerSettings) -> Launcher:
 def make_runner_factory(
     settings: TrainerSettings, store: ModelStore, **hooks: object
 ) -> Callable[[RoundConfig], RoundRunner]:
-    dispatcher = CeleryDispatcher(make_celery(settings.celery), store.root)
+    dispatcher = CeleryDispatcher(make_celery(settings.celery), store.root, max_in_flight=settings.search_in_flight)
     before = wait_for_current(settings, store)
     roll = kube_rollout(settings)
     sandbox = remote_sandbox(settings)

@@ -11,13 +11,13 @@ import re
 import subprocess
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
+from e2e import helmchart
 from e2e.helmchart import (
     CHART,
-    COMPONENTS,
-    CPU_COMPONENTS,
     GPU_COMPONENTS,
     GRPC_SERVICES,
     HELM,
@@ -30,10 +30,22 @@ from e2e.helmchart import (
     name,
     render,
     render_text,
-    validate,
     values_args,
 )
 from services.common.server import LIVENESS
+
+# The worker runs as pools, one per queue (worker.pools): each pool's objects (Deployment, ConfigMap, PDB,
+# NetworkPolicy, Service, HPA or ScaledObject, certificate) are those of a component "worker-<pool>". The tests name the
+# pools where the worker's objects are meant; WORKER where one pool stands for both (they differ only by queue).
+POOLS = ["worker-solve", "worker-round"]
+WORKER = POOLS[0]
+QUEUE = {"worker-solve": "solve", "worker-round": "round"}
+# Components by their objects' names and labels (the values keep one `worker` block: helmchart.COMPONENTS).
+COMPONENTS = [c for x in helmchart.COMPONENTS for c in (POOLS if x == "worker" else [x])]
+CPU_COMPONENTS = [c for x in helmchart.CPU_COMPONENTS for c in (POOLS if x == "worker" else [x])]
+# The vendored CRD schemas (chart/schemas/<group>-<version>-<kind>.json) scripts/helm_check.sh validates KEDA's with.
+SCHEMAS = CHART / "schemas"
+KEDA_KINDS = {("keda.sh/v1alpha1", "ScaledObject"), ("keda.sh/v1alpha1", "TriggerAuthentication")}
 
 LABELS = [
     "app.kubernetes.io/name",
@@ -51,9 +63,23 @@ PREFIX = {
     "policy": "POLICY",
     "ppm": "PPM",
     "search": "SEARCH",
-    "worker": "SEARCH",
+    "worker-solve": "SEARCH",
+    "worker-round": "SEARCH",
     "trainer": "TRAINER",
 }
+
+
+def _vendored_schema(obj: dict[str, Any]) -> dict[str, Any]:
+    group_version = obj["apiVersion"].replace("/", "-")
+    return json.loads((SCHEMAS / f"{group_version}-{obj['kind'].lower()}.json").read_text())
+
+
+def validate(objects: list[dict[str, Any]]) -> None:
+    """helmchart.validate (Kubernetes' own kinds, strictly), and KEDA's kinds against the vendored CRD schemas."""
+    helmchart.validate([o for o in objects if (o["apiVersion"], o["kind"]) not in KEDA_KINDS])
+    for obj in objects:
+        if (obj["apiVersion"], obj["kind"]) in KEDA_KINDS:
+            jsonschema.validate(obj, _vendored_schema(obj), cls=jsonschema.Draft7Validator)
 
 
 def _enabled(r: Rendered) -> list[str]:
@@ -133,7 +159,7 @@ def test_helm3_renders_the_same_objects_as_helm4(value_set: str) -> None:
     assert inventory(render(*args, helm=HELM3)) == inventory(render(*args))
 
 
-@pytest.mark.parametrize("component", COMPONENTS)
+@pytest.mark.parametrize("component", helmchart.COMPONENTS)
 def test_each_component_can_be_turned_off(component: str) -> None:
     settings = ["--set", f"{component}.enabled=false"]
     if component == "redis":
@@ -142,7 +168,7 @@ def test_each_component_can_be_turned_off(component: str) -> None:
     left = [
         (o["kind"], o["metadata"]["name"])
         for o in r.objects
-        if o["metadata"]["labels"].get("app.kubernetes.io/component") == component
+        if o["metadata"]["labels"].get("app.kubernetes.io/component", "").split("-")[0] == component
         and not (component == "redis" and o["kind"] == "Secret")  # the external broker's URLs
     ]
     assert not left
@@ -151,7 +177,7 @@ def test_each_component_can_be_turned_off(component: str) -> None:
     text = render_text(*settings)
     assert f"{name(component)}." not in text and f"{name(component)}-headless" not in text
     if component != "redis":
-        assert f"app.kubernetes.io/component: {component}\n" not in text
+        assert f"app.kubernetes.io/component: {component}" not in text
 
 
 def test_every_object_carries_the_standard_labels(defaults: Rendered) -> None:
@@ -185,7 +211,7 @@ def test_every_component_has_the_same_keys_in_values() -> None:
         "service",
         "extraEnv",
     ]
-    for component in COMPONENTS:
+    for component in helmchart.COMPONENTS:
         assert list(values[component])[: len(shared)] == shared, component
     assert set(values["redis"]) - set(shared) == {"auth", "persistence", "external"}
 
@@ -394,12 +420,12 @@ def test_services_run_the_thinkmesh_command_on_their_port(defaults: Rendered) ->
         assert container["command"] == ["thinkmesh"]
         assert container["args"] == ["serve", component, "--host", "0.0.0.0", "--port", str(port)]
         assert {"name": "grpc", "containerPort": port, "protocol": "TCP"} in container["ports"]
-    worker = defaults.container("worker")
+    worker = defaults.container(WORKER)
     assert worker["args"] == ["worker"]
-    assert defaults.settings("worker")["THINKMESH_SEARCH_WORKER_CONCURRENCY"] == "16"
+    assert defaults.settings(WORKER)["THINKMESH_SEARCH_WORKER_CONCURRENCY"] == "16"
     # Each tree's policy calls stay on one policy pod (its prefix cache), over the headless Service's addresses.
-    assert defaults.settings("worker")["THINKMESH_SEARCH_POLICY_ROUTING"] == "affinity"
-    assert defaults.settings("worker")["THINKMESH_SEARCH_POLICY_TARGET"].startswith("dns:///")
+    assert defaults.settings(WORKER)["THINKMESH_SEARCH_POLICY_ROUTING"] == "affinity"
+    assert defaults.settings(WORKER)["THINKMESH_SEARCH_POLICY_TARGET"].startswith("dns:///")
 
 
 def test_grpc_services_have_grpc_probes_and_model_pods_a_long_startup(defaults: Rendered) -> None:
@@ -420,8 +446,8 @@ def test_grpc_services_have_grpc_probes_and_model_pods_a_long_startup(defaults: 
         else:
             assert budget <= 5 * 60, f"{component}: a {budget}s startup hides a crash loop"
     # Celery has no gRPC health: the worker serves HTTP health on a port of its own (not in any Service).
-    worker = defaults.container("worker")
-    port = defaults.settings("worker")["THINKMESH_SEARCH_HEALTH_PORT"]
+    worker = defaults.container(WORKER)
+    port = defaults.settings(WORKER)["THINKMESH_SEARCH_HEALTH_PORT"]
     assert {"name": "health", "containerPort": int(port), "protocol": "TCP"} in worker["ports"]
     paths = {probe: worker[probe]["httpGet"] for probe in ("startupProbe", "readinessProbe", "livenessProbe")}
     assert paths == {
@@ -429,19 +455,19 @@ def test_grpc_services_have_grpc_probes_and_model_pods_a_long_startup(defaults: 
         "readinessProbe": {"path": "/readyz", "port": "health"},
         "livenessProbe": {"path": "/livez", "port": "health"},
     }
-    assert "health" not in {p["name"] for p in defaults.get("Service", name("worker"))["spec"]["ports"]}
+    assert "health" not in {p["name"] for p in defaults.get("Service", name(WORKER))["spec"]["ports"]}
     assert defaults.container("redis")["readinessProbe"]["exec"]["command"][0] == "sh"
 
 
 def test_a_worker_probe_from_values_is_used_as_given() -> None:
     probe = {"exec": {"command": ["true"]}, "periodSeconds": 30}
     r = render("--set-json", f"worker.probes.liveness={json.dumps(probe)}")
-    liveness = r.container("worker")["livenessProbe"]
+    liveness = r.container(WORKER)["livenessProbe"]
     assert liveness["exec"] == probe["exec"] and liveness["periodSeconds"] == 30 and "httpGet" not in liveness
 
 
 def test_drain_ends_before_the_kubelet_kills(defaults: Rendered) -> None:
-    for component in ["policy", "ppm", "sandbox", "search", "worker", "trainer"]:
+    for component in ["policy", "ppm", "sandbox", "search", *POOLS, "trainer"]:
         pod = defaults.pod(component)["spec"]
         drain = int(defaults.settings(component)[f"THINKMESH_{PREFIX[component]}_DRAIN_SECONDS"])
         pre_stop = defaults.container(component)["lifecycle"]["preStop"]["sleep"]["seconds"]
@@ -457,7 +483,7 @@ def test_pods_carry_config_checksums_that_follow_their_config() -> None:
         after = changed.pod(component)["metadata"]["annotations"]["checksum/config"]
         assert (after != checksum) == (component == "sandbox"), component
     moved = render(*values_args("external-redis"))
-    for component in ["search", "worker", "trainer"]:
+    for component in ["search", *POOLS, "trainer"]:
         assert (
             moved.pod(component)["metadata"]["annotations"]["checksum/broker"]
             != base.pod(component)["metadata"]["annotations"]["checksum/broker"]
@@ -465,7 +491,7 @@ def test_pods_carry_config_checksums_that_follow_their_config() -> None:
 
 
 def test_metrics_are_served_exposed_and_annotated(defaults: Rendered) -> None:
-    for component in ["policy", "ppm", "sandbox", "search", "worker", "trainer"]:
+    for component in ["policy", "ppm", "sandbox", "search", *POOLS, "trainer"]:
         annotations = defaults.pod(component)["metadata"]["annotations"]
         assert annotations["prometheus.io/scrape"] == "true"
         assert annotations["prometheus.io/port"] == "9090"
@@ -510,7 +536,7 @@ def test_the_sandbox_autoscales_and_clients_balance_over_every_pod(defaults: Ren
     assert headless["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     assert [p["port"] for p in headless["spec"]["ports"]] == [50051]
     target = f"dns:///{name('sandbox')}-headless.{NAMESPACE}.svc.cluster.local:50051"
-    for caller in ["search", "worker", "trainer"]:
+    for caller in ["search", *POOLS, "trainer"]:
         assert defaults.settings(caller)[f"THINKMESH_{PREFIX[caller]}_SANDBOX_TARGET"] == target
 
 
@@ -522,12 +548,247 @@ def test_replicas_are_set_where_no_hpa_owns_them(defaults: Rendered) -> None:
     assert off.workload("sandbox")["spec"]["replicas"] == 2
     assert off.find("HorizontalPodAutoscaler", name("sandbox")) is None
     workers = render(*values_args("gpu-production"))
-    assert "replicas" not in workers.workload("worker")["spec"]
+    assert "replicas" not in workers.workload(WORKER)["spec"]
 
 
 def test_the_trainer_is_replaced_not_rolled(defaults: Rendered) -> None:
     assert defaults.workload("trainer")["spec"]["strategy"] == {"type": "Recreate"}
     assert defaults.workload("trainer")["spec"]["replicas"] == 1
+
+
+# --- worker pools and KEDA ----------------------------------------------------------------------------------
+
+
+def _keda(*args: str) -> Rendered:
+    return render("--set", "worker.autoscaling.keda.enabled=true", *args)
+
+
+def _trigger(r: Rendered, pool: str) -> dict[str, Any]:
+    (trigger,) = r.get("ScaledObject", name(pool))["spec"]["triggers"]
+    return trigger
+
+
+def _auth(r: Rendered, pool: str) -> dict[str, tuple[str, str]]:
+    """A pool's TriggerAuthentication as parameter -> (Secret, key)."""
+    refs = r.get("TriggerAuthentication", name(pool))["spec"]["secretTargetRef"]
+    return {ref["parameter"]: (ref["name"], ref["key"]) for ref in refs}
+
+
+def test_each_queue_has_a_worker_pool_of_its_own(defaults: Rendered) -> None:
+    assert name("worker") not in defaults.names("Deployment")
+    selectors = []
+    for pool in POOLS:
+        deployment = defaults.workload(pool)
+        assert defaults.container(pool)["args"] == ["worker"]
+        assert defaults.container(pool)["envFrom"] == [{"configMapRef": {"name": name(pool)}}]
+        assert defaults.settings(pool)["THINKMESH_SEARCH_QUEUES"] == QUEUE[pool]
+        assert deployment["spec"]["replicas"] == 2
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        assert selector["app.kubernetes.io/component"] == pool
+        assert defaults.get("PodDisruptionBudget", name(pool))["spec"]["selector"]["matchLabels"] == selector
+        assert defaults.get("NetworkPolicy", name(pool))["spec"]["podSelector"]["matchLabels"] == selector
+        selectors.append(selector)
+    assert selectors[0] != selectors[1]
+    assert not defaults.of_kind("ScaledObject") and not defaults.of_kind("TriggerAuthentication")
+
+
+def test_a_round_keeps_as_many_tasks_out_as_its_pools_run_at_their_largest(defaults: Rendered) -> None:
+    # The trainer's bound on a round's queued tasks: round pods (at most) × their concurrency.
+    assert defaults.settings("trainer")["THINKMESH_TRAINER_SEARCH_IN_FLIGHT"] == str(2 * 16)
+    production = render(*values_args("gpu-production"))
+    assert production.settings("trainer")["THINKMESH_TRAINER_SEARCH_IN_FLIGHT"] == str(32 * 32)  # KEDA's maximum
+    mine = render("--set", "trainer.config.search_in_flight=7")
+    assert mine.settings("trainer")["THINKMESH_TRAINER_SEARCH_IN_FLIGHT"] == "7"
+
+
+def test_a_pool_s_values_merge_over_the_worker_s() -> None:
+    r = render(
+        "--set", "worker.replicas=3",
+        "--set", "worker.config.policy_routing=round_robin",
+        "--set", "worker.pools.round.replicas=5",
+        "--set", "worker.pools.round.config.worker_concurrency=64",
+        "--set", "worker.pools.round.resources.limits.cpu=4",
+        "--set", "worker.pools.round.pdb.enabled=false",
+    )  # fmt: skip
+    solve, round_ = "worker-solve", "worker-round"
+    assert r.workload(solve)["spec"]["replicas"] == 3 and r.workload(round_)["spec"]["replicas"] == 5
+    assert r.settings(solve)["THINKMESH_SEARCH_WORKER_CONCURRENCY"] == "16"
+    assert r.settings(round_)["THINKMESH_SEARCH_WORKER_CONCURRENCY"] == "64"
+    for pool in POOLS:  # the rest of `worker` is every pool's
+        assert r.settings(pool)["THINKMESH_SEARCH_POLICY_ROUTING"] == "round_robin"
+        assert r.container(pool)["resources"]["requests"] == {"cpu": "1", "memory": "2Gi"}
+    assert r.container(round_)["resources"]["limits"] == {"cpu": 4, "memory": "4Gi"}
+    assert r.container(solve)["resources"]["limits"] == {"cpu": "2", "memory": "4Gi"}
+    assert r.find("PodDisruptionBudget", name(round_)) is None
+    assert r.find("PodDisruptionBudget", name(solve)) is not None
+    validate(r.objects)
+
+
+def test_one_pool_may_consume_both_queues() -> None:
+    r = render("--set-json", 'worker.pools={"solve": null, "round": null, "all": {"queues": ["solve", "round"]}}')
+    assert {n for n in r.names("Deployment") if "worker" in n} == {name("worker-all")}
+    assert r.settings("worker-all")["THINKMESH_SEARCH_QUEUES"] == "solve,round"
+    off = render("--set", "worker.pools.round.enabled=false")
+    assert off.find("Deployment", name("worker-round")) is None and off.find("Deployment", name(WORKER))
+    # Callers admit every pool's pods, and only those that run.
+    (grpc,) = off.get("NetworkPolicy", name("sandbox"))["spec"]["ingress"][:1]
+    assert _peers(grpc["from"]) == {"search", WORKER, "trainer"}
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (["worker.pools.batch.replicas=1"], 'consumes queue "batch"'),
+        (["worker.config.queues=solve"], "config.queues is set by the chart"),
+        (
+            ["worker.autoscaling.keda.enabled=true", "worker.autoscaling.minReplicas=0"],
+            "worker.pools.solve consumes the solve queue",
+        ),
+        (
+            ["redis.enabled=false", "redis.external.existingSecret=broker", "worker.autoscaling.keda.enabled=true"],
+            "worker.autoscaling.keda.redis.address is required",
+        ),
+    ],
+)
+def test_pool_values_that_cannot_work_are_refused(settings: list[str], message: str) -> None:
+    with pytest.raises(RenderError) as caught:
+        render(*[arg for setting in settings for arg in ("--set", setting)])
+    assert message in str(caught.value)
+
+
+def test_the_values_schema_rejects_bad_pools() -> None:
+    for setting in [
+        "worker.pools.solve.queues={search}",
+        "worker.pools.solve.image.tag=x",
+        "worker.pools.Solve.replicas=1",
+    ]:
+        with pytest.raises(RenderError) as caught:
+            render("--set", setting)
+        assert "schema" in str(caught.value), setting
+
+
+def test_without_keda_each_pool_may_have_a_cpu_hpa() -> None:
+    r = render("--set", "worker.autoscaling.enabled=true", "--set", "worker.pools.round.autoscaling.maxReplicas=40")
+    for pool in POOLS:
+        hpa = r.get("HorizontalPodAutoscaler", name(pool))
+        assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name(pool)}
+        assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+        assert "replicas" not in r.workload(pool)["spec"]
+    assert r.get("HorizontalPodAutoscaler", name("worker-round"))["spec"]["maxReplicas"] == 40
+    assert not r.of_kind("ScaledObject")
+
+
+@pytest.mark.parametrize("value_set", ["keda", "gpu-production"])
+def test_keda_scales_each_pool_on_its_queue_length(value_set: str) -> None:
+    r = render(*values_args(value_set))
+    validate(r.objects)
+    redis = f"{name('redis')}.{NAMESPACE}.svc.cluster.local:6379"
+    tls = value_set == "gpu-production"
+    # The HPA beside it would fight KEDA's own: none for a pool KEDA scales, and no replicas field.
+    hpas = {h["spec"]["scaleTargetRef"]["name"] for h in r.of_kind("HorizontalPodAutoscaler")}
+    assert not hpas & {name(pool) for pool in POOLS}
+    assert len(r.of_kind("ScaledObject")) == len(POOLS)
+    for pool in POOLS:
+        scaled = r.get("ScaledObject", name(pool))["spec"]
+        assert scaled["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name(pool)}
+        assert 0 <= scaled["minReplicaCount"] < scaled["maxReplicaCount"]
+        assert "replicas" not in r.workload(pool)["spec"]
+        trigger = _trigger(r, pool)
+        assert trigger["type"] == "redis"
+        # Celery's Redis transport keeps each queue as a list named after it, in the broker's database (/0).
+        assert trigger["metadata"]["listName"] == QUEUE[pool] == r.settings(pool)["THINKMESH_SEARCH_QUEUES"]
+        assert trigger["metadata"]["address"] == redis and trigger["metadata"]["databaseIndex"] == "0"
+        assert int(trigger["metadata"]["listLength"]) >= 1
+        assert trigger["authenticationRef"] == {"name": name(pool)}
+        expected = {"password": (name("redis"), "password")}
+        if tls:  # the in-chart Redis demands a client certificate from the release's CA
+            assert trigger["metadata"]["enableTLS"] == "true"
+            secret = f"{name(pool)}-tls"
+            expected |= {"ca": (secret, "ca.crt"), "cert": (secret, "tls.crt"), "key": (secret, "tls.key")}
+        else:
+            assert "enableTLS" not in trigger["metadata"]
+        assert _auth(r, pool) == expected
+    # The solve pool stays warm: the SearchService is ready only while a worker beats.
+    assert r.get("ScaledObject", name("worker-solve"))["spec"]["minReplicaCount"] >= 1
+    # KEDA's operator reads the lists itself: Redis admits it.
+    (rule,) = r.get("NetworkPolicy", name("redis"))["spec"]["ingress"]
+    operator = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "keda-operator"}},
+    }
+    assert operator in rule["from"]
+
+
+def test_keda_takes_its_limits_and_timings_from_values() -> None:
+    r = _keda(
+        "--set", "worker.autoscaling.minReplicas=3",
+        "--set", "worker.autoscaling.keda.pollingInterval=5",
+        "--set", "worker.pools.round.autoscaling.minReplicas=0",
+        "--set", "worker.pools.round.autoscaling.maxReplicas=50",
+        "--set", "worker.pools.round.autoscaling.keda.listLength=100",
+        "--set", "worker.pools.round.autoscaling.keda.cooldownPeriod=600",
+        "--set-json", 'worker.autoscaling.behavior={"scaleDown": {"stabilizationWindowSeconds": 120}}',
+    )  # fmt: skip
+    validate(r.objects)
+    solve = r.get("ScaledObject", name("worker-solve"))["spec"]
+    round_ = r.get("ScaledObject", name("worker-round"))["spec"]
+    assert (solve["minReplicaCount"], solve["maxReplicaCount"], solve["pollingInterval"]) == (3, 16, 5)
+    assert (round_["minReplicaCount"], round_["maxReplicaCount"], round_["cooldownPeriod"]) == (0, 50, 600)
+    assert _trigger(r, "worker-round")["metadata"]["listLength"] == "100"
+    assert _trigger(r, "worker-solve")["metadata"]["listLength"] == "16"
+    behavior = {"scaleDown": {"stabilizationWindowSeconds": 120}}
+    assert solve["advanced"] == {"horizontalPodAutoscalerConfig": {"behavior": behavior}}
+    # KEDA on one pool only: the other keeps its CPU HPA.
+    mixed = render(
+        "--set", "worker.autoscaling.enabled=true", "--set", "worker.pools.round.autoscaling.keda.enabled=true"
+    )  # fmt: skip
+    assert mixed.names("ScaledObject") == {name("worker-round")}
+    assert name("worker-solve") in mixed.names("HorizontalPodAutoscaler")
+    assert name("worker-round") not in mixed.names("HorizontalPodAutoscaler")
+
+
+def test_keda_reads_an_external_redis_where_the_broker_does() -> None:
+    r = _keda(*values_args("external-redis"))
+    validate(r.objects)
+    for pool in POOLS:
+        trigger = _trigger(r, pool)
+        # From redis.external.url: rediss://:change-me@redis.example.internal:6380/0
+        assert trigger["metadata"]["address"] == "redis.example.internal:6380"
+        assert trigger["metadata"]["enableTLS"] == "true" and trigger["metadata"]["databaseIndex"] == "0"
+        assert _auth(r, pool) == {"password": (name("redis"), "password")}
+    assert r.get("Secret", name("redis"))["stringData"]["password"] == "change-me"
+    # Without KEDA the broker's Secret keeps the URLs only.
+    assert "password" not in render(*values_args("external-redis")).get("Secret", name("redis"))["stringData"]
+    given = _keda(
+        "--set", "redis.enabled=false",
+        "--set", "redis.external.existingSecret=broker",
+        "--set", "worker.autoscaling.keda.redis.address=redis.internal:6379",
+        "--set", "worker.autoscaling.keda.redis.databaseIndex=2",
+        "--set", "worker.autoscaling.keda.redis.passwordSecret.name=redis-auth",
+    )  # fmt: skip
+    validate(given.objects)
+    metadata = _trigger(given, WORKER)["metadata"]
+    assert (metadata["address"], metadata["databaseIndex"]) == ("redis.internal:6379", "2")
+    assert "enableTLS" not in metadata
+    assert _auth(given, WORKER) == {"password": ("redis-auth", "password")}
+    bare = _keda(
+        "--set", "redis.enabled=false",
+        "--set", "redis.external.url=redis://redis.internal:6379/0",
+    )  # fmt: skip
+    assert "authenticationRef" not in _trigger(bare, WORKER) and not bare.of_kind("TriggerAuthentication")
+
+
+def test_the_vendored_keda_schemas_reject_what_keda_would() -> None:
+    scaled = render(*values_args("keda")).get("ScaledObject", name(WORKER))
+    jsonschema.validate(scaled, _vendored_schema(scaled))
+    bad = [
+        {**scaled, "spec": {**scaled["spec"], "maxReplicas": 3}},  # an HPA field, not KEDA's
+        {**scaled, "spec": {k: v for k, v in scaled["spec"].items() if k != "scaleTargetRef"}},
+        {**scaled, "spec": {**scaled["spec"], "triggers": [{"type": "redis", "metadata": {"listLength": 5}}]}},
+    ]
+    for obj in bad:
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(obj, _vendored_schema(obj))
 
 
 # --- network ------------------------------------------------------------------------------------------------
@@ -548,9 +809,9 @@ def test_each_component_admits_only_its_callers(value_set: str) -> None:
     r = render(*values_args(value_set))
     clients_restricted = value_set == "gpu-production"
     expected = {
-        "sandbox": {"search", "worker", "trainer"},
-        "policy": {"search", "worker", "trainer"},
-        "ppm": {"search", "worker", "trainer"},
+        "sandbox": {"search", *POOLS, "trainer"},
+        "policy": {"search", *POOLS, "trainer"},
+        "ppm": {"search", *POOLS, "trainer"},
         # Users of the API: any source by default (tokens / TLS guard it), or networkPolicy.clients.
         "search": {"other"} if clients_restricted else None,
         "trainer": {"other"} if clients_restricted else None,
@@ -561,10 +822,12 @@ def test_each_component_admits_only_its_callers(value_set: str) -> None:
         assert spec["policyTypes"] == ["Ingress", "Egress"]
         assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == component
         if component == "redis":
-            assert _peers(_rule_on_port(spec["ingress"], "redis")["from"]) == {"search", "worker", "trainer"}
+            # KEDA's operator too, where it scales the worker pools on their queues (networkPolicy.kedaOperator).
+            keda = {"other"} if r.of_kind("ScaledObject") else set()
+            assert _peers(_rule_on_port(spec["ingress"], "redis")["from"]) == {"search", *POOLS, "trainer"} | keda
             continue
         grpc = _rule_on_port(spec["ingress"], "grpc")
-        if component == "worker":
+        if component in POOLS:
             assert grpc is None
         elif expected[component] is None:
             assert "from" not in grpc, component
@@ -572,11 +835,11 @@ def test_each_component_admits_only_its_callers(value_set: str) -> None:
             assert _peers(grpc["from"]) == expected[component], component
         metrics = _rule_on_port(spec["ingress"], "metrics")
         assert metrics["from"] == [{"namespaceSelector": {"matchLabels": MONITORING}}]
-        assert len(spec["ingress"]) == (1 if component == "worker" else 2)
+        assert len(spec["ingress"]) == (1 if component in POOLS else 2)
 
 
 def test_callers_reach_exactly_what_they_call(defaults: Rendered) -> None:
-    for component in ["search", "worker", "trainer"]:
+    for component in ["search", *POOLS, "trainer"]:
         egress = defaults.get("NetworkPolicy", name(component))["spec"]["egress"]
         reached = {}
         for rule in egress:
@@ -636,7 +899,7 @@ def test_api_tokens_are_mounted_read_only_into_search_and_trainer(defaults: Rend
         assert defaults.settings(api)[variable] == f"{mount['mountPath']}/tokens"
     # No token in the rendering: the secrets Job creates the Secret in the cluster (see the secrets tests).
     assert defaults.find("Secret", f"{RELEASE}-auth") is None
-    for component in ["policy", "ppm", "sandbox", "worker"]:
+    for component in ["policy", "ppm", "sandbox", *POOLS]:
         assert "auth" not in _volume_mounts(defaults, component)
     existing = render("--set", "auth.existingSecret=my-tokens")
     assert existing.find("Secret", f"{RELEASE}-auth") is None
@@ -646,7 +909,7 @@ def test_api_tokens_are_mounted_read_only_into_search_and_trainer(defaults: Rend
 
 
 def test_without_tls_every_service_is_explicitly_insecure(defaults: Rendered) -> None:
-    for component in ["policy", "ppm", "sandbox", "search", "worker", "trainer"]:
+    for component in ["policy", "ppm", "sandbox", "search", *POOLS, "trainer"]:
         settings = defaults.settings(component)
         assert settings[f"THINKMESH_{PREFIX[component]}_INSECURE"] == "true"
         assert not any(key.endswith(("_TLS_CERT", "_TLS_KEY", "_TLS_CA")) for key in settings)
@@ -655,8 +918,8 @@ def test_without_tls_every_service_is_explicitly_insecure(defaults: Rendered) ->
 def test_with_tls_certificates_are_mounted_read_only_and_probes_speak_tls() -> None:
     r = render(*TLS)
     called = {"policy", "ppm", "sandbox"}  # servers other components call: mutual TLS
-    callers = {"search", "worker", "trainer"}  # verify the services they call against the CA
-    for component in ["policy", "ppm", "sandbox", "search", "worker", "trainer"]:
+    callers = {"search", *POOLS, "trainer"}  # verify the services they call against the CA
+    for component in ["policy", "ppm", "sandbox", "search", *POOLS, "trainer"]:
         prefix = f"THINKMESH_{PREFIX[component]}_"
         settings = r.settings(component)
         assert f"{prefix}INSECURE" not in settings
@@ -687,11 +950,11 @@ def test_api_users_present_certificates_only_when_asked() -> None:
     r = render(*TLS, "--set", "tls.apiClientCertificates=true")
     assert r.settings("search")["THINKMESH_SEARCH_TLS_CA"] == "/etc/thinkmesh/tls/ca.crt"
     assert r.settings("trainer")["THINKMESH_TRAINER_TLS_CA"] == "/etc/thinkmesh/tls/ca.crt"
-    assert "THINKMESH_SEARCH_TLS_CA" not in r.settings("worker")
+    assert "THINKMESH_SEARCH_TLS_CA" not in r.settings(WORKER)
 
 
 def test_the_worker_binds_its_metrics_on_every_interface(defaults: Rendered) -> None:
-    assert defaults.settings("worker")["THINKMESH_SEARCH_HOST"] == "0.0.0.0"
+    assert defaults.settings(WORKER)["THINKMESH_SEARCH_HOST"] == "0.0.0.0"
     # gRPC servers get their address on the command line instead.
     assert "THINKMESH_SEARCH_HOST" not in defaults.settings("search")
 
@@ -699,7 +962,7 @@ def test_the_worker_binds_its_metrics_on_every_interface(defaults: Rendered) -> 
 def test_cert_manager_issues_one_certificate_per_service() -> None:
     r = render(*values_args("gpu-production"))
     certificates = {c["metadata"]["name"]: c for c in r.of_kind("Certificate")}
-    everyone = ["policy", "ppm", "sandbox", "search", "worker", "trainer", "redis"]
+    everyone = ["policy", "ppm", "sandbox", "search", *POOLS, "trainer", "redis"]
     assert set(certificates) == {name(c) for c in everyone}
     for component in everyone:
         spec = certificates[name(component)]["spec"]
@@ -718,8 +981,8 @@ def test_the_store_is_a_shared_claim_mounted_where_models_live(defaults: Rendere
     claim = defaults.get("PersistentVolumeClaim", f"{RELEASE}-store")
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
     assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-    expected = {"policy": True, "ppm": True, "worker": False, "trainer": False}
-    for component in ["policy", "ppm", "sandbox", "search", "worker", "trainer"]:
+    expected = {"policy": True, "ppm": True, **dict.fromkeys(POOLS, False), "trainer": False}
+    for component in ["policy", "ppm", "sandbox", "search", *POOLS, "trainer"]:
         mounts = _volume_mounts(defaults, component)
         if component not in expected:
             assert "store" not in mounts, component
@@ -772,7 +1035,7 @@ def test_the_chart_runs_a_small_password_protected_redis(defaults: Rendered) -> 
     redis_env = {e["name"]: e for e in defaults.container("redis")["env"]}
     assert redis_env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == password
     host = f"{RELEASE}-redis.{NAMESPACE}.svc.cluster.local:6379"
-    for component in ["search", "worker", "trainer"]:
+    for component in ["search", *POOLS, "trainer"]:
         urls, ref = _broker_urls(defaults, component)
         assert urls == [f"redis://:$(REDIS_PASSWORD)@{host}/0", f"redis://:$(REDIS_PASSWORD)@{host}/1"]
         assert ref == password
@@ -780,7 +1043,7 @@ def test_the_chart_runs_a_small_password_protected_redis(defaults: Rendered) -> 
     assert given.get("Secret", f"{RELEASE}-redis")["stringData"] == {"password": "s3cret-Pass.word"}
     existing = render("--set", "redis.auth.existingSecret=ops-redis", "--set", "redis.auth.existingSecretKey=pw")
     assert existing.find("Secret", f"{RELEASE}-redis") is None
-    assert _broker_urls(existing, "worker")[1] == {"name": "ops-redis", "key": "pw"}
+    assert _broker_urls(existing, WORKER)[1] == {"name": "ops-redis", "key": "pw"}
     with pytest.raises(RenderError):
         render("--set", "redis.auth.password=has/slash")  # it goes into URLs unquoted
     for component in ["policy", "ppm", "sandbox"]:
@@ -795,13 +1058,13 @@ def test_external_redis_replaces_the_statefulset() -> None:
     external = yaml.safe_load((CHART.parent / "values" / "external-redis.yaml").read_text())["redis"]["external"]
     secret = r.get("Secret", f"{RELEASE}-redis")["stringData"]
     assert secret == {"broker-url": external["url"], "result-backend": external["resultBackend"]}
-    for component in ["search", "worker", "trainer"]:
+    for component in ["search", *POOLS, "trainer"]:
         assert _broker_env(r, component)[0] == f"{RELEASE}-redis"
         egress = r.get("NetworkPolicy", name(component))["spec"]["egress"]
         assert {"ports": [{"port": 6380, "protocol": "TCP"}], "to": external["to"]} in egress
     by_secret = render("--set", "redis.enabled=false", "--set", "redis.external.existingSecret=broker")
     assert by_secret.find("Secret", f"{RELEASE}-redis") is None
-    assert _broker_env(by_secret, "worker")[0] == "broker"
+    assert _broker_env(by_secret, WORKER)[0] == "broker"
 
 
 # --- what users read ------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from e2e.helmchart import (
 )
 
 TLS = ["--set", "tls.enabled=true", "--set", "tls.existingSecret=thinkmesh-tls"]
-SERVING = ["policy", "ppm", "sandbox", "search", "worker", "trainer"]
+SERVING = ["policy", "ppm", "sandbox", "search", "worker-solve", "worker-round", "trainer"]
 
 
 def _containers(pod_spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -132,7 +132,7 @@ def test_model_pods_wait_for_the_seed(defaults: Rendered) -> None:
         assert wait["args"] == ["models", "wait", "--kind", kind, "--store", "/var/lib/thinkmesh/store"]
         assert wait["image"] == defaults.container(kind)["image"]
         assert {"name": "store", "mountPath": "/var/lib/thinkmesh/store", "readOnly": True} in wait["volumeMounts"]
-    for component in ("sandbox", "search", "worker", "trainer"):
+    for component in ("sandbox", "search", "worker-solve", "trainer"):
         assert "initContainers" not in defaults.pod(component)["spec"], component
     pinned = render("--set", "policy.config.model=/var/lib/thinkmesh/store/hf/my-model")
     assert "initContainers" not in pinned.pod("policy")["spec"]  # it loads its path, not the store's current
@@ -195,7 +195,7 @@ def test_the_trainer_may_roll_exactly_the_two_model_deployments(defaults: Render
     assert defaults.settings("ppm")["THINKMESH_PPM_RELOAD"] == "off"
     _api_egress(defaults.get("NetworkPolicy", name("trainer")))
     # Nothing else gets an API token.
-    for component in ("policy", "ppm", "sandbox", "search", "worker", "redis"):
+    for component in ("policy", "ppm", "sandbox", "search", "worker-solve", "redis"):
         assert defaults.pod(component)["spec"]["automountServiceAccountToken"] is False, component
 
 
@@ -228,10 +228,10 @@ def test_the_trainer_waits_only_for_services_that_follow_the_store() -> None:
 def test_each_component_runs_as_its_own_uid(value_set: str) -> None:
     r = render(*values_args(value_set))
     uids = {c: r.pod(c)["spec"]["securityContext"]["runAsUser"] for c in SERVING}
-    # The worker and the trainer write the store's files together: one owner. Every other pair differs, so no
-    # per-uid limit (RLIMIT_NPROC counts a uid's processes on the node) is shared with a neighbour.
-    assert uids["worker"] == uids["trainer"]
-    others = [uid for c, uid in uids.items() if c != "trainer"]
+    # The workers (both pools) and the trainer write the store's files together: one owner. Every other pair
+    # differs, so no per-uid limit (RLIMIT_NPROC counts a uid's processes on the node) is shared with a neighbour.
+    assert uids["worker-solve"] == uids["worker-round"] == uids["trainer"]
+    others = [uid for c, uid in uids.items() if c not in ("trainer", "worker-round")]
     assert len(set(others)) == len(others), uids
     assert {r.pod(c)["spec"]["securityContext"]["runAsGroup"] for c in SERVING} == {10001}
 
@@ -250,7 +250,7 @@ def test_with_tls_redis_speaks_only_mutual_tls() -> None:
     probe = r.container("redis")["readinessProbe"]["exec"]["command"][2]
     assert "--tls" in probe and "--cert /etc/thinkmesh/tls/tls.crt" in probe
     host = f"{RELEASE}-redis.{NAMESPACE}.svc.cluster.local:6379"
-    for component, prefix in (("search", "SEARCH"), ("worker", "SEARCH"), ("trainer", "TRAINER")):
+    for component, prefix in (("search", "SEARCH"), ("worker-solve", "SEARCH"), ("trainer", "TRAINER")):
         env = {e["name"]: e.get("value") for e in r.container(component)["env"]}
         assert env[f"THINKMESH_{prefix}_BROKER_URL"] == f"rediss://:$(REDIS_PASSWORD)@{host}/0"
         settings = r.settings(component)
@@ -258,7 +258,7 @@ def test_with_tls_redis_speaks_only_mutual_tls() -> None:
         assert settings[f"THINKMESH_{prefix}_BROKER_TLS_CERT"] == "/etc/thinkmesh/tls/tls.crt"
         assert settings[f"THINKMESH_{prefix}_BROKER_TLS_KEY"] == "/etc/thinkmesh/tls/tls.key"
     plain = render()
-    assert "BROKER_TLS_CA" not in "".join(plain.settings("worker"))
+    assert "BROKER_TLS_CA" not in "".join(plain.settings("worker-solve"))
 
 
 # --- the sandbox's seccomp profile --------------------------------------------------------------------------------

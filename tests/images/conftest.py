@@ -37,7 +37,7 @@ from support.tiny_models import publish_micro_models
 HERE = Path(__file__).resolve().parent
 # Every workload the chart renders, by component, in the order they are started; the seed Job runs after the
 # sandbox (which needs no model) and before the rest.
-COMPONENTS = ("redis", "sandbox", "trainer", "policy", "ppm", "search", "worker")
+COMPONENTS = ("redis", "sandbox", "trainer", "policy", "ppm", "search", "worker-solve", "worker-round")
 MAKE_IMAGES = "run `make images` (`make test-images` checks the images it built)"
 # The test-only Redis (redis.Dockerfile): the chart's Redis image cannot be pulled here.
 REDIS_IMAGE = "thinkmesh-test/redis:local"

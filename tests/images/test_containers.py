@@ -114,7 +114,7 @@ def test_search_solves_through_a_worker_and_redis(deployment: Deployment) -> Non
     for component in ("sandbox", "policy", "ppm"):  # what the worker calls
         deployment.serving(component)
     request = search_pb2.SolveRequest(problem=QUESTION, rollouts=2, candidates=2, max_depth=4)
-    with deployment.explain("search", "worker", "redis"), deployment.connect("search") as channel:
+    with deployment.explain("search", "worker-solve", "worker-round", "redis"), deployment.connect("search") as channel:
         stub = search_pb2_grpc.SearchServiceStub(channel)
         # The chart turns on bearer tokens for the API.
         with pytest.raises(grpc.RpcError) as refused:

@@ -25,7 +25,7 @@ def kubelet(tmp_path: Path, *args: str) -> Kubelet:
 def test_every_rendered_workload_translates(tmp_path: Path) -> None:
     translator = kubelet(tmp_path)
     pods = {pod.component: pod for pod in map(translator.pod, translator.manifests.workloads())}
-    assert sorted(pods) == ["policy", "ppm", "redis", "sandbox", "search", "trainer", "worker"]
+    assert sorted(pods) == ["policy", "ppm", "redis", "sandbox", "search", "trainer", "worker-round", "worker-solve"]
     # The model pods' init containers (waiting for the seed) run first, with the pod's store mount.
     (wait,) = pods["policy"].init
     assert wait.component == "policy-wait-for-model" and wait.args[:2] == ("models", "wait")

@@ -79,7 +79,7 @@ def test_a_second_replica_serves_a_share_within_30_seconds(deployment: Deploymen
         init=(),  # its init container (waiting for the store's model) ran for the first replica already
     )
     # What the workers dial: dns:///…-headless…
-    target = deployment.manifests.settings("worker")[f"THINKMESH_SEARCH_{component.upper()}_TARGET"]
+    target = deployment.manifests.settings("worker-solve")[f"THINKMESH_SEARCH_{component.upper()}_TARGET"]
     output: dict[str, str] = {}
 
     def client() -> None:

@@ -23,7 +23,9 @@ from celery import Celery
 from services.common.errors import DeadlineExceeded, InvalidInput, Overloaded, ThinkmeshError
 from services.search.cancellation import CancelRequests
 from services.search.protocol import SOLVE, STAT_NAMES, SolveProgress, SolveResult, SolveTask
-from services.search.settings import SearchSettings
+from services.search.queue_depth import QueueDepth
+from services.search.service import metrics
+from services.search.settings import SOLVE_QUEUE, SearchSettings
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,12 @@ _MIN_BUDGET_S = 0.15  # less than this is refused outright
 _POLL_S = 0.05
 _POLL_MAX_S = 0.5  # the result of a search that ends early is late by at most this
 _READERS = 4
+# Backpressure's retry hint: the queue ahead, drained max_concurrent_solves at a time at the mean Solve latency
+# (a running mean, weight _LATENCY_WEIGHT for the newest; this guess until a first Solve ends), within these bounds.
+_ASSUMED_SOLVE_S = 10.0
+_LATENCY_WEIGHT = 0.1
+_RETRY_MIN_S = 0.1
+_RETRY_MAX_S = 30.0
 
 
 def _search_time(budget: float) -> float:
@@ -64,12 +72,22 @@ class SearchFailed(ThinkmeshError):
     """The worker could not finish the search (a backend service failed)."""
 
 
+class _Refused(Exception):
+    """Internal: carries a refusal's reason (a metrics label) with the error the caller gets."""
+
+    def __init__(self, reason: str, error: ThinkmeshError) -> None:
+        self.reason, self.error = reason, error
+
+
 class SearchCore:
-    def __init__(self, settings: SearchSettings, app: Celery) -> None:
+    def __init__(self, settings: SearchSettings, app: Celery, queue_depth: QueueDepth | None = None) -> None:
+        """`queue_depth`: how many tasks wait in the solve queue (for `max_solve_queue`); None: no bound."""
         self.settings = settings
         self.app = app
+        self.queue_depth = queue_depth
         self._cancels = CancelRequests(app)
         self._running = 0
+        self._mean_solve_s = _ASSUMED_SOLVE_S
         self._reads = asyncio.Semaphore(_READERS)  # reads of the result backend at once
         self._cancelling: set[asyncio.Task[None]] = set()
 
@@ -107,27 +125,81 @@ class SearchCore:
     ) -> AsyncGenerator[SolveProgress | SolveResult, None]:
         """Progress events while the search runs, then its result: by the Solve's deadline (the caller's, at most
         the server's default), the best found so far."""
-        task = self.check(request)
-        if self._running >= self.settings.max_concurrent_solves:
-            raise Overloaded(
-                f"{self._running} searches are running; the limit is {self.settings.max_concurrent_solves}"
-            )
-        budget = (
-            self.settings.default_deadline_s if time_left is None else min(time_left, self.settings.default_deadline_s)
-        )
-        if budget <= _MIN_BUDGET_S:
-            raise DeadlineExceeded("the deadline leaves no time to search")
         started = time.monotonic()
+        outcome = metrics.FAILED
+        try:
+            try:
+                task, budget = await self._admit(request, time_left)
+            except _Refused as refused:
+                outcome = metrics.REFUSED
+                metrics.SOLVE_REFUSALS.labels(refused.reason).inc()
+                raise refused.error from None
+            self._running += 1  # no await since _admit counted the running searches: the bound holds
+            metrics.SOLVES_IN_FLIGHT.inc()
+            try:
+                async with contextlib.aclosing(self._follow(task, budget, started)) as events:
+                    async for event, late in events:
+                        if isinstance(event, SolveResult):
+                            outcome = metrics.LATE if late else metrics.OK
+                        yield event
+            finally:
+                self._running -= 1
+                metrics.SOLVES_IN_FLIGHT.dec()
+        except DeadlineExceeded:  # no worker began the search in time (a refusal's outcome is set already)
+            if outcome != metrics.REFUSED:
+                outcome = metrics.LATE
+            raise
+        except (GeneratorExit, asyncio.CancelledError):
+            outcome = metrics.CANCELLED if outcome == metrics.FAILED else outcome
+            raise
+        finally:
+            elapsed = time.monotonic() - started
+            metrics.SOLVE_SECONDS.labels(outcome).observe(elapsed)
+            if outcome in (metrics.OK, metrics.LATE):
+                self._mean_solve_s += _LATENCY_WEIGHT * (elapsed - self._mean_solve_s)
+
+    async def _admit(self, request: SolveRequest, time_left: float | None) -> tuple[SolveTask, float]:
+        """The task and its time budget, or _Refused: nothing is queued for a refused Solve."""
+        s = self.settings
+        try:
+            task = self.check(request)
+        except InvalidInput as exc:
+            raise _Refused(metrics.INVALID_INPUT, exc) from None
+        budget = s.default_deadline_s if time_left is None else min(time_left, s.default_deadline_s)
+        if budget <= _MIN_BUDGET_S:
+            raise _Refused(metrics.NO_TIME, DeadlineExceeded("the deadline leaves no time to search"))
+        if s.max_solve_queue > 0 and self.queue_depth is not None:
+            # Off the event loop: a cached value at once, else one read of the broker (a second at most).
+            depth = await asyncio.to_thread(self.queue_depth.depth, SOLVE_QUEUE)
+            if depth is not None and depth >= s.max_solve_queue:
+                retry = self.retry_after(depth)
+                error = Overloaded(
+                    f"{depth} searches wait in the solve queue (the bound is {s.max_solve_queue}): "
+                    f"retry in {retry:.1f} s",
+                    retry_after_s=retry,
+                )
+                raise _Refused(metrics.QUEUE_FULL, error)
+        # Last, after the await above: the caller takes its slot before anything else runs.
+        if self._running >= s.max_concurrent_solves:
+            error = Overloaded(f"{self._running} searches are running; the limit is {s.max_concurrent_solves}")
+            raise _Refused(metrics.TOO_MANY_SOLVES, error)
+        return task, budget
+
+    def retry_after(self, depth: int) -> float:
+        """Seconds until a queue `depth` deep has likely drained enough, within [0.1 s, 30 s]."""
+        estimate = depth * self._mean_solve_s / self.settings.max_concurrent_solves
+        return min(max(estimate, _RETRY_MIN_S), _RETRY_MAX_S)
+
+    async def _follow(
+        self, task: SolveTask, budget: float, started: float
+    ) -> AsyncGenerator[tuple[SolveProgress | SolveResult, bool], None]:
+        """`follow` once admitted: each event, and whether it is this core's answer to a late result."""
         answer_by = started + _answer_time(budget)
         # No job: an online Solve's result comes back through the result backend and is not kept on the store.
         task = replace(task, deadline=time.time() + _search_time(budget))
-        self._running += 1
-        try:
-            # Off the event loop: on the embedded broker a send waits for SQLite's lock, and every other Solve with it.
-            result = await asyncio.to_thread(self.app.send_task, SOLVE, args=[task.to_json()])
-        except BaseException:
-            self._running -= 1
-            raise
+        # Off the event loop: on the embedded broker a send waits for SQLite's lock, and every other Solve with it.
+        # To the app's default queue: `solve` (make_celery).
+        result = await asyncio.to_thread(self.app.send_task, SOLVE, args=[task.to_json()])
         finished = False
         try:
             state, last = "PENDING", None
@@ -139,7 +211,7 @@ class SearchCore:
                     state, info = meta["status"], meta["result"]
                     if state == "SUCCESS":
                         finished = True
-                        yield _searched(SolveResult.from_json(info))
+                        yield _searched(SolveResult.from_json(info)), False
                         return
                     if state in ("FAILURE", "REVOKED"):
                         finished = True
@@ -147,14 +219,13 @@ class SearchCore:
                     if state == "PROGRESS" and info != last:
                         last = info
                         best = SolveProgress.from_json(info)
-                        yield best
+                        yield best, False
                 left = answer_by - time.monotonic()
                 if left <= 0:  # the result is late: answer with the best the worker published
-                    yield _late_answer(state, best, time.monotonic() - started)
+                    yield _late_answer(state, best, time.monotonic() - started), True
                     return
                 await asyncio.sleep(min(self._poll_interval(), left))
         finally:
-            self._running -= 1
             if not finished:  # the caller went away, or the result is late: stop the search (without waiting)
                 self._cancel(result.id)
 

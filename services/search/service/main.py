@@ -9,9 +9,11 @@ from services.common.server import Service, serve, service_name
 from services.common.settings import load_settings
 from services.search.celery_app import make_celery
 from services.search.heartbeats import WorkerWatch, heartbeats_for
+from services.search.queue_depth import queue_depth_for
 from services.search.service.core import SearchCore
+from services.search.service.metrics import export_queue_depths
 from services.search.service.servicer import SearchServicer
-from services.search.settings import SearchSettings
+from services.search.settings import QUEUES, SearchSettings
 from thinkmesh.v1 import search_pb2, search_pb2_grpc
 
 
@@ -19,7 +21,11 @@ async def run(**overrides: Any) -> None:
     settings = load_settings(SearchSettings, **overrides)
     configure_logging(settings.log_format, settings.log_level)
     app = make_celery(settings.celery)
-    servicer = SearchServicer(SearchCore(settings, app))
+    # The solve queue's depth bounds admission (max_solve_queue); every queue's is a gauge, read when scraped.
+    queue_depth = queue_depth_for(settings.celery)
+    if queue_depth is not None:
+        export_queue_depths(queue_depth, QUEUES)
+    servicer = SearchServicer(SearchCore(settings, app, queue_depth))
     # SERVING only while some worker's heartbeat is fresh (none at all: NOT_SERVING until one beats); a result
     # backend without a heartbeat store leaves health untied to the workers.
     heartbeats = heartbeats_for(app, settings.health_stale_s)

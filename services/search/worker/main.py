@@ -6,6 +6,7 @@ from typing import Any
 
 from celery.signals import worker_shutdown
 
+from services.common.logs import configure_logging
 from services.common.server import start_metrics
 from services.common.settings import load_settings
 from services.search.celery_app import make_celery
@@ -26,6 +27,8 @@ def run_worker(concurrency: int | None = None, queues: str | None = None) -> int
         "queues": tuple(q.strip() for q in queues.split(",") if q.strip()) if queues else None,
     }
     settings = load_settings(SearchSettings, **overrides)
+    # Celery leaves the root logger alone (worker_hijack_root_logger=False): ours logs as every service does.
+    configure_logging(settings.log_format, settings.log_level)
     start_metrics(settings)  # batch sizes and stage times of the searches this worker runs
     app = make_celery(settings.celery)
     register_tasks(app)

@@ -219,7 +219,10 @@ class WorkerRuntime:
             Tree(task.question, replace(config, seed=config.seed + 1_000 * i), task.reference)
             for i in range(task.searches)
         ]
-        deadline = time.monotonic() + (task.deadline - time.time()) if task.deadline else None
+        # The task's own stop time, and at the latest task_time_limit_s from now: a task still running when the
+        # broker's visibility timeout passes would be handed to another worker and searched twice.
+        limit = time.monotonic() + self.settings.time_limit_s
+        deadline = min(limit, time.monotonic() + (task.deadline - time.time())) if task.deadline else limit
         method: Method = task.method  # type: ignore[assignment]
         last_report = 0.0
 

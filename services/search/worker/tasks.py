@@ -21,6 +21,7 @@ from celery import Celery, Task
 
 from services.common.store import default_root
 from services.search.cancellation import CancelRequests
+from services.search.completions import Completion, announce
 from services.search.protocol import PING, SOLVE, STAT_NAMES, SolveProgress, SolveResult, SolveTask
 from services.search.results import ResultStore
 
@@ -49,6 +50,7 @@ def solve(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     if results is not None:
         stored = results.get(task.job, task.problem_id)
         if stored is not None:
+            announce(self.app, task.job, Completion(task.problem_id))
             return SolveResult.from_json(stored).without_trees().to_json()
     runtime = WorkerRuntime.get(load_settings(SearchSettings))
     task_id = self.request.id
@@ -69,8 +71,11 @@ def solve(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
         raise
     if results is None:
         return result.without_trees().to_json()
+    # One line per search run to its end, the same for every run of a problem: a problem with two ran twice.
+    log.info("searched job=%s problem=%s", task.job, task.problem_id)
     # First copy wins: a task that ran twice returns what the first one stored.
     stored = results.put(task.job, task.problem_id, replace(result, job=task.job, problem_id=task.problem_id).to_json())
+    announce(self.app, task.job, Completion(task.problem_id))
     return SolveResult.from_json(stored).without_trees().to_json()
 
 
@@ -87,7 +92,20 @@ def _nothing() -> SolveResult:
     return SolveResult(answer="", solution="", score=0.0, stats=dict.fromkeys(STAT_NAMES, 0), stopped_early=True)
 
 
+class _SolveTask(Task):  # type: ignore[misc]
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        """Failed for good (no retry left): a round's dispatcher hears it at once, and the round goes on."""
+        try:
+            task = SolveTask.from_json(args[0])
+        except Exception:  # a payload that never parsed names no job
+            return
+        if task.kept:
+            announce(self.app, task.job, Completion(task.problem_id, failed=f"{type(exc).__name__}: {exc}"[:500]))
+
+
 def register_tasks(app: Celery) -> None:
     """Register the tasks on `app` under their names (the names are the wire contract)."""
-    app.task(name=PING)(ping)
-    app.task(name=SOLVE, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=8)(solve)
+    # shared=False: on `app` alone (Celery's default also adds them to every app made later in the process).
+    app.task(name=PING, shared=False)(ping)
+    options = {"base": _SolveTask, "bind": True, "acks_late": True, "reject_on_worker_lost": True, "max_retries": 8}
+    app.task(name=SOLVE, shared=False, **options)(solve)

@@ -34,6 +34,8 @@ def _cell(value: Any) -> str:
 
 # Shown only when some round searched its unsolved problems again (`unsolved_retries`).
 RETRY_COLUMNS = (("retried", "retried"), ("solved by retries", "solved_by_retries"))
+# Shown only when some round's searches failed after their retries (the round went on without them).
+FAILED_COLUMNS = (("searches failed", "search_failed"),)
 # Shown only when some round left training examples out for their length (over the preset's max_length).
 DROPPED_COLUMNS = (("SFT dropped (long)", "sft_dropped_long"), ("PPM pairs dropped (long)", "ppm_dropped_long"))
 # Shown only when some round trained on several processes (torchrun, a Kubernetes Job): how, and how fast. The
@@ -51,6 +53,8 @@ def markdown_table(states: list[RoundState]) -> str:
     if any("retried" in s.metrics for s in states):
         solved_at = [key for _, key in COLUMNS].index("pool_solved") + 1
         columns = (*COLUMNS[:solved_at], *RETRY_COLUMNS, *COLUMNS[solved_at:])
+    if any(s.metrics.get(key) for s in states for _, key in FAILED_COLUMNS):
+        columns = (*columns, *FAILED_COLUMNS)
     if any(s.metrics.get(key) for s in states for _, key in DROPPED_COLUMNS):
         columns = (*columns, *DROPPED_COLUMNS)
     if any((s.metrics.get(key) or 0) > 1 for s in states for key in ("sft_world_size", "ppm_world_size")):

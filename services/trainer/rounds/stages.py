@@ -141,10 +141,12 @@ def run_search(context: RoundContext, state: RoundState) -> None:
         state.problems_done = done
         context.progress("search", done, total)
 
-    results = context.dispatcher.run(SearchJob(rules.search_job(state.round, 0), pool), progress)
+    outcome = context.dispatcher.run(SearchJob(rules.search_job(state.round, 0), pool), progress)
+    # A problem whose search failed after its retries is left out (its trees are missing); the report counts it.
+    state.metrics["search_failed"] = len(outcome.failed)
     if not context.config.unsolved_retries:
         return
-    solved = rules.solved(results)
+    solved = rules.solved(outcome.results)
     first_solved = len(solved)
     for attempt, (rollouts, candidates) in enumerate(context.config.unsolved_retries, start=1):
         # Each pass's problems follow from the stored results, so a resumed round sends the same ones.
@@ -156,7 +158,8 @@ def run_search(context: RoundContext, state: RoundState) -> None:
         if not unsolved:
             break
         job = SearchJob(rules.search_job(state.round, attempt), unsolved)
-        solved |= rules.solved(context.dispatcher.run(job, functools.partial(context.progress, f"retry {attempt}")))
+        retried = context.dispatcher.run(job, functools.partial(context.progress, f"retry {attempt}"))
+        solved |= rules.solved(retried.results)
     state.metrics["retried"] = len(pool) - first_solved
     state.metrics["solved_by_retries"] = len(solved) - first_solved
 

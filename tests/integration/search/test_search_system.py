@@ -88,7 +88,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
             "THINKMESH_SEARCH_POLICY_TARGET": policy,
             "THINKMESH_SEARCH_PPM_TARGET": ppm,
             "THINKMESH_SEARCH_SANDBOX_TARGET": sandbox,
-            "THINKMESH_SEARCH_VISIBILITY_TIMEOUT_S": "3",
+            "THINKMESH_SEARCH_VISIBILITY_TIMEOUT_S": "20",  # a search stops by 18 s (90 %): none runs twice
             "THINKMESH_SEARCH_MAX_ROLLOUTS": "400",
         }
         with server_process([THINKMESH, "serve", "search", "--port", "0"], env) as (_, search):
@@ -237,6 +237,35 @@ def test_a_retried_task_returns_the_stored_result_without_searching_again(system
     second = app.send_task(SOLVE, args=[request]).get(timeout=120)
     assert first == second  # identical to the millisecond: the second one read the stored result
     assert list(ResultStore(system.store).job("jobs/retry-test")) == ["p1"]
+
+
+def _app(system: System) -> Any:
+    return make_celery(
+        CelerySettings(
+            broker_url=system.env["THINKMESH_SEARCH_BROKER_URL"],
+            result_backend=system.env["THINKMESH_SEARCH_RESULT_BACKEND"],
+        )
+    )
+
+
+def test_a_rounds_dispatcher_hears_each_problem_end_instead_of_polling(system: System) -> None:
+    """On Redis the workers announce each round problem's end: the dispatcher, which would look at files and task
+    states only once a minute here, ends as soon as the last search does, failures included."""
+    from services.trainer.dispatch import CeleryDispatcher, SearchJob
+
+    problems = [SolveTask(PROBLEM, rollouts=2, problem_id=f"p{i}") for i in range(3)]
+    slow = {"poll_s": 60.0, "failure_check_s": 60.0, "reconcile_s": 60.0, "max_in_flight": 2}
+    started = time.monotonic()
+    outcome = CeleryDispatcher(_app(system), system.store, **slow).run(SearchJob("jobs/announced", problems))
+    assert sorted(outcome.results) == ["p0", "p1", "p2"] and outcome.failed == {}
+    assert time.monotonic() - started < 50
+    # Tasks whose results cannot be stored fail for good once searched: each failure is announced as well.
+    unwritable = Path("/proc/thinkmesh-store")
+    started = time.monotonic()
+    outcome = CeleryDispatcher(_app(system), unwritable, **slow).run(SearchJob("jobs/failing", problems))
+    assert sorted(outcome.failed) == ["p0", "p1", "p2"] and outcome.results == {}
+    assert all("Error" in why for why in outcome.failed.values()), outcome.failed
+    assert time.monotonic() - started < 50
 
 
 def test_a_task_whose_worker_dies_finishes_on_another_with_nothing_lost_or_doubled(system: System) -> None:

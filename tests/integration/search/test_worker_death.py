@@ -120,7 +120,7 @@ def _kill(worker: subprocess.Popen[bytes]) -> float:
 def test_a_killed_workers_task_runs_on_another_worker_after_the_visibility_timeout(
     services: Services, tmp_path: Path
 ) -> None:
-    env = {**services.env, **_broker(tmp_path), "THINKMESH_SEARCH_VISIBILITY_TIMEOUT_S": "3"}
+    env = {**services.env, **_broker(tmp_path), "THINKMESH_SEARCH_VISIBILITY_TIMEOUT_S": "20"}
     victim = _worker(env)
     try:
         result = _send(env, services.store, "jobs/death-test")
@@ -130,7 +130,7 @@ def test_a_killed_workers_task_runs_on_another_worker_after_the_visibility_timeo
         heir = _worker(env)
         try:
             outcome = result.get(timeout=120)
-            print(f"killed → result: {time.monotonic() - killed:.1f} s (visibility timeout 3 s)")
+            print(f"killed → result: {time.monotonic() - killed:.1f} s (visibility timeout 20 s)")
         finally:
             _stop(heir)
     finally:

@@ -59,7 +59,12 @@ def _stand_in_solve(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     return replace(result, stopped_early=True).to_json()
 
 
-def _app(name: str, queue: str = "search") -> _Recording:
+# kombu's in-memory broker is one per process: a queue name of this module's own, which no other module's worker
+# consumes (the SearchCore sends to its app's default queue, as make_celery's is `solve`).
+QUEUE = "deadline-core"
+
+
+def _app(name: str, queue: str = QUEUE) -> _Recording:
     """(kombu's in-memory broker is one per process, whatever the URL says: each app has its own queue.)"""
     app = _Recording(name, broker=f"memory://{name}", backend="cache+memory://", set_as_current=False)
     app.conf.update(
@@ -67,7 +72,7 @@ def _app(name: str, queue: str = "search") -> _Recording:
         task_default_queue=queue,
         broker_transport_options={"polling_interval": 0.01},
     )
-    app.task(name=SOLVE, bind=True)(_stand_in_solve)
+    app.task(name=SOLVE, bind=True, shared=False)(_stand_in_solve)  # this app alone
     return app
 
 
@@ -75,7 +80,7 @@ def _app(name: str, queue: str = "search") -> _Recording:
 def app() -> Iterator[_Recording]:
     """An app with a worker taking its tasks."""
     app = _app("with-worker")
-    with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False, queues=["search"]):
+    with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False, queues=[QUEUE]):
         yield app
 
 

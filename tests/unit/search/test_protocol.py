@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -153,3 +154,51 @@ def test_a_task_may_set_how_the_policy_is_sampled() -> None:
         SolveTask("q", temperature=3.0)
     with pytest.raises(InvalidInput, match="max_new_tokens must not be negative"):
         SolveTask("q", max_new_tokens=-1)
+
+
+def test_a_task_searches_no_longer_than_the_time_limit() -> None:
+    """Whatever the task's own stop time (none, for a round's), the search stops task_time_limit_s after it
+    started: the broker would hand a task still running at its visibility timeout to another worker."""
+    import time
+
+    from services.search.worker.runtime import WorkerRuntime
+
+    runtime = WorkerRuntime(SearchSettings(task_time_limit_s=30.0))
+    deadlines: list[float | None] = []
+
+    class Stop(Exception):
+        pass
+
+    async def submit(trees: Any, *, deadline: float | None, **_: Any) -> Any:
+        deadlines.append(deadline)
+        raise Stop
+
+    try:
+        runtime.search_loop = SimpleNamespace(submit=submit)  # type: ignore[assignment]
+        for task in (
+            SolveTask("q"),
+            SolveTask("q", deadline=time.time() + 3600),
+            SolveTask("q", deadline=time.time() + 5),
+        ):
+            with pytest.raises(Stop):
+                runtime.solve(task)
+    finally:
+        runtime.close()
+    left = [d - time.monotonic() for d in deadlines if d is not None]
+    assert len(left) == 3
+    assert 25 < left[0] <= 30 and 25 < left[1] <= 30  # the limit
+    assert 0 < left[2] <= 5  # the task's own stop time, sooner
+
+
+def test_the_time_limit_must_stay_below_the_visibility_timeout() -> None:
+    from services.common.errors import ConfigError
+    from services.common.settings import load_settings
+
+    with pytest.raises(ConfigError, match="THINKMESH_SEARCH_TASK_TIME_LIMIT_S: must be positive and below"):
+        load_settings(SearchSettings, {"THINKMESH_SEARCH_TASK_TIME_LIMIT_S": "900"})  # the visibility timeout: 900
+    assert load_settings(SearchSettings, {}).time_limit_s == 810  # unset: 90 % of it
+    short = load_settings(SearchSettings, {"THINKMESH_SEARCH_VISIBILITY_TIMEOUT_S": "10"})
+    assert short.time_limit_s == 9
+    with pytest.raises(ConfigError, match="THINKMESH_SEARCH_QUEUES: search: the queues are solve, round"):
+        load_settings(SearchSettings, {"THINKMESH_SEARCH_QUEUES": "search"})
+    assert load_settings(SearchSettings, {}).queues == ("solve", "round")

@@ -1,11 +1,10 @@
-"""The round's dispatcher: sends only what has no result, waits on result files, reports a failed task."""
+"""The round's dispatcher: sends only what has no result, on the round queue, a bounded number at a time; waits on
+result files; records a failed task and goes on."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from services.search.protocol import SolveTask
 from services.search.results import ResultStore
@@ -27,17 +26,25 @@ class _Task:
 
 
 class FakeApp:
-    """Stands in for Celery: a sent task 'finishes' (writes its result) a few polls later, unless it fails."""
+    """Stands in for Celery: a sent task 'finishes' (writes its result) a few polls later, unless it fails. Its
+    result backend is not Redis: the dispatcher looks for result files (tests/integration/search covers Redis)."""
+
+    backend = None
 
     def __init__(self, store: ResultStore, failing: frozenset[str] = frozenset()) -> None:
         self.store = store
         self.failing = failing
         self.sent: list[str] = []
+        self.queues: set[str] = set()
         self.state_queries = 0
+        self.most_out = 0
 
-    def send_task(self, name: str, args: list[dict[str, Any]]) -> _Task:
+    def send_task(self, name: str, args: list[dict[str, Any]], queue: str) -> _Task:
         request = args[0]
         self.sent.append(request["problem_id"])
+        self.queues.add(queue)
+        out = sum(1 for p in self.sent if not self.store.has(JOB, p) and p not in self.failing)
+        self.most_out = max(self.most_out, out)
         return _Task(self, request["problem_id"])
 
     def finish_one(self) -> None:
@@ -62,17 +69,30 @@ def test_only_problems_without_results_are_sent_and_all_results_come_back(tmp_pa
         seen.append((done, total))
         app.finish_one()
 
-    results = dispatcher.run(_job(4), progress)
+    outcome = dispatcher.run(_job(4), progress)
     assert app.sent == ["p1", "p2", "p3"]
-    assert results["p0"] == {"answer": "kept"} and sorted(results) == ["p0", "p1", "p2", "p3"]
+    assert app.queues == {"round"}  # never the interactive Solves' queue
+    assert outcome.results["p0"] == {"answer": "kept"} and sorted(outcome.results) == ["p0", "p1", "p2", "p3"]
+    assert outcome.failed == {}
     assert seen[0] == (1, 4) and seen[-1] == (4, 4)
     assert app.state_queries == 0  # no failure check was due: waiting reads files only
 
 
-def test_a_failed_task_stops_the_wait_with_its_error(tmp_path: Path) -> None:
+def test_at_most_max_in_flight_tasks_are_out_at_once(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path)
+    app = FakeApp(store)
+    dispatcher = CeleryDispatcher(app, tmp_path, max_in_flight=3, poll_s=0, failure_check_s=3600)
+    outcome = dispatcher.run(_job(10), lambda done, total: app.finish_one())
+    assert sorted(outcome.results) == sorted(f"p{i}" for i in range(10))
+    assert app.sent == [f"p{i}" for i in range(10)]  # in the pool's order
+    assert app.most_out == 3
+
+
+def test_a_failed_task_is_recorded_and_the_others_finish(tmp_path: Path) -> None:
     store = ResultStore(tmp_path)
     app = FakeApp(store, failing=frozenset({"p1"}))
-    dispatcher = CeleryDispatcher(app, tmp_path, poll_s=0.01, failure_check_s=0.05)
-    with pytest.raises(RuntimeError, match="search of p1 failed: boom"):
-        dispatcher.run(_job(3), lambda done, total: app.finish_one())
+    dispatcher = CeleryDispatcher(app, tmp_path, max_in_flight=2, poll_s=0.01, failure_check_s=0.05)
+    outcome = dispatcher.run(_job(5), lambda done, total: app.finish_one())
+    assert outcome.failed == {"p1": "str: boom"}
+    assert sorted(outcome.results) == ["p0", "p2", "p3", "p4"]
     assert app.state_queries > 0

@@ -10,7 +10,7 @@ from services.common.store import ModelStore
 from services.search.engine.mcts import SearchConfig, Tree
 from services.search.protocol import SolveTask
 from services.trainer.config import preset
-from services.trainer.dispatch import SearchJob
+from services.trainer.dispatch import SearchJob, SearchOutcome
 from services.trainer.rounds import RoundRunner, Rounds, RoundState, held_out, regressions, scaled_steps
 from services.trainer.rounds.stages import run_search
 
@@ -99,7 +99,7 @@ class _ScriptedDispatcher:
         self.stored: dict[str, dict[str, dict[str, Any]]] = {}
         self.results = self
 
-    def run(self, job: SearchJob, progress: object = None) -> dict[str, dict[str, Any]]:
+    def run(self, job: SearchJob, progress: object = None) -> SearchOutcome:
         stored = self.stored.setdefault(job.job, {})
         for problem in job.problems:
             if problem.problem_id in stored:
@@ -110,7 +110,7 @@ class _ScriptedDispatcher:
                 answer = {"id": 1, "parent": 0, "terminal": True, "reward": 1.0, "answer": "1", "step": "print(1)"}
                 tree["nodes"].append({**tree["nodes"][0], **answer})
             stored[problem.problem_id] = {"trees": [tree]}
-        return stored
+        return SearchOutcome(stored, {})
 
     def job(self, name: str) -> dict[str, dict[str, Any]]:
         return self.stored.get(name, {})

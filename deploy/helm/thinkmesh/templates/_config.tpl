@@ -8,6 +8,7 @@ Params: (dict "root" $ "name" "search" "store" "rw|ro|" "calls" (list "sandbox" 
 {{- define "thinkmesh.settings" -}}
 {{- $root := .root }}
 {{- $c := index $root.Values .name }}
+{{- if get . "pool" }}{{- $c = .values }}{{- end }}
 {{- $p := include "thinkmesh.envPrefix" . }}
 {{- $env := include "thinkmesh.loggingSettings" . | fromYaml }}
 {{- if $root.Values.metrics.enabled }}
@@ -82,6 +83,10 @@ speaks TLS only and demands the pod's certificate. */}}
 {{- end }}
 {{- if eq .name "worker" }}
 {{- $_ := set $env (printf "%sHEALTH_PORT" $p) (toString $c.healthPort) }}
+{{- if get . "pool" }}
+{{- /* The Celery queues this pool consumes (worker.pools). */}}
+{{- $_ := set $env (printf "%sQUEUES" $p) (join "," $c.queues) }}
+{{- end }}
 {{- end }}
 {{- $rollout := include "thinkmesh.rollout" $root }}
 {{- if and .models $rollout }}
@@ -104,6 +109,27 @@ that follow the store (a pinned model never will). */}}
 {{- end }}
 {{- end }}
 {{- $_ := set $env (printf "%sWAIT_FOR" $p) (join "," $following) }}
+{{- /* A round keeps at most this many tasks on the round queue (services/trainer/dispatch.py): what the round
+pools run at their largest (pods × worker_concurrency), so the queue never holds more than they can take and a
+queue-length autoscaler (KEDA) still sees enough to scale them up to their maximum. trainer.config wins. */}}
+{{- if not (hasKey $root.Values.trainer.config "search_in_flight") }}
+{{- $inFlight := 0 }}
+{{- range $pool := include "thinkmesh.workerPools" $root | fromJsonArray }}
+{{- $out := dict }}
+{{- include "thinkmesh.workerPool" (dict "root" $root "pool" $pool "out" $out) }}
+{{- $v := $out.values }}
+{{- if has "round" $v.queues }}
+{{- $pods := $v.replicas }}
+{{- if or $v.autoscaling.enabled $v.autoscaling.keda.enabled }}
+{{- $pods = $v.autoscaling.maxReplicas }}
+{{- end }}
+{{- $inFlight = add $inFlight (mul $pods ($v.config.worker_concurrency | default 16)) }}
+{{- end }}
+{{- end }}
+{{- if gt (int $inFlight) 0 }}
+{{- $_ := set $env (printf "%sSEARCH_IN_FLIGHT" $p) (toString $inFlight) }}
+{{- end }}
+{{- end }}
 {{- /* Where its stages train (training; services/trainer/training/settings.py). The chart renders the Jobs'
 template, Role and NetworkPolicy from the same values, so these come from `training` only: the same field in
 trainer.config is refused rather than left to disagree with them. */}}
@@ -153,7 +179,9 @@ trainer.config is refused rather than left to disagree with them. */}}
 
 {{/* The component's ConfigMap. Same params as thinkmesh.settings. */}}
 {{- define "thinkmesh.configMap" -}}
-{{- if (index .root.Values .name).enabled }}
+{{- $c := index .root.Values .name }}
+{{- if get . "pool" }}{{- $c = .values }}{{- end }}
+{{- if $c.enabled }}
 apiVersion: v1
 kind: ConfigMap
 metadata:

@@ -27,16 +27,68 @@ Component helpers take a dict: (dict "root" $ "name" "sandbox"), where "name" is
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* Object name of a component: "<fullname>-<component>" (kept short enough for "-headless" to fit). */}}
+{{/* A component's own name: "worker-<pool>" for a worker pool's objects (the context has "pool"), else its name. */}}
+{{- define "thinkmesh.instanceName" -}}
+{{- $pool := get . "pool" }}
+{{- if $pool }}{{ printf "%s-%s" .name $pool }}{{ else }}{{ .name }}{{ end }}
+{{- end }}
+
+{{/* Object name of a component: "<fullname>-<component>", "<fullname>-worker-<pool>" for a worker pool (kept short
+enough for "-headless" to fit). */}}
 {{- define "thinkmesh.componentName" -}}
-{{- printf "%s-%s" (include "thinkmesh.fullname" .root) .name | trunc 54 | trimSuffix "-" }}
+{{- printf "%s-%s" (include "thinkmesh.fullname" .root) (include "thinkmesh.instanceName" .) | trunc 54 | trimSuffix "-" }}
 {{- end }}
 
 {{- define "thinkmesh.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "thinkmesh.name" .root }}
 app.kubernetes.io/instance: {{ .root.Release.Name }}
 {{- if .name }}
-app.kubernetes.io/component: {{ .name }}
+app.kubernetes.io/component: {{ include "thinkmesh.instanceName" . }}
+{{- end }}
+{{- end }}
+
+{{/* The worker pools (worker.pools) that run, as a JSON list of their names; [] when the worker is off. */}}
+{{- define "thinkmesh.workerPools" -}}
+{{- $out := list }}
+{{- if .Values.worker.enabled }}
+{{- range $pool, $v := .Values.worker.pools }}
+{{- if and (kindIs "map" $v) (or (not (hasKey $v "enabled")) $v.enabled) }}
+{{- $out = append $out $pool }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/* A worker pool's values: worker.pools.<pool> merged key by key over the rest of `worker` (maps merge, anything
+else replaces, false and 0 included), plus "queues", the list it consumes (the pool's name by default). Written
+into .out.values. Params: (dict "root" $ "pool" NAME "out" (dict)). */}}
+{{- define "thinkmesh.workerPool" -}}
+{{- $base := omit (deepCopy .root.Values.worker) "pools" }}
+{{- $pool := deepCopy (index .root.Values.worker.pools .pool) }}
+{{- include "thinkmesh.mergeInto" (dict "dst" $base "src" (omit $pool "queues")) }}
+{{- $queues := get $pool "queues" | default (list .pool) }}
+{{- range $queues }}
+{{- if not (has . (list "solve" "round")) }}
+{{- fail (printf "worker.pools.%s: consumes queue %q; the queues are solve and round (name the pool after one, or set its queues)" $.pool .) }}
+{{- end }}
+{{- end }}
+{{- if hasKey $base.config "queues" }}
+{{- fail (printf "worker.pools.%s: config.queues is set by the chart from the pool (worker.pools.<pool>.queues)" .pool) }}
+{{- end }}
+{{- $_ := set $base "queues" $queues }}
+{{- $_ := set .out "values" $base }}
+{{- end }}
+
+{{/* Merges map .src into map .dst in place: maps recursively, other values (false, 0 and "" too) replace. */}}
+{{- define "thinkmesh.mergeInto" -}}
+{{- $dst := .dst }}
+{{- range $key, $value := .src }}
+{{- if and (kindIs "map" $value) (kindIs "map" (get $dst $key)) }}
+{{- include "thinkmesh.mergeInto" (dict "dst" (get $dst $key) "src" $value) }}
+{{- else }}
+{{- $_ := set $dst $key $value }}
+{{- end }}
 {{- end }}
 {{- end }}
 

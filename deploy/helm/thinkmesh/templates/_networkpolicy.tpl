@@ -5,14 +5,22 @@ services it calls, DNS, and the broker. The sandbox's policy has no egress rule 
 */}}
 
 {{- define "thinkmesh.peer" -}}
+{{- if and (eq .name "worker") (not (get . "pool")) }}
+{{- /* The workers: the pods of every pool. */}}
+{{- range include "thinkmesh.workerPools" .root | fromJsonArray }}
+{{ include "thinkmesh.peer" (dict "root" $.root "name" "worker" "pool" .) }}
+{{- end }}
+{{- else }}
 - podSelector:
     matchLabels:
       {{- include "thinkmesh.selectorLabels" . | nindent 6 }}
+{{- end }}
 {{- end }}
 
 {{- define "thinkmesh.networkPolicy" -}}
 {{- $root := .root }}
 {{- $c := index $root.Values .name }}
+{{- if get . "pool" }}{{- $c = .values }}{{- end }}
 {{- if and $root.Values.networkPolicy.enabled $c.enabled }}
 {{- $np := $root.Values.networkPolicy }}
 {{- $callers := list }}

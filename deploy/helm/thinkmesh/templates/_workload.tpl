@@ -24,6 +24,7 @@ Liveness asks for the health name thinkmesh.liveness, SERVING while the server a
 is reloading or draining is unready, not dead. */}}
 {{- define "thinkmesh.probe" -}}
 {{- $c := index .root.Values .name }}
+{{- if get . "pool" }}{{- $c = .values }}{{- end }}
 {{- $p := index $c.probes .probe | default dict }}
 {{- /* The search is ready only while a worker beats (its health follows them); started once it answers. */}}
 {{- $live := or (eq .probe "liveness") (and (eq .probe "startup") (eq .name "search")) }}
@@ -62,6 +63,7 @@ grpc:
 
 {{- define "thinkmesh.podAnnotations" -}}
 {{- $c := index .root.Values .name }}
+{{- if get . "pool" }}{{- $c = .values }}{{- end }}
 checksum/config: {{ include "thinkmesh.configMap" . | sha256sum }}
 {{- if .broker }}
 checksum/broker: {{ include "thinkmesh.brokerChecksum" .root }}
@@ -132,8 +134,8 @@ metadata:
   labels:
     {{- include "thinkmesh.labels" . | nindent 4 }}
 spec:
-  {{- if not (and .hpa $c.autoscaling.enabled) }}
-  {{- /* With an HPA the count is the HPA's: a replicas field here would reset it on every upgrade. */}}
+  {{- if not (and .hpa (or $c.autoscaling.enabled (include "thinkmesh.keda" $c))) }}
+  {{- /* With an HPA (or KEDA's) the count is the HPA's: a replicas field here would reset it on every upgrade. */}}
   replicas: {{ $c.replicas }}
   {{- end }}
   revisionHistoryLimit: 5
@@ -222,7 +224,7 @@ spec:
             {{- toYaml . | nindent 12 }}
             {{- end }}
           {{- range $kind := list "startup" "readiness" "liveness" }}
-          {{- $probe := include "thinkmesh.probe" (dict "root" $root "name" $.name "grpc" $.grpc "probe" $kind) | trim }}
+          {{- $probe := include "thinkmesh.probe" (dict "root" $root "name" $.name "grpc" $.grpc "probe" $kind "pool" (get $ "pool") "values" $c) | trim }}
           {{- if $probe }}
           {{ $kind }}Probe:
             {{- $probe | nindent 12 }}
@@ -308,6 +310,7 @@ spec:
 {{- define "thinkmesh.service" -}}
 {{- $root := .root }}
 {{- $c := index $root.Values .name }}
+{{- if get . "pool" }}{{- $c = .values }}{{- end }}
 {{- $headless := and (hasKey . "headless") .headless }}
 {{- $metrics := and $root.Values.metrics.enabled (not $headless) }}
 {{- if and $c.enabled (or (and .grpc (gt (int $c.service.port) 0)) $metrics) }}
@@ -351,7 +354,9 @@ spec:
 
 {{- define "thinkmesh.hpa" -}}
 {{- $c := index .root.Values .name }}
-{{- if and $c.enabled $c.autoscaling.enabled }}
+{{- if get . "pool" }}{{- $c = .values }}{{- end }}
+{{- /* KEDA scales the pools it is on for (thinkmesh.scaledObject): an HPA beside it would fight it. */}}
+{{- if and $c.enabled $c.autoscaling.enabled (not (include "thinkmesh.keda" $c)) }}
 {{- $a := $c.autoscaling }}
 {{- if not (or $a.targetCPUUtilizationPercentage $a.targetMemoryUtilizationPercentage) }}
 {{- fail (printf "%s.autoscaling needs targetCPUUtilizationPercentage or targetMemoryUtilizationPercentage" .name) }}
@@ -390,6 +395,7 @@ spec:
 
 {{- define "thinkmesh.pdb" -}}
 {{- $c := index .root.Values .name }}
+{{- if get . "pool" }}{{- $c = .values }}{{- end }}
 {{- if and $c.enabled $c.pdb.enabled }}
 apiVersion: policy/v1
 kind: PodDisruptionBudget
