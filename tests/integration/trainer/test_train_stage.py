@@ -2,7 +2,8 @@
 
 Two processes must train the same model one process does: the recipe's batch is the global batch, each rank takes
 its half of every global batch, and DDP averages the gradients, so the weights agree to float rounding (measured:
-identical losses, weights within 1e-6). A stage stopped after a checkpoint resumes there and ends where an
+identical losses; weights within 2e-5 of each other
+after moving ~1e-3, key biases aside). A stage stopped after a checkpoint resumes there and ends where an
 uninterrupted run ends. Every rank reports taking part; rank 0 alone writes the model, once every rank finished.
 """
 
@@ -29,8 +30,13 @@ from support.tiny_models import write_chat_checkpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-# Within float rounding: the two runs sum the same gradients in a different order.
-WEIGHT_TOLERANCE = 1e-5
+# Within float rounding: the two runs sum the same gradients in a different order, and AdamW divides each
+# gradient by its own running size, so a rounding difference on a near-zero gradient becomes a visible step:
+# measured up to 1.5e-5 after 8 steps that moved every weight by ~1e-3.
+WEIGHT_TOLERANCE = 5e-5
+# A key's bias shifts every score of a query's softmax by the same amount, so its true gradient is zero and
+# what the optimizer steps on is rounding noise alone (it differs by up to 1e-4 between the runs): not compared.
+NOISE_ONLY = ("self_attn.k_proj.bias",)
 LOSS_TOLERANCE = 1e-4
 # Long enough that the stop lands after the first checkpoint and well before the end.
 STEPS = 48
@@ -74,7 +80,8 @@ def weights(model_dir: str) -> dict[str, torch.Tensor]:
 def assert_same_weights(a: str, b: str) -> None:
     first, second = weights(a), weights(b)
     assert first.keys() == second.keys()
-    worst = max(float((first[k].float() - second[k].float()).abs().max()) for k in first)
+    compared = [k for k in first if not k.endswith(NOISE_ONLY)]
+    worst = max(float((first[k].float() - second[k].float()).abs().max()) for k in compared)
     assert worst < WEIGHT_TOLERANCE, f"weights differ by up to {worst}"
 
 
