@@ -56,8 +56,10 @@ lock: $(BIN)/uv
 images:
 	bash scripts/images.sh
 
-# Starts each built image as the chart runs it and makes one real call to every service.
+# Starts each built image as the chart runs it and makes one real call to every service; the chart's
+# manifests are rendered with helm (installed here when missing, so the target stands alone on a fresh clone).
 test-images: $(STAMP) images
+	@bash scripts/install_helm.sh
 	$(BIN)/pytest -q -p no:cacheprovider -m images tests/images
 
 system-deps:
