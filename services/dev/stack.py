@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -265,6 +265,12 @@ class LocalStack:
         os.killpg(pid, signal.SIGKILL)
         return pid
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds (user + system) each child and its descendants have used so far, by child name
+        (`process_tree_cpu`). A child restarted since an earlier reading starts again from zero."""
+        roots = {int(child.process.pid): child.name for child in self.children}
+        return {roots[pid]: seconds for pid, seconds in process_tree_cpu(roots).items()}
+
     def stop(self, grace: float = 25.0) -> None:
         """Stop supervising, then stop each child in turn, newest first (the SearchService, the worker, then the
         services it calls): SIGTERM its process group and wait for it; SIGKILL the group once `grace` seconds have
@@ -306,6 +312,35 @@ def _same_port(argv: list[str], address: str) -> list[str]:
         return argv
     at = argv.index("--port") + 1
     return [*argv[:at], address.rsplit(":", 1)[1], *argv[at + 1 :]]
+
+
+def process_tree_cpu(roots: Iterable[int]) -> dict[int, float]:
+    """CPU seconds (user + system) each root process and its descendants have used, by root pid, from /proc
+    (Linux; zero where it is absent). Descendants are found by parent pid, so a child that started a session of
+    its own (the sandbox's zygote and its runs) still counts; ended children count through the `cutime`/`cstime`
+    of the process that reaped them."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    used: dict[int, float] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the process ended while we looked
+            continue
+        # The command name is in parentheses and may hold spaces: the fields that follow start after the last ")".
+        fields = text[text.rindex(")") + 2 :].split()
+        pid = int(stat.parent.name)
+        parent[pid] = int(fields[1])
+        used[pid] = sum(int(f) for f in fields[11:15]) / tick  # utime, stime, cutime, cstime
+    wanted = set(roots)
+    totals = dict.fromkeys(wanted, 0.0)
+    for pid, seconds in used.items():
+        ancestor, hops = pid, 0
+        while ancestor not in wanted and ancestor in parent and hops < 64:
+            ancestor, hops = parent[ancestor], hops + 1
+        if ancestor in wanted:
+            totals[ancestor] += seconds
+    return totals
 
 
 def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:

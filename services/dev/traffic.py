@@ -10,7 +10,9 @@ splits it: one worker pool on the `solve` queue, one on the `round` queue (servi
                 in (the stack restarts it; Redis hands its unacknowledged tasks out again after the visibility
                 timeout, set short here)
 
-and reports Solve p50/p99 of the first two phases, Solve calls lost (no answer), round problems lost (no result
+and reports Solve p50/p99 of the first two phases, a CPU profile of each phase (seconds of CPU each service's
+processes used, and the phase's wall time: on a small machine it shows which service the round takes the cores
+from), Solve calls lost (no answer), round problems lost (no result
 when the round ends), problems searched twice (two workers' `searched job=… problem=…` lines for one problem), and
 whether both rounds completed. The last line with --json holds at least `solve_p99_alone_ms`,
 `solve_p99_during_round_ms`, `lost`, `duplicated` and `round_completed`.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import socket
@@ -158,6 +161,30 @@ def _in_thread(work: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any
     return wait
 
 
+class _PhaseProfile:
+    """CPU seconds each part of the stack used during one phase, from a reading before it and one after."""
+
+    def __init__(self, stack: Any) -> None:
+        self._stack = stack
+        self._started = time.monotonic()
+        self._before = self._reading()
+
+    def _reading(self) -> dict[str, float]:
+        from services.dev.stack import process_tree_cpu
+
+        # The bench's own process (its Solve clients, the round's dispatcher) and the redis-server it started: its
+        # whole tree less the stack's children, which are its descendants too.
+        bench = process_tree_cpu([os.getpid()])[os.getpid()] - sum(self._stack.cpu_seconds().values())
+        return {**self._stack.cpu_seconds(), "bench+redis": bench}
+
+    def end(self) -> dict[str, Any]:
+        after = self._reading()
+        wall = time.monotonic() - self._started
+        # A child restarted during the phase starts again from zero: what it used before is lost to the reading.
+        cpu = {name: round(max(0.0, after[name] - self._before.get(name, 0.0)), 1) for name in after}
+        return {"wall_s": round(wall, 1), "cpu_s": cpu, "cores_busy": round(sum(cpu.values()) / wall, 2)}
+
+
 def bench(args: argparse.Namespace, state: Path, say: Callable[[str], None]) -> dict[str, Any]:
     from services.common.store import ModelStore
     from services.dev.stack import LocalStack
@@ -182,7 +209,9 @@ def bench(args: argparse.Namespace, state: Path, say: Callable[[str], None]) -> 
             address = stack.start(worker_pools=POOLS)
             solve_calls(address, args.clients, args.clients, args.rollouts, offset=1000)  # warm-up: first calls load
             say("phase 1: Solve alone")
+            profile = _PhaseProfile(stack)
             alone, lost_alone = solve_calls(address, args.solves, args.clients, args.rollouts, offset=0)
+            profile_alone = profile.end()
 
             say(f"phase 2: Solve during a round of {args.problems} problems")
             first = _in_thread(
@@ -191,7 +220,9 @@ def bench(args: argparse.Namespace, state: Path, say: Callable[[str], None]) -> 
                 )
             )
             time.sleep(args.round_head_start)
+            profile = _PhaseProfile(stack)
             during, lost_during = solve_calls(address, args.solves, args.clients, args.rollouts, offset=100)
+            profile_during = profile.end()
             round1 = first()
 
             say(f"phase 3: a round of {args.problems} problems, its worker SIGKILLed {args.kill_after:g} s in")
@@ -226,6 +257,7 @@ def bench(args: argparse.Namespace, state: Path, say: Callable[[str], None]) -> 
         "clients": args.clients,
         "rollouts": args.rollouts,
         "stack_failure": failure,
+        "profile": {"alone": profile_alone, "during_round": profile_during},
     }
     alone_p99 = report["solve_p99_alone_ms"]
     report["p99_ratio"] = round(report["solve_p99_during_round_ms"] / alone_p99, 2) if alone_p99 else None
@@ -243,6 +275,9 @@ def _traffic(args: argparse.Namespace) -> int:
         say(f"{key:28} {report[key]}")
     for key in ("p99_ratio", "lost", "duplicated", "round_completed"):
         say(f"{key:28} {report[key]}")
+    for phase, profile in report["profile"].items():
+        used = ", ".join(f"{name} {seconds:g}" for name, seconds in sorted(profile["cpu_s"].items()))
+        say(f"cpu seconds, {phase:12} {used} (wall {profile['wall_s']:g} s, {profile['cores_busy']:g} cores busy)")
     if args.json:
         print(json.dumps(report))
     return 0 if report["lost"] == 0 and report["duplicated"] == 0 and report["round_completed"] else 1

@@ -26,6 +26,12 @@ def test_the_traffic_bench_loses_and_repeats_nothing(tmp_path: Path) -> None:
     assert [r["results"] for r in report["rounds"]] == [6, 6]
     for key in ("solve_p99_alone_ms", "solve_p99_during_round_ms"):
         assert report[key] > 0
+    # The profile covers every process of the stack, and the policy's forward passes are never free. (How much
+    # more work the round adds is not asserted: a round this short may be over before the Solves begin.)
+    alone, during = report["profile"]["alone"], report["profile"]["during_round"]
+    services = {"sandbox", "policy", "ppm", "search", "worker-solve", "worker-round", "bench+redis"}
+    assert set(alone["cpu_s"]) == set(during["cpu_s"]) == services, report["profile"]
+    assert alone["cpu_s"]["policy"] > 0 and during["cpu_s"]["policy"] > 0, report["profile"]
     # Two worker pools, one per queue, as the chart runs them; the round's was the one killed and restarted.
     logs = {p.name for p in (tmp_path / "logs").glob("worker-*.log")}
     assert logs == {"worker-solve.log", "worker-round.log"}

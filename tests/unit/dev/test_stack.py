@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,11 @@ from services.dev.stack import LocalStack, interrupt_on_sigterm
 from support.processes import alive
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
+# Python that burns 0.3 s of CPU; then, with STAY, waits until the parent it had at its start has gone.
+BURN = (
+    "import os, time\nparent = os.getppid()\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\n"
+)
+STAY = "while os.getppid() == parent: time.sleep(0.05)\n"
 
 
 @pytest.fixture
@@ -80,3 +86,27 @@ def test_a_second_interrupt_does_not_cut_the_stop_short(tmp_path: Path, interrup
             real_wait()
     assert not alive(process.pid)
     assert stack.children == []
+
+
+def test_a_process_trees_cpu_counts_its_descendants_and_only_its_own() -> None:
+    """The traffic bench's profile: a child's CPU is its whole tree's, a descendant in a session of its own
+    included (the sandbox's zygote), and one already ended (through its reaper's counters)."""
+    # The parent only waits: one child burns 0.3 s and ends, another starts a session, burns 0.3 s and stays.
+    parent = (
+        "import subprocess, sys\n"
+        f"subprocess.run([sys.executable, '-c', {BURN!r}])\n"
+        f"subprocess.run([sys.executable, '-c', {BURN + STAY!r}], start_new_session=True)"
+    )
+    busy = subprocess.Popen([sys.executable, "-c", parent])
+    idle = subprocess.Popen(SLEEPER)
+    try:
+        deadline = time.monotonic() + 20
+        while stack_module.process_tree_cpu([busy.pid])[busy.pid] < 0.6 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        used = stack_module.process_tree_cpu([busy.pid, idle.pid])
+        assert 0.6 <= used[busy.pid] < 5
+        assert used[idle.pid] < 0.3
+    finally:
+        for process in (busy, idle):  # the one that stays leaves when its parent goes
+            process.kill()
+            process.wait()
