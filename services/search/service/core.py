@@ -5,7 +5,8 @@ It knows nothing of gRPC. Deadlines: every Solve has one, the caller's or at mos
 (even in the middle of a tick) and answers with its best so far; this core waits until just before the deadline
 and then answers with what it has: the worker's result, else the best answer the worker last published as
 progress, else an empty answer (stopped early). Only a Solve whose search never began — no worker took it before
-its stop time — is DEADLINE_EXCEEDED. A caller that goes away cancels its search.
+its stop time — is DEADLINE_EXCEEDED. A caller that goes away cancels its search. Each state the worker writes
+reaches the Solve as an event where the result backend is Redis (task_events.py); elsewhere the Solve polls.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -25,6 +27,7 @@ from services.search.cancellation import CancelRequests
 from services.search.protocol import SOLVE, STAT_NAMES, SolveProgress, SolveResult, SolveTask
 from services.search.queue_depth import QueueDepth
 from services.search.service import metrics
+from services.search.service.task_events import RECONCILE_S, TaskEvents, TaskWatch
 from services.search.settings import SOLVE_QUEUE, SearchSettings
 
 log = logging.getLogger(__name__)
@@ -80,11 +83,20 @@ class _Refused(Exception):
 
 
 class SearchCore:
-    def __init__(self, settings: SearchSettings, app: Celery, queue_depth: QueueDepth | None = None) -> None:
-        """`queue_depth`: how many tasks wait in the solve queue (for `max_solve_queue`); None: no bound."""
+    def __init__(
+        self,
+        settings: SearchSettings,
+        app: Celery,
+        queue_depth: QueueDepth | None = None,
+        events: TaskEvents | None = None,
+    ) -> None:
+        """`queue_depth`: how many tasks wait in the solve queue (for `max_solve_queue`); None: no bound.
+        `events`: the task states the result backend publishes (a Redis one); None: each Solve polls its task."""
         self.settings = settings
         self.app = app
         self.queue_depth = queue_depth
+        self.events = events
+        self.result_reads = 0  # reads of a task's record in the result backend, all Solves together
         self._cancels = CancelRequests(app)
         self._running = 0
         self._mean_solve_s = _ASSUMED_SOLVE_S
@@ -197,16 +209,25 @@ class SearchCore:
         answer_by = started + _answer_time(budget)
         # No job: an online Solve's result comes back through the result backend and is not kept on the store.
         task = replace(task, deadline=time.time() + _search_time(budget))
+        task_id = str(uuid.uuid4())
+        with self.events.watch(task_id) if self.events is not None else contextlib.nullcontext() as watch:
+            async for event in self._states(task, task_id, watch, answer_by, started):
+                yield event
+
+    async def _states(
+        self, task: SolveTask, task_id: str, watch: TaskWatch | None, answer_by: float, started: float
+    ) -> AsyncGenerator[tuple[SolveProgress | SolveResult, bool], None]:
         # Off the event loop: on the embedded broker a send waits for SQLite's lock, and every other Solve with it.
         # To the app's default queue: `solve` (make_celery).
-        result = await asyncio.to_thread(self.app.send_task, SOLVE, args=[task.to_json()])
+        result = await asyncio.to_thread(self.app.send_task, SOLVE, args=[task.to_json()], task_id=task_id)
         finished = False
         try:
             state, last = "PENDING", None
             best: SolveProgress | None = None
+            # Each state comes as the worker writes it (watch), or from a read of the task's record: one read, so
+            # that its state and its payload belong together.
+            meta = None if watch is not None else await self._read(result, answer_by)
             while True:
-                # One read of the task's record: its state and its payload must belong together.
-                meta = await self._read(result, answer_by)
                 if meta is not None:
                     state, info = meta["status"], meta["result"]
                     if state == "SUCCESS":
@@ -224,7 +245,13 @@ class SearchCore:
                 if left <= 0:  # the result is late: answer with the best the worker published
                     yield _late_answer(state, best, time.monotonic() - started), True
                     return
-                await asyncio.sleep(min(self._poll_interval(), left))
+                if watch is not None:
+                    meta = await watch.next(min(RECONCILE_S, left))
+                    if meta is None and time.monotonic() < answer_by:  # heard nothing for a while: look
+                        meta = await self._read(result, answer_by)
+                else:
+                    await asyncio.sleep(min(self._poll_interval(), left))
+                    meta = await self._read(result, answer_by)
         finally:
             if not finished:  # the caller went away, or the result is late: stop the search (without waiting)
                 self._cancel(result.id)
@@ -237,6 +264,7 @@ class SearchCore:
 
     async def _read(self, result: Any, answer_by: float) -> dict[str, Any] | None:
         """The task's record, or None when the result backend has not answered by `answer_by`."""
+        self.result_reads += 1
         try:
             async with asyncio.timeout(max(0.0, answer_by - time.monotonic())), self._reads:
                 meta: dict[str, Any] = await asyncio.to_thread(result.backend.get_task_meta, result.id)

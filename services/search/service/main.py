@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from services.common.logs import configure_logging
@@ -13,6 +14,7 @@ from services.search.queue_depth import queue_depth_for
 from services.search.service.core import SearchCore
 from services.search.service.metrics import export_queue_depths
 from services.search.service.servicer import SearchServicer
+from services.search.service.task_events import TaskEvents
 from services.search.settings import QUEUES, SearchSettings
 from thinkmesh.v1 import search_pb2, search_pb2_grpc
 
@@ -25,11 +27,22 @@ async def run(**overrides: Any) -> None:
     queue_depth = queue_depth_for(settings.celery)
     if queue_depth is not None:
         export_queue_depths(queue_depth, QUEUES)
-    servicer = SearchServicer(SearchCore(settings, app, queue_depth))
+    # Each Solve hears its task's states as the worker writes them (a Redis result backend); else it polls.
+    events = TaskEvents.for_app(app)
+    if events is not None:
+        events.start()
+    servicer = SearchServicer(SearchCore(settings, app, queue_depth, events))
     # SERVING only while some worker's heartbeat is fresh (none at all: NOT_SERVING until one beats); a result
     # backend without a heartbeat store leaves health untied to the workers.
     heartbeats = heartbeats_for(app, settings.health_stale_s)
     watch = None if heartbeats is None else WorkerWatch(heartbeats, settings.health_stale_s)
+
+    async def stop() -> None:
+        if watch is not None:
+            await watch.stop()
+        if events is not None:
+            await asyncio.to_thread(events.close)
+
     await serve(
         settings,
         [
@@ -39,6 +52,6 @@ async def run(**overrides: Any) -> None:
             )
         ],
         ready=None if watch is None else watch.ready,
-        on_stop=None if watch is None else watch.stop,
+        on_stop=stop,
         health=None if watch is None else watch.attach,
     )
