@@ -31,6 +31,8 @@ from services.math import stepfmt
 from services.math.prompting import PromptRenderer
 from services.policy.engine import NO_ROOM, GeneratedStep, SamplingParams, StepPrompt, classify_end, cut_at_stop
 
+# The methods the policy adds to vLLM's workers (the in-place reload), by import path: vLLM loads it in each worker.
+WORKER_EXTENSION = "services.policy.vllm_worker.PolicyWorkerExtension"
 # What may differ between two versions whose weights go into one engine: the engine's shapes and kernels were set up
 # from the first version's config and its tokenizer from the first version's files, so everything else in
 # config.json must agree, and the tokenizers must behave the same (compared as loaded: the trainer saves a version's
@@ -85,6 +87,9 @@ class VLLMEngine:
         self._version = version
         self._model_dir = Path(model_dir)
         chosen = dict(BASE if engine_args is None else engine_args)
+        # The workers' reload for `reload_in_place` (services/policy/vllm_worker.py); a deployment's own extension,
+        # passed through the engine arguments, replaces it (and in-place reloads with it).
+        chosen.setdefault("worker_extension_cls", WORKER_EXTENSION)
         self.engine: Any = AsyncLLMEngine.from_engine_args(build_engine_args(AsyncEngineArgs, str(model_dir), chosen))
         self.max_model_len = int(chosen.get("max_model_len") or BASE["max_model_len"])
         self._prompt_format = prompt_format_of(Path(model_dir))
@@ -158,14 +163,14 @@ class VLLMEngine:
         """Load `model_dir`'s weights into the running engine; its caller guarantees no request of ours runs.
 
         The scheduler is paused first (waiting for anything still in it: an aborted request's last step), every
-        worker reloads its part of the weights from the directory (tensor-parallel shards included), and the
-        prefix cache is emptied — its blocks hold the previous weights' keys and values — before requests are
-        scheduled again.
+        worker reloads its part of the weights from the directory (tensor-parallel shards included; on vLLM's CPU
+        build the embeddings' GEMM kernels are packed again: vllm_worker.py), and the prefix cache is emptied — its
+        blocks hold the previous weights' keys and values — before requests are scheduled again.
         """
         started = time.perf_counter()
         await self.engine.pause_generation(mode="wait", clear_cache=True)
         try:
-            await self.engine.collective_rpc("reload_weights", kwargs={"weights_path": str(model_dir)})
+            await self.engine.collective_rpc("reload_weights_from", args=(str(model_dir),))
             await self.engine.reset_prefix_cache()
         finally:
             await self.engine.resume_generation()

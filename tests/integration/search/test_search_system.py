@@ -184,10 +184,11 @@ async def test_the_deadline_bounds_the_search_and_the_best_so_far_comes_back(sys
 async def test_solve_stream_reports_progress_then_the_result(system: System) -> None:
     async with aio.insecure_channel(system.search) as channel:
         stub = search_pb2_grpc.SearchServiceStub(channel)
-        events = [e async for e in stub.SolveStream(search_pb2.SolveRequest(problem=PROBLEM, rollouts=30), timeout=120)]
-    assert events[-1].done and events[-1].result.stats.rollouts == 30
+        # Few rollouts: the whole search stays well inside the task's time limit (18 s) on a loaded machine.
+        events = [e async for e in stub.SolveStream(search_pb2.SolveRequest(problem=PROBLEM, rollouts=12), timeout=120)]
+    assert events[-1].done and events[-1].result.stats.rollouts == 12
     assert all(not e.done for e in events[:-1])
-    assert any(e.rollouts_total == 30 for e in events[:-1]), "no progress event before the result"
+    assert any(e.rollouts_total == 12 for e in events[:-1]), "no progress event before the result"
 
 
 async def test_a_cancelled_solve_stops_its_search_early(system: System) -> None:
