@@ -7,12 +7,15 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from services.common.errors import DeadlineExceeded
+
+T = TypeVar("T")
 
 # The absolute deadline (time.monotonic()) of the call being served, set by `within_deadline`. Engines read it
 # through `Liveness.of_current_call()` or `call_deadline()`; asyncio.to_thread copies it into its thread.
@@ -69,3 +72,14 @@ class Liveness:
 
     def alive(self) -> bool:
         return not self.cancelled and not self.expired()
+
+
+async def gather_or_cancel(awaitables: Iterable[Awaitable[T]]) -> list[T]:
+    """Every result, in order, or the first error; then the others are cancelled rather than left running (gather()
+    cancels them when it is cancelled itself, not when one of them fails), so no work goes on that nobody reads."""
+    tasks = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()

@@ -19,6 +19,18 @@ def pick_device(requested: str) -> str:
     return device
 
 
+def free_device_memory() -> None:
+    """Give back what this process holds on the GPU for objects no longer referenced (a released model engine):
+    collect them, then empty torch's cache, so the next model finds the memory free."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def avoid_cudnn_attention() -> None:
     """Take cuDNN out of torch's attention backends (process-wide; the others stay in their order).
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from services.common.errors import ConfigError
-from services.common.settings import env_name
+from services.common.settings import env_name, require
 
 BASE: dict[str, Any] = {"enable_prefix_caching": True, "gpu_memory_utilization": 0.85, "max_model_len": 4096}
 
@@ -101,8 +101,6 @@ class VLLMSettings:
     def check(self, owner: object) -> None:
         """For the owning settings' validate(): the layers combine (the preset exists, the JSON parses), and the
         numbers that vLLM would only refuse after minutes of loading are in range."""
-        from services.common.settings import require
-
         args = self.engine_args(str(getattr(owner, "SERVICE")))  # noqa: B009
         utilization = args.get("gpu_memory_utilization")
         require(

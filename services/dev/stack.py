@@ -265,10 +265,11 @@ class LocalStack:
         os.killpg(pid, signal.SIGKILL)
         return pid
 
-    def cpu_seconds(self) -> dict[str, float]:
+    def cpu_seconds(self, others: Mapping[int, str] | None = None) -> dict[str, float]:
         """CPU seconds (user + system) each child and its descendants have used so far, by child name
-        (`process_tree_cpu`). A child restarted since an earlier reading starts again from zero."""
-        roots = {int(child.process.pid): child.name for child in self.children}
+        (`process_tree_cpu`), and those of `others` (pid → name; an ancestor of the children counts without them).
+        A child restarted since an earlier reading starts again from zero."""
+        roots = {int(child.process.pid): child.name for child in self.children} | dict(others or {})
         return {roots[pid]: seconds for pid, seconds in process_tree_cpu(roots).items()}
 
     def stop(self, grace: float = 25.0) -> None:
@@ -316,7 +317,8 @@ def _same_port(argv: list[str], address: str) -> list[str]:
 
 def process_tree_cpu(roots: Iterable[int]) -> dict[int, float]:
     """CPU seconds (user + system) each root process and its descendants have used, by root pid, from /proc
-    (Linux; zero where it is absent). Descendants are found by parent pid, so a child that started a session of
+    (Linux; zero where it is absent); a process counts for its nearest root only, so a root inside another's tree
+    is not counted twice. Descendants are found by parent pid, so a child that started a session of
     its own (the sandbox's zygote and its runs) still counts; ended children count through the `cutime`/`cstime`
     of the process that reaped them."""
     tick = os.sysconf("SC_CLK_TCK")

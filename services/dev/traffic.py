@@ -24,53 +24,19 @@ import argparse
 import json
 import os
 import re
-import shutil
-import socket
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 QUESTION = "Mia has {a} marbles and buys {b} more. How many marbles does she have?"
 POOLS = {"worker-solve": "solve", "worker-round": "round"}
 _SEARCHED = re.compile(r"searched job=(\S+) problem=(\S+)")
-
-
-@contextmanager
-def redis_server(directory: Path) -> Iterator[str]:
-    """A redis-server on a free loopback port for the bench; yields its redis:// URL."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed (apt install redis-server; scripts/system_deps.sh)")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    process = subprocess.Popen([*argv, "--dir", str(directory)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as connection:
-                    connection.sendall(b"PING\r\n")
-                    if connection.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -170,12 +136,10 @@ class _PhaseProfile:
         self._before = self._reading()
 
     def _reading(self) -> dict[str, float]:
-        from services.dev.stack import process_tree_cpu
-
-        # The bench's own process (its Solve clients, the round's dispatcher) and the redis-server it started: its
-        # whole tree less the stack's children, which are its descendants too.
-        bench = process_tree_cpu([os.getpid()])[os.getpid()] - sum(self._stack.cpu_seconds().values())
-        return {**self._stack.cpu_seconds(), "bench+redis": bench}
+        # The bench's own process (its Solve clients, the round's dispatcher) and the redis-server it started: what
+        # of its tree is not a stack child's.
+        used: dict[str, float] = self._stack.cpu_seconds({os.getpid(): "bench+redis"})
+        return used
 
     def end(self) -> dict[str, Any]:
         after = self._reading()
@@ -187,6 +151,7 @@ class _PhaseProfile:
 
 def bench(args: argparse.Namespace, state: Path, say: Callable[[str], None]) -> dict[str, Any]:
     from services.common.store import ModelStore
+    from services.dev.redis_server import redis_server
     from services.dev.stack import LocalStack
     from services.search.celery_app import make_celery
     from services.search.settings import CelerySettings

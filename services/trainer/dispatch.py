@@ -113,9 +113,10 @@ class CeleryDispatcher:
                             del outstanding[done.problem_id]
                 else:
                     time.sleep(self.poll_s)
-                    outstanding = {p: r for p, r in outstanding.items() if not self.results.has(job.job, p)}
+                    outstanding = self._unstored(job, outstanding)
                 if time.monotonic() >= next_check:
-                    outstanding = {p: r for p, r in outstanding.items() if not self.results.has(job.job, p)}
+                    if completions.available:  # an announcement missed (polling has just looked)
+                        outstanding = self._unstored(job, outstanding)
                     for problem_id, result in list(outstanding.items()):
                         if result.state == "FAILURE":
                             self._failed(failed, problem_id, f"{type(result.info).__name__}: {result.info}")
@@ -123,6 +124,10 @@ class CeleryDispatcher:
                     next_check = time.monotonic() + check_every
         finally:
             completions.close()
+
+    def _unstored(self, job: SearchJob, outstanding: dict[str, Any]) -> dict[str, Any]:
+        """The outstanding tasks whose problem has no stored result yet."""
+        return {p: r for p, r in outstanding.items() if not self.results.has(job.job, p)}
 
     @staticmethod
     def _failed(failed: dict[str, str], problem_id: str, why: str) -> None:

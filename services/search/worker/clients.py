@@ -3,12 +3,12 @@ cluster (one deadline per call; the channels are the runtime's)."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import Sequence
 from typing import Any
 
 from services.common.channels import AFFINITY_HEADER
+from services.common.deadlines import gather_or_cancel
 from services.search.engine.backends import Prompt, Sampled, execution
 from services.search.engine.mcts import Execution
 
@@ -42,18 +42,10 @@ class GrpcGenerator:
         by_key: dict[str, list[int]] = {}
         for i, prompt in enumerate(prompts):
             by_key.setdefault(affinity_key(prompt.question), []).append(i)
-        calls = [
-            asyncio.ensure_future(
-                self._call([prompts[i] for i in positions], n, temperature, max_new_tokens, seed, key=key)
-            )
+        replies = await gather_or_cancel(
+            self._call([prompts[i] for i in positions], n, temperature, max_new_tokens, seed, key=key)
             for key, positions in by_key.items()
-        ]
-        try:
-            replies = await asyncio.gather(*calls)
-        finally:
-            # gather() leaves the other calls running when one fails: nobody would read their answers.
-            for call in calls:
-                call.cancel()
+        )
         sampled: list[list[Sampled]] = [[] for _ in prompts]
         for positions, (rows, _) in zip(by_key.values(), replies, strict=True):
             for i, row in zip(positions, rows, strict=True):

@@ -221,8 +221,9 @@ class WorkerRuntime:
         ]
         # The task's own stop time, and at the latest task_time_limit_s from now: a task still running when the
         # broker's visibility timeout passes would be handed to another worker and searched twice.
-        limit = time.monotonic() + self.settings.time_limit_s
-        deadline = min(limit, time.monotonic() + (task.deadline - time.time())) if task.deadline else limit
+        now = time.monotonic()
+        limit = now + self.settings.time_limit_s
+        deadline = min(limit, now + (task.deadline - time.time())) if task.deadline else limit
         method: Method = task.method  # type: ignore[assignment]
         last_report = 0.0
 
