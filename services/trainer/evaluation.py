@@ -46,6 +46,9 @@ class EvalPlan:
     # `size` problems (the frontier, a curriculum measure, is then not measured).
     dataset: str = ""
     size: int = 100
+    # Majority voting and best-of-N draw `rollouts` samples a problem, several greedy decodes' worth: they run on
+    # the first `sampled_per_level` problems of each level only (None: all), greedy decoding and MCTS on all.
+    sampled_per_level: int | None = None
 
 
 def heldout_problems(levels: Sequence[int], per_level: int) -> list[EvalProblem]:
@@ -93,7 +96,8 @@ async def _evaluate(
         groups: tuple[tuple[EvalMethod, ...], ...] = (("greedy",), SAMPLED, ("mcts",))
         for methods in groups:
             settings = EvalSettings(methods[0]).searching(rollouts=plan.rollouts, candidates=plan.candidates)
-            for method, (results, summary) in (await evaluate_rules(problems, backends, settings, methods)).items():
+            asked = _sampled_subset(problems, levels, plan.sampled_per_level) if methods == SAMPLED else problems
+            for method, (results, summary) in (await evaluate_rules(asked, backends, settings, methods)).items():
                 by_method[method] = results
                 metrics[f"{method}_accuracy"] = summary["accuracy"]
                 for level, ids in levels.items():
@@ -114,6 +118,16 @@ async def _evaluate(
         scorer = backends.scorer
         metrics["ppm_pair_accuracy"] = await _pair_accuracy(scorer, pairs) if pairs else None
     return metrics
+
+
+def _sampled_subset(
+    problems: list[EvalProblem], levels: dict[str, list[str]], per_level: int | None
+) -> list[EvalProblem]:
+    """The first `per_level` problems of each level (all of them when None or when no level is known)."""
+    if per_level is None or not levels:
+        return problems
+    wanted = {i for ids in levels.values() for i in ids[:per_level]}
+    return [p for p in problems if p.id in wanted]
 
 
 async def _frontier(backends: Any, level: int, plan: EvalPlan, mcts: list[ProblemResult]) -> dict[str, float]:

@@ -23,7 +23,7 @@ from services.search.protocol import SolveTask
 from services.search.results import result_key
 from services.trainer.config import RoundConfig
 from services.trainer.data import Trajectory
-from services.trainer.extract import sft_trajectories
+from services.trainer.extract import NumberRule, sft_trajectories
 
 REPLAY_LEVELS = (1, 2)  # the bootstrap policy's teacher levels
 PPM_REPLAY_LEVELS = (1, 2, 3)  # the bootstrap PPM's levels
@@ -104,12 +104,12 @@ def search_job(number: int, attempt: int) -> str:
     return f"rounds/{number:04d}/" + (f"retry-{attempt}" if attempt else "trees")
 
 
-def solved(results: dict[str, dict[str, Any]]) -> set[str]:
+def solved(results: dict[str, dict[str, Any]], numbers: NumberRule | None = None) -> set[str]:
     """The problems (ids) solved as `pool_solved` counts them: some tree holds a trajectory the SFT can use."""
     return {
         problem_id
         for problem_id, result in results.items()
-        if any(sft_trajectories(Tree.from_json(tree)) for tree in result.get("trees", []))
+        if any(sft_trajectories(Tree.from_json(tree), numbers) for tree in result.get("trees", []))
     }
 
 

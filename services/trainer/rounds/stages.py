@@ -34,6 +34,7 @@ from services.trainer.data import PPMConfig, SFTConfig, StepPair, Trajectory, re
 from services.trainer.dispatch import CeleryDispatcher, SearchJob
 from services.trainer.extract import extract
 from services.trainer.rounds import rules
+from services.trainer.rounds.paired import paired
 from services.trainer.rounds.report import write_reports
 from services.trainer.rounds.state import Rounds, RoundState
 from services.trainer.training.launch import Launcher, LocalLauncher
@@ -121,6 +122,7 @@ class RoundContext:
             c.frontier_samples,
             dataset=c.eval_dataset,
             size=c.eval_size,
+            sampled_per_level=c.eval_sampled_per_level,
         )
         results_dir = self.rounds.directory(number) / "eval"
         return evaluate_models(self.store, policy, ppm, plan, heldout, results_dir=results_dir, sandbox=self.sandbox)
@@ -146,7 +148,7 @@ def run_search(context: RoundContext, state: RoundState) -> None:
     state.metrics["search_failed"] = len(outcome.failed)
     if not context.config.unsolved_retries:
         return
-    solved = rules.solved(outcome.results)
+    solved = rules.solved(outcome.results, context.config.numbers)
     first_solved = len(solved)
     for attempt, (rollouts, candidates) in enumerate(context.config.unsolved_retries, start=1):
         # Each pass's problems follow from the stored results, so a resumed round sends the same ones.
@@ -159,7 +161,7 @@ def run_search(context: RoundContext, state: RoundState) -> None:
             break
         job = SearchJob(rules.search_job(state.round, attempt), unsolved)
         retried = context.dispatcher.run(job, functools.partial(context.progress, f"retry {attempt}"))
-        solved |= rules.solved(retried.results)
+        solved |= rules.solved(retried.results, context.config.numbers)
     state.metrics["retried"] = len(pool) - first_solved
     state.metrics["solved_by_retries"] = len(solved) - first_solved
 
@@ -169,7 +171,7 @@ def run_extract(context: RoundContext, state: RoundState) -> None:
         _extract_supplied(context, state)
         return
     trees = context.trees(state.round)
-    data = extract(trees, context.config.pair_margin)
+    data = extract(trees, context.config.pair_margin, context.config.numbers)
     directory = context.rounds.directory(state.round)
     # Held out by problem, not by pair: pairs of one problem share prefixes and would leak into training.
     # The held-out problems' trajectories stay out of the policy's SFT too: the PPM starts from the policy
@@ -189,6 +191,10 @@ def run_extract(context: RoundContext, state: RoundState) -> None:
     state.metrics["pool_solved"] = len(solved) / max(1, len({tree.question for tree in trees}))
     state.metrics["sft_trajectories"] = len(trajectories)
     state.metrics["ppm_pairs"] = len(pairs)
+    # What was not taught, and why (right answers only: a wrong one is never an SFT trajectory).
+    state.metrics["sft_dropped_foreign_number"] = data.dropped.get("foreign number", 0)
+    state.metrics["sft_dropped_code_error"] = data.dropped.get("code error", 0)
+    state.metrics["lone_solutions"] = data.lone
 
 
 def _extract_supplied(context: RoundContext, state: RoundState) -> None:
@@ -357,6 +363,14 @@ def run_evaluate(context: RoundContext, state: RoundState) -> None:
     heldout = step_pairs(context.rounds.accumulated(state.round, "pairs_heldout.jsonl"))
     state.metrics.update(context.evaluate(state.round, state.policy_version, state.ppm_version, heldout))
     state.metrics["heldout_pairs"] = len(heldout)
+    # Problem by problem against the models this round would replace, and against the bootstrap's.
+    here = context.rounds.directory(state.round) / "eval"
+    previous = context.rounds.latest_published(state.round)
+    if previous is not None:
+        state.metrics["paired_previous_round"] = previous.round
+        state.metrics["paired_previous"] = paired(context.rounds.directory(previous.round) / "eval", here)
+        if previous.round != 0:
+            state.metrics["paired_round0"] = paired(context.rounds.directory(0) / "eval", here)
 
 
 def run_publish(context: RoundContext, state: RoundState) -> None:

@@ -79,9 +79,21 @@ def test_a_round_stopped_after_its_search_resumes_and_publishes(stack: tuple[Mod
     assert store.current_name("policy") == resumed.policy_version == "v2"
     assert store.current_name("ppm") == resumed.ppm_version == "v2"
     assert store.get("policy", "v2").lineage.round == 1
-    report = (store.root / "rounds" / "report.md").read_text().splitlines()
-    assert report[0].startswith("| round | MCTS acc |")
-    assert [line.split("|")[1].strip() for line in report[2:]] == ["0", "1"]
+    # Problem by problem against round 0, per level and pooled, with the McNemar test.
+    assert resumed.metrics["paired_previous_round"] == 0
+    for method in ("greedy", "mcts"):
+        pooled = resumed.metrics["paired_previous"][method]["all"]
+        assert pooled["n"] == len(CONFIG.eval_levels) * CONFIG.eval_per_level and 0.0 <= pooled["p"] <= 1.0
+        assert pooled["after"] == pytest.approx(resumed.metrics[f"{method}_accuracy"], abs=1e-4)
+        gain = (pooled["gained"] - pooled["lost"]) / pooled["n"]
+        assert pooled["after"] - pooled["before"] == pytest.approx(gain, abs=1e-3)
+    for key in ("sft_dropped_foreign_number", "sft_dropped_code_error", "lone_solutions"):
+        assert resumed.metrics[key] >= 0
+    report, per_level = (store.root / "rounds" / "report.md").read_text().split("\n\n")
+    lines = report.splitlines()
+    assert lines[0].startswith("| round | MCTS acc |") and "greedy vs previous" in lines[0]
+    assert [line.split("|")[1].strip() for line in lines[2:]] == ["0", "1"]
+    assert per_level.splitlines()[0].startswith("| round | level | greedy |")
     assert (store.root / "rounds" / "progress.png").stat().st_size > 1000
     assert Rounds(store).next_number() == 2
 

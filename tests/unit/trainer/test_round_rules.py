@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from services.common.store import ModelStore
+from services.math.stepfmt import render_answer
 from services.search.engine.mcts import SearchConfig, Tree
 from services.search.protocol import SolveTask
 from services.trainer.config import preset
@@ -107,7 +108,14 @@ class _ScriptedDispatcher:
             self.sent.setdefault(job.job, []).append(problem)
             tree = Tree(problem.question, SearchConfig()).to_json()
             if self.solves(job.job, problem):
-                answer = {"id": 1, "parent": 0, "terminal": True, "reward": 1.0, "answer": "1", "step": "print(1)"}
+                answer = {
+                    "id": 1,
+                    "parent": 0,
+                    "terminal": True,
+                    "reward": 1.0,
+                    "answer": "1",
+                    "step": render_answer("1"),
+                }
                 tree["nodes"].append({**tree["nodes"][0], **answer})
             stored[problem.problem_id] = {"trees": [tree]}
         return SearchOutcome(stored, {})
