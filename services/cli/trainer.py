@@ -101,6 +101,7 @@ def _evolve(args: argparse.Namespace) -> int:
         pool_levels=args.pool_levels,
         seed=args.seed,
         unsolved_retries=args.unsolved_retries,
+        frontier_retries=args.frontier_retries,
         pool_file=str(Path(args.pool_file).resolve()) if args.pool_file else None,
         eval_dataset=_eval_dataset(args.eval_dataset),
         eval_size=args.eval_size,
@@ -225,6 +226,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default=None,
         metavar="R:C[,R:C]",
         help="search the unsolved problems again with R rollouts and C candidates, once per pass (e.g. 64:16,128:16)",
+    )
+    evolve.add_argument(
+        "--frontier-retries",
+        type=_retries,
+        default=None,
+        metavar="R:C[,R:C]",
+        help="search the problems the first search solved only sometimes again with R rollouts and C candidates",
     )
     evolve.add_argument("--seed", type=int, default=None)
     evolve.add_argument("--state-dir", default=".thinkmesh", help="store, broker and logs (default ./.thinkmesh)")

@@ -44,6 +44,11 @@ class RoundConfig:
     # the problems still unsolved: the paper's round 4 gives them 64, then 128 rollouts with 16 candidates. Off
     # here: on 2 cores a pass with more candidates costs several times the first search (docs/results.md).
     unsolved_retries: tuple[tuple[int, int], ...] = ()
+    # Spend the budget at the frontier: the problems the first search solved sometimes — some of its terminals
+    # reached the answer cleanly, some did not — are searched again, once per entry (rollouts, candidates), with a
+    # new seed; the ones it solved every time or never are not. Off by default (docs/results.md measures it
+    # against `unsolved_retries`).
+    frontier_retries: tuple[tuple[int, int], ...] = ()
     # Rounds 1–2: terminal-guided Q; from this round on: PPM-augmented (paper: rounds 3–4).
     ppm_q_from_round: int = 3
     # Consecutive code errors tolerated in round 1 (authors' code: 2).

@@ -119,6 +119,12 @@ def _judged(tree: Tree, numbers: NumberRule | None) -> tuple[list[Trajectory], C
     return [Trajectory(tree.question, tree.steps_of(n.id)) for n in best], dropped
 
 
+def clean_right_terminals(tree: Tree, numbers: NumberRule | None = None) -> list[Node]:
+    """The terminals that reached the right answer with no code error and, under `numbers`, no foreign number."""
+    lucky = _lucky(tree, numbers)
+    return [n for n in tree.terminals() if _right(n) and _clean(tree, n) and n.id not in lucky]
+
+
 def sft_trajectories(tree: Tree, numbers: NumberRule | None = None) -> list[Trajectory]:
     return _judged(tree, numbers)[0]
 

@@ -23,8 +23,12 @@ async def run(**overrides: Any) -> None:
     settings = load_settings(TrainerSettings, **overrides)
     configure_logging(settings.log_format, settings.log_level)
     store = ModelStore()
-    retries = parse_retries(settings.unsolved_retries) or None
-    core = TrainerCore(store, preset(settings.preset, unsolved_retries=retries), make_runner_factory(settings, store))
+    config = preset(
+        settings.preset,
+        unsolved_retries=parse_retries(settings.unsolved_retries) or None,
+        frontier_retries=parse_retries(settings.frontier_retries) or None,
+    )
+    core = TrainerCore(store, config, make_runner_factory(settings, store))
     try:  # the server's own pool and evaluation, checked like a client's
         core.config = replace(
             core.config,

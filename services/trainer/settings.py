@@ -25,6 +25,8 @@ class TrainerSettings(ServerSettings):
     # Searches again what a round's first search did not solve, e.g. "64:16,128:16" (rollouts:candidates per
     # pass, as the paper's round 4); empty: the preset's (none by default).
     unsolved_retries: str = ""
+    # Searches again, in the same form, what a round's first search solved only sometimes (the frontier).
+    frontier_retries: str = ""
     # The user's problems instead of the curriculum, and what rounds are evaluated on: a problem file relative to
     # the store's root (the volume the trainer mounts) or, for the evaluation, a dataset name. StartRound may
     # name others per round.
@@ -62,10 +64,11 @@ class TrainerSettings(ServerSettings):
         self.celery.validate(self)
         require(self.search_in_flight > 0, self, "search_in_flight", "must be at least 1")
         self.training.validate(self)
-        try:
-            parse_retries(self.unsolved_retries)
-        except ValueError as exc:
-            require(False, self, "unsolved_retries", str(exc))
+        for name in ("unsolved_retries", "frontier_retries"):
+            try:
+                parse_retries(getattr(self, name))
+            except ValueError as exc:
+                require(False, self, name, str(exc))
         unknown = sorted(set(self.wait_for) - set(WAITABLE))
         require(not unknown, self, "wait_for", f"unknown {', '.join(unknown)}: name policy, ppm, both or neither")
         require(self.wait_timeout_s > 0, self, "wait_timeout_s", "must be positive")

@@ -53,6 +53,8 @@ CLEAN_COLUMNS = (
 )
 # Shown only when some round searched its unsolved problems again (`unsolved_retries`).
 RETRY_COLUMNS = (("retried", "retried"), ("solved by retries", "solved_by_retries"))
+# Shown only when some round searched the problems its first search solved sometimes again (`frontier_retries`).
+FRONTIER_COLUMNS = (("searched again (frontier)", "frontier_searched"),)
 # Shown only when some round's searches failed after their retries (the round went on without them).
 FAILED_COLUMNS = (("searches failed", "search_failed"),)
 # Shown only when some round left training examples out for their length (over the preset's max_length).
@@ -72,6 +74,9 @@ def markdown_table(states: list[RoundState]) -> str:
     if any("retried" in s.metrics for s in states):
         solved_at = [key for _, key in COLUMNS].index("pool_solved") + 1
         columns = (*COLUMNS[:solved_at], *RETRY_COLUMNS, *COLUMNS[solved_at:])
+    if any("frontier_searched" in s.metrics for s in states):
+        solved_at = [key for _, key in columns].index("pool_solved") + 1
+        columns = (*columns[:solved_at], *FRONTIER_COLUMNS, *columns[solved_at:])
     if any("sft_dropped_foreign_number" in s.metrics for s in states):
         solved_at = [key for _, key in columns].index("pool_solved") + 1
         columns = (*columns[:solved_at], *CLEAN_COLUMNS, *columns[solved_at:])

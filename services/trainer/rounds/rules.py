@@ -23,7 +23,7 @@ from services.search.protocol import SolveTask
 from services.search.results import result_key
 from services.trainer.config import RoundConfig
 from services.trainer.data import Trajectory
-from services.trainer.extract import NumberRule, sft_trajectories
+from services.trainer.extract import NumberRule, clean_right_terminals, sft_trajectories
 
 REPLAY_LEVELS = (1, 2)  # the bootstrap policy's teacher levels
 PPM_REPLAY_LEVELS = (1, 2, 3)  # the bootstrap PPM's levels
@@ -102,6 +102,29 @@ def drawn(problems: Sequence[T], size: int, seed: int) -> list[T]:
 def search_job(number: int, attempt: int) -> str:
     """Where a search of the round keeps its trees: attempt 0 is the pool's, then one per retry."""
     return f"rounds/{number:04d}/" + (f"retry-{attempt}" if attempt else "trees")
+
+
+def frontier_job(number: int, attempt: int) -> str:
+    """Where the round's frontier pass `attempt` (1, 2, …) keeps its trees."""
+    return f"rounds/{number:04d}/frontier-{attempt}"
+
+
+def search_jobs(config: RoundConfig, number: int) -> list[str]:
+    """Every search pass of round `number`: the pool's, each retry of the unsolved, each frontier pass."""
+    retries = [search_job(number, attempt) for attempt in range(len(config.unsolved_retries) + 1)]
+    return retries + [frontier_job(number, attempt) for attempt in range(1, len(config.frontier_retries) + 1)]
+
+
+def sometimes_solved(results: dict[str, dict[str, Any]], numbers: NumberRule | None = None) -> set[str]:
+    """The problems (ids) whose trees reached the answer cleanly on some paths and missed it on others."""
+    chosen = set()
+    for problem_id, result in results.items():
+        trees = [Tree.from_json(tree) for tree in result.get("trees", [])]
+        clean = sum(len(clean_right_terminals(tree, numbers)) for tree in trees)
+        terminals = sum(len(tree.terminals()) for tree in trees)
+        if 0 < clean < terminals:
+            chosen.add(problem_id)
+    return chosen
 
 
 def solved(results: dict[str, dict[str, Any]], numbers: NumberRule | None = None) -> set[str]:

@@ -77,8 +77,8 @@ class RoundContext:
         """Every search pass's trees of round `number` (the pool's and each retry's)."""
         return [
             Tree.from_json(t)
-            for attempt in range(len(self.config.unsolved_retries) + 1)
-            for r in self.dispatcher.results.job(rules.search_job(number, attempt)).values()
+            for job in rules.search_jobs(self.config, number)
+            for r in self.dispatcher.results.job(job).values()
             for t in r.get("trees", [])
         ]
 
@@ -146,6 +146,7 @@ def run_search(context: RoundContext, state: RoundState) -> None:
     outcome = context.dispatcher.run(SearchJob(rules.search_job(state.round, 0), pool), progress)
     # A problem whose search failed after its retries is left out (its trees are missing); the report counts it.
     state.metrics["search_failed"] = len(outcome.failed)
+    _search_frontier(context, state, pool, outcome.results)
     if not context.config.unsolved_retries:
         return
     solved = rules.solved(outcome.results, context.config.numbers)
@@ -164,6 +165,27 @@ def run_search(context: RoundContext, state: RoundState) -> None:
         solved |= rules.solved(retried.results, context.config.numbers)
     state.metrics["retried"] = len(pool) - first_solved
     state.metrics["solved_by_retries"] = len(solved) - first_solved
+
+
+def _search_frontier(
+    context: RoundContext, state: RoundState, pool: list[SolveTask], first: dict[str, dict[str, Any]]
+) -> None:
+    """The frontier passes: the problems the first search solved sometimes, searched again with each pass's budget
+    (chosen from the stored results, so a resumed round sends the same ones)."""
+    passes = context.config.frontier_retries
+    if not passes:
+        return
+    chosen = rules.sometimes_solved(first, context.config.numbers)
+    for attempt, (rollouts, candidates) in enumerate(passes, start=1):
+        problems = [
+            replace(p, rollouts=rollouts, candidates=candidates, seed=p.seed + 500_000 + 1_000 * attempt)
+            for p in pool
+            if p.problem_id in chosen
+        ]
+        if problems:
+            job = SearchJob(rules.frontier_job(state.round, attempt), problems)
+            context.dispatcher.run(job, functools.partial(context.progress, f"frontier {attempt}"))
+    state.metrics["frontier_searched"] = len(chosen)
 
 
 def run_extract(context: RoundContext, state: RoundState) -> None:

@@ -124,6 +124,50 @@ class _ScriptedDispatcher:
         return self.stored.get(name, {})
 
 
+def _terminal(node_id: int, answer: str, right: bool) -> dict[str, Any]:
+    return {
+        "id": node_id,
+        "parent": 0,
+        "step": render_answer(answer),
+        "depth": 1,
+        "terminal": True,
+        "reward": 1.0 if right else -1.0,
+        "answer": answer,
+    }
+
+
+def test_the_problems_solved_only_sometimes_are_searched_again_with_the_frontier_budget(tmp_path: Path) -> None:
+    from services.trainer.config import parse_retries
+
+    class Mixed(_ScriptedDispatcher):
+        """Index % 3: 0 — one path right, one wrong; 1 — both right; 2 — both wrong."""
+
+        def run(self, job: SearchJob, progress: object = None) -> SearchOutcome:
+            stored = self.stored.setdefault(job.job, {})
+            for problem in job.problems:
+                self.sent.setdefault(job.job, []).append(problem)
+                index = int(problem.problem_id.rsplit("-", 1)[1])
+                tree = Tree(problem.question, SearchConfig()).to_json()
+                rights = {0: (True, False), 1: (True, True), 2: (False, False)}[index % 3]
+                for node_id, right in enumerate(rights, start=1):
+                    tree["nodes"].append({**tree["nodes"][0], **_terminal(node_id, "1" if right else "2", right)})
+                stored[problem.problem_id] = {"trees": [tree]}
+            return SearchOutcome(stored, {})
+
+    dispatcher = Mixed(lambda job, problem: False)
+    config = preset("default", pool_size=9, pool_levels=(2,), frontier_retries=parse_retries("16:8"))
+    chosen = RoundRunner(ModelStore(tmp_path), config, dispatcher=dispatcher)  # type: ignore[arg-type]
+    state = RoundState(round=1)
+    run_search(chosen.context, state)
+
+    again = dispatcher.sent["rounds/0001/frontier-1"]
+    assert [int(p.problem_id.rsplit("-", 1)[1]) % 3 for p in again] == [0, 0, 0]
+    assert {(p.rollouts, p.candidates) for p in again} == {(16, 8)}
+    assert {p.seed for p in again}.isdisjoint({p.seed for p in dispatcher.sent["rounds/0001/trees"]})
+    assert state.metrics["frontier_searched"] == 3
+    assert len(chosen.context.trees(1)) == 9 + 3  # the frontier pass's trees reach the extraction
+
+
 def test_unsolved_problems_are_searched_again_with_each_retrys_budget(tmp_path: Path) -> None:
     from services.trainer.config import parse_retries
 
