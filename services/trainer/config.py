@@ -90,9 +90,11 @@ class RoundConfig:
     eval_levels: tuple[int, ...] = (3, 4)
     eval_per_level: int = 300
     eval_rollouts: int = 8
-    # Majority voting and best-of-N (`eval_rollouts` samples each) on the first this many problems of each level
-    # only; None: all. Greedy decoding and MCTS always see every problem: they are what the rounds compare.
-    eval_sampled_per_level: int | None = 50
+    # What an evaluation can afford on 2 cores (its MCTS on 300 level-4 problems took 524 s of a 19-minute one):
+    # greedy decoding on every problem, MCTS on the `eval_mcts_levels` (None: all), majority voting and
+    # best-of-N (`eval_rollouts` samples each) on the first `eval_sampled_per_level` of each level (None: all).
+    eval_mcts_levels: tuple[int, ...] | None = (3,)
+    eval_sampled_per_level: int | None = 30
     frontier_problems: int = 20
     frontier_samples: int = 16
     # Of the pool's problems: their pairs and trajectories are held out, never trained on (PPM or policy).
@@ -143,6 +145,7 @@ PRESETS: dict[str, RoundConfig] = {
         ppm_min_steps=4,
         eval_levels=(1,),
         eval_per_level=4,
+        eval_mcts_levels=None,
         eval_rollouts=2,
         frontier_problems=3,
         frontier_samples=2,
@@ -163,6 +166,7 @@ PRESETS: dict[str, RoundConfig] = {
         ppm_min_steps=20,
         eval_levels=(3,),
         eval_per_level=4,
+        eval_mcts_levels=None,
         eval_rollouts=4,
         frontier_problems=4,
         frontier_samples=4,

@@ -46,9 +46,11 @@ class EvalPlan:
     # `size` problems (the frontier, a curriculum measure, is then not measured).
     dataset: str = ""
     size: int = 100
-    # Majority voting and best-of-N draw `rollouts` samples a problem, several greedy decodes' worth: they run on
-    # the first `sampled_per_level` problems of each level only (None: all), greedy decoding and MCTS on all.
+    # On the curriculum (not a dataset): majority voting and best-of-N draw `rollouts` samples a problem, several
+    # greedy decodes' worth, so they run on the first `sampled_per_level` problems of each level only (None: all);
+    # MCTS, a tree search per problem and most of an evaluation, on the `mcts_levels` only (None: every level).
     sampled_per_level: int | None = None
+    mcts_levels: tuple[int, ...] | None = None
 
 
 def heldout_problems(levels: Sequence[int], per_level: int) -> list[EvalProblem]:
@@ -92,19 +94,28 @@ async def _evaluate(
             local_backends(store, policy_version=policy, ppm_version=ppm, runner=runner)
         )
         per_level: dict[str, float] = {}
+        seconds: dict[str, float] = {}  # each search's wall time (majority voting's samples serve best-of-N too)
         by_method: dict[str, list[ProblemResult]] = {}
         groups: tuple[tuple[EvalMethod, ...], ...] = (("greedy",), SAMPLED, ("mcts",))
         for methods in groups:
             settings = EvalSettings(methods[0]).searching(rollouts=plan.rollouts, candidates=plan.candidates)
-            asked = _sampled_subset(problems, levels, plan.sampled_per_level) if methods == SAMPLED else problems
+            asked = problems
+            if methods == SAMPLED and not plan.dataset:  # a dataset of the user's is evaluated whole
+                asked = _sampled_subset(problems, levels, plan.sampled_per_level)
+            elif methods == ("mcts",) and plan.mcts_levels is not None and not plan.dataset:
+                searched = {i for level in plan.mcts_levels for i in levels.get(f"L{level}", [])}
+                asked = [p for p in problems if p.id in searched]
             for method, (results, summary) in (await evaluate_rules(asked, backends, settings, methods)).items():
                 by_method[method] = results
                 metrics[f"{method}_accuracy"] = summary["accuracy"]
+                seconds[methods[0] if methods == SAMPLED else method] = summary["wall_seconds"]
                 for level, ids in levels.items():
                     wanted = set(ids)
                     scoped = [r for r in results if r.id in wanted]
-                    per_level[f"{method}_{level}"] = sum(r.correct for r in scoped) / max(1, len(scoped))
+                    if scoped:  # a level the method was not run on has no accuracy, not 0
+                        per_level[f"{method}_{level}"] = sum(r.correct for r in scoped) / len(scoped)
         metrics["per_level"] = per_level
+        metrics["eval_seconds"] = seconds
         if results_dir is not None:  # every problem's result: `thinkmesh compare` tells a round's gain from chance
             for name, rows in by_method.items():
                 write_results(results_dir / f"{name}.jsonl", rows)

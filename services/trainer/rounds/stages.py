@@ -123,6 +123,7 @@ class RoundContext:
             dataset=c.eval_dataset,
             size=c.eval_size,
             sampled_per_level=c.eval_sampled_per_level,
+            mcts_levels=c.eval_mcts_levels,
         )
         results_dir = self.rounds.directory(number) / "eval"
         return evaluate_models(self.store, policy, ppm, plan, heldout, results_dir=results_dir, sandbox=self.sandbox)
@@ -391,6 +392,9 @@ def run_evaluate(context: RoundContext, state: RoundState) -> None:
     if previous is not None:
         state.metrics["paired_previous_round"] = previous.round
         state.metrics["paired_previous"] = paired(context.rounds.directory(previous.round) / "eval", here)
+        for method, groups in state.metrics["paired_previous"].items():  # flat, for GetRound's numeric metrics
+            for key in ("gained", "lost", "p"):
+                state.metrics[f"{method}_{key}_vs_previous"] = groups["all"][key]
         if previous.round != 0:
             state.metrics["paired_round0"] = paired(context.rounds.directory(0) / "eval", here)
 

@@ -87,6 +87,8 @@ def test_a_round_stopped_after_its_search_resumes_and_publishes(stack: tuple[Mod
         assert pooled["after"] == pytest.approx(resumed.metrics[f"{method}_accuracy"], abs=1e-4)
         gain = (pooled["gained"] - pooled["lost"]) / pooled["n"]
         assert pooled["after"] - pooled["before"] == pytest.approx(gain, abs=1e-3)
+        assert resumed.metrics[f"{method}_gained_vs_previous"] == pooled["gained"]
+    assert set(resumed.metrics["eval_seconds"]) == {"greedy", "maj", "mcts"}
     for key in ("sft_dropped_foreign_number", "sft_dropped_code_error", "lone_solutions"):
         assert resumed.metrics[key] >= 0
     report, per_level = (store.root / "rounds" / "report.md").read_text().split("\n\n")
