@@ -24,6 +24,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers import DynamicCache
+
+from services.policy.lean import LeanDecoder
+from services.policy.prefix_cache import PrefixCache
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,94 @@ def _draw(
     return tokens, logprobs.gather(1, tokens[:, None]).squeeze(1)
 
 
+@dataclass
+class Prefilled:
+    """Prompts encoded: the model's key/value cache (one row per prompt), each prompt's next-token logits, which
+    cache columns hold real tokens, and the position of each prompt's next token."""
+
+    cache: Any
+    logits: torch.Tensor  # [prompts, vocab], fp32
+    mask: torch.Tensor  # [prompts, columns]
+    next_position: torch.Tensor  # [prompts]
+
+
+def prefill(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, bf16_on_cpu: bool = False
+) -> Prefilled:
+    """Left-padded prompts encoded whole. Positions count real tokens only, so a padded row reads exactly as it
+    would alone."""
+    positions = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_on_cpu):
+        output = model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True, logits_to_keep=1
+        )
+    return Prefilled(
+        getattr(output, _cache_argument(model)), output.logits[:, -1, :].float(), attention_mask, attention_mask.sum(-1)
+    )
+
+
+def prefill_cached(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    cache: PrefixCache,
+    *,
+    pad_id: int,
+    device: torch.device,
+    bf16_on_cpu: bool = False,
+) -> Prefilled:
+    """The prompts encoded from the longest prefix each has in `cache` on (services/policy/prefix_cache.py), and
+    each prompt's keys and values put in the cache for the prompts that will start with it.
+
+    Row i's columns: the cached prefix right-aligned in the first block, then its new tokens right-aligned in the
+    second, padding masked out in both; positions continue from the prefix, so the row reads as if encoded whole.
+    """
+    found = [cache.longest(ids) for ids in prompts]
+    past = max(length for length, _ in found)
+    news = [list(ids[length:]) for ids, (length, _) in zip(prompts, found, strict=True)]
+    width = max(len(new) for new in news)
+    rows = len(prompts)
+    input_ids = torch.full((rows, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((rows, past + width), dtype=torch.long)
+    positions = torch.zeros((rows, width), dtype=torch.long)
+    for row, (new, (length, _)) in enumerate(zip(news, found, strict=True)):
+        input_ids[row, width - len(new) :] = torch.tensor(new)
+        positions[row, width - len(new) :] = torch.arange(length, length + len(new))
+        mask[row, past - length : past] = 1
+        mask[row, past + width - len(new) :] = 1
+    seeded: Any = None
+    if past:
+        template = next(layers for _, layers in found if layers is not None)
+        columns = []
+        for layer, (keys, values) in enumerate(template):
+            shape = (rows, keys.shape[0], past, keys.shape[2])
+            past_keys, past_values = keys.new_zeros(shape), values.new_zeros(shape)
+            for row, (length, layers) in enumerate(found):
+                if layers is not None:
+                    past_keys[row, :, past - length :] = layers[layer][0]
+                    past_values[row, :, past - length :] = layers[layer][1]
+            columns.append((past_keys.to(device), past_values.to(device)))
+        seeded = DynamicCache(ddp_cache_data=columns)
+    mask = mask.to(device)
+    name = _cache_argument(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_on_cpu):
+        output = model(
+            input_ids=input_ids.to(device),
+            attention_mask=mask,
+            position_ids=positions.to(device),
+            use_cache=True,
+            logits_to_keep=1,
+            **({name: seeded} if seeded is not None else {}),
+        )
+    encoded: Any = getattr(output, name)
+    for row, ids in enumerate(prompts):
+        real = mask[row].bool()
+        cache.put(
+            ids,
+            tuple((layer.keys[row][:, real].clone(), layer.values[row][:, real].clone()) for layer in encoded.layers),
+        )
+    return Prefilled(encoded, output.logits[:, -1, :].float(), mask, mask.sum(-1))
+
+
 def sample_candidates(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -88,25 +180,52 @@ def sample_candidates(
     faster in fp32 (docs/benchmarks.md). The prompts' bf16 keys and values become fp32 at the first step's
     concatenation.
     """
-    # Positions count real tokens only, so a left-padded row reads exactly as it would alone.
-    positions = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
+    return sample_from(
+        model,
+        lambda: prefill(model, input_ids, attention_mask, bf16_prefill_on_cpu),
+        counts=counts,
+        max_new_tokens=max_new_tokens,
+        stop_ids=stop_ids,
+        temperature=temperature,
+        top_p=top_p,
+        generator=generator,
+        owners=owners,
+        alive=alive,
+        device=input_ids.device,
+    )
+
+
+def sample_from(
+    model: torch.nn.Module,
+    encode: Callable[[], Prefilled],
+    *,
+    counts: Sequence[int],
+    max_new_tokens: int,
+    stop_ids: Sequence[int],
+    temperature: float,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    owners: Sequence[int] = (),
+    alive: Callable[[int], bool] | None = None,
+    device: torch.device,
+    lean: LeanDecoder | None = None,
+) -> list[Sampled]:
+    """`sample_candidates` from prompts that `encode` encodes (called only if some caller still waits); the
+    one-token steps through `lean` when given (services/policy/lean.py), else through the model's forward pass."""
     rows = sum(counts)
-    wanted = wanted_rows(rows, owners, alive, input_ids.device)
+    wanted = wanted_rows(rows, owners, alive, device)
     if not bool(wanted().any()):
         return [Sampled([], 0.0) for _ in range(rows)]
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_prefill_on_cpu):
-        prefill = model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True, logits_to_keep=1
-        )
+    encoded = encode()
     cache_name = _cache_argument(model)
-    cache: Any = getattr(prefill, cache_name)
-    device = input_ids.device
+    cache: Any = encoded.cache
     # Each prompt's cache and last logits, copied once per candidate.
     copies = torch.repeat_interleave(torch.tensor(list(counts), device=device))
     cache.batch_select_indices(copies)
-    logits = prefill.logits[copies, -1, :].float()
-    mask = attention_mask[copies]
-    next_position = mask.sum(dim=-1)
+    logits = encoded.logits[copies]
+    mask = encoded.mask[copies]
+    next_position = encoded.next_position[copies]
+    state = lean.start(cache, mask, max_new_tokens) if lean is not None else None
 
     token_ids: list[list[int]] = [[] for _ in range(rows)]
     logprobs = [0.0] * rows
@@ -122,8 +241,15 @@ def sample_candidates(
             break
         if not bool(going_on.all()):
             keep = going_on.nonzero().squeeze(1)
-            cache.batch_select_indices(keep)
+            if state is not None:
+                state.select(keep)
+            else:
+                cache.batch_select_indices(keep)
             live, tokens, mask, next_position = live[keep], tokens[keep], mask[keep], next_position[keep]
+        if lean is not None and state is not None:
+            logits = lean.step(state, tokens, next_position)
+            next_position = next_position + 1
+            continue
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
         output = model(
             input_ids=tokens[:, None],

@@ -30,7 +30,7 @@ from services.common.errors import InvalidInput
 from services.common.store import prompt_format_of
 from services.math import stepfmt
 from services.math.prompting import PromptRenderer
-from services.policy.decoding import sample_candidates, wanted_rows
+from services.policy.decoding import Prefilled, prefill, prefill_cached, sample_from, wanted_rows
 from services.policy.engine import (
     NO_ROOM,
     GeneratedStep,
@@ -39,6 +39,8 @@ from services.policy.engine import (
     classify_end,
     cut_at_stop,
 )
+from services.policy.lean import LeanDecoder
+from services.policy.prefix_cache import PrefixCache
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,8 @@ class HFEngine:
         device: str = "auto",
         batch_window_ms: float = 5.0,
         max_batch_sequences: int = 64,
+        prefix_cache_mb: int = 0,
+        lean_decoding: bool = False,
     ) -> None:
         self._version = version
         self.device = pick_device(device)
@@ -101,6 +105,15 @@ class HFEngine:
         # On CPUs with bf16 units, bf16 autocast speeds up encoding prompts (see decoding.py); weights stay fp32.
         self._autocast = self.device == "cpu" and cpu_supports_bf16()
         self._stop_ids = self._single_token_stops()
+        # One-token steps without transformers' per-call framework (services/policy/lean.py; None where the model
+        # is not one it reproduces, e.g. on a GPU or in bf16).
+        self.lean = LeanDecoder.of(self.model) if lean_decoding else None
+        # Prompts already encoded, so a child's prompt encodes only its new step (our sampling loop only).
+        self.prefix_cache = (
+            PrefixCache(prefix_cache_mb << 20, boundary=self.renderer.newline_ids[-1])
+            if prefix_cache_mb > 0 and self._stop_ids is not None
+            else None
+        )
         self.max_positions = int(getattr(self.model.config, "max_position_embeddings", 4096))
         self.batcher: MicroBatcher[_Request, list[list[GeneratedStep]]] = MicroBatcher(
             self._generate_group,
@@ -161,13 +174,17 @@ class HFEngine:
 
     def _encode(self, prompts: list[tuple[int, ...]], max_new_tokens: int) -> tuple[dict[str, torch.Tensor], int]:
         encoded = self.tokenizer.pad({"input_ids": [list(ids) for ids in prompts]}, padding=True, return_tensors="pt")
-        prompt_length = encoded["input_ids"].shape[1]
+        budget = self._budget(encoded["input_ids"].shape[1], max_new_tokens)
+        return {name: tensor.to(self.device) for name, tensor in encoded.items()}, budget
+
+    def _budget(self, prompt_length: int, max_new_tokens: int) -> int:
+        """New tokens the longest prompt leaves room for in the model's context."""
         budget = min(max_new_tokens, self.max_positions - prompt_length)
         if budget <= 0:
             raise InvalidInput(
                 f"prompt is {prompt_length} tokens; the model's context is {self.max_positions}: no room to generate"
             )
-        return {name: tensor.to(self.device) for name, tensor in encoded.items()}, budget
+        return budget
 
     def _sample(
         self, prompts: list[_Prompt], params: SamplingParams, seed: int | None, alive: Callable[[int], bool]
@@ -182,22 +199,35 @@ class HFEngine:
         owners = [
             prompts[index].owner for indices in asking.values() for index in indices for _ in range(prompts[index].n)
         ]
-        encoded, budget = self._encode(list(asking), params.max_new_tokens)
+        distinct = list(asking)
+        budget = self._budget(max(len(ids) for ids in distinct), params.max_new_tokens)
         generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
+        device = torch.device(self.device)
+        cache = self.prefix_cache
+
+        def encode() -> Prefilled:
+            if cache is not None:
+                pad = int(self.tokenizer.pad_token_id)
+                return prefill_cached(
+                    self.model, distinct, cache, pad_id=pad, device=device, bf16_on_cpu=self._autocast
+                )
+            encoded, _ = self._encode(distinct, params.max_new_tokens)
+            return prefill(self.model, encoded["input_ids"], encoded["attention_mask"], self._autocast)
+
         with torch.inference_mode():
-            sampled = sample_candidates(
+            sampled = sample_from(
                 self.model,
-                encoded["input_ids"],
-                encoded["attention_mask"],
+                encode,
                 counts=counts,
                 max_new_tokens=budget,
                 stop_ids=self._stop_ids or [],
                 temperature=params.temperature,
                 top_p=params.top_p,
                 generator=generator,
-                bf16_prefill_on_cpu=self._autocast,
                 owners=owners,
                 alive=alive,
+                device=device,
+                lean=self.lean,
             )
         # A distinct prompt's rows are consecutive: hand them out, n at a time, to the prompts that asked.
         rows = iter(sampled)

@@ -44,6 +44,8 @@ def engine_loader(settings: PolicySettings, store: ModelStore):  # type: ignore[
             device=settings.device,
             batch_window_ms=settings.batch_window_ms,
             max_batch_sequences=settings.max_batch_sequences,
+            prefix_cache_mb=settings.prefix_cache_mb,
+            lean_decoding=settings.lean_decoding,
         )
 
     async def load(name: str) -> GenerationEngine:

@@ -45,6 +45,13 @@ class PolicySettings(ServerSettings):
     max_temperature: float = MAX_TEMPERATURE
     batch_window_ms: float = 5.0
     max_batch_sequences: int = 64
+    # The hf backend keeps the keys and values of prompts it encoded, up to this many MiB, so a search node's
+    # children encode only their new step (services/policy/prefix_cache.py); 0 turns it off. vLLM has its own
+    # (prefix caching).
+    prefix_cache_mb: int = 256
+    # The hf backend decodes one-token steps of a Qwen2 model on the CPU without transformers' forward pass
+    # (services/policy/lean.py: the same arithmetic, a fraction of the operator calls); false keeps the forward pass.
+    lean_decoding: bool = True
     # How often the store's current pointer is checked for a new version.
     reload_interval_s: float = 5.0
     # How a new current version takes over (services/common/hot_reload.py): "swap" loads it beside the live model
@@ -90,6 +97,7 @@ class PolicySettings(ServerSettings):
         )
         require(0 < self.max_temperature < float("inf"), self, "max_temperature", "must be a positive number")
         require(self.batch_window_ms >= 0, self, "batch_window_ms", "must not be negative")
+        require(self.prefix_cache_mb >= 0, self, "prefix_cache_mb", "must not be negative")
         if self.backend == "vllm":
             self.vllm.check(self)
         require(

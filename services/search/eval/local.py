@@ -29,6 +29,7 @@ async def local_backends(
     from services.common.errors import NotReady
     from services.common.settings import load_settings
     from services.policy.hf_engine import HFEngine
+    from services.policy.settings import PolicySettings
     from services.ppm.scorer import HFScorer
     from services.sandbox.executor import SandboxExecutor
     from services.sandbox.settings import SandboxSettings
@@ -37,7 +38,14 @@ async def local_backends(
     ppm = store.get("ppm", ppm_version) if ppm_version else store.current("ppm")
     if policy is None or ppm is None:
         raise NotReady(f"the store at {store.root} has no current policy and PPM: run `thinkmesh bootstrap`")
-    engine = HFEngine(policy.path, policy.version, max_batch_sequences=128)
+    decoding = load_settings(PolicySettings)  # THINKMESH_POLICY_PREFIX_CACHE_MB, THINKMESH_POLICY_LEAN_DECODING
+    engine = HFEngine(
+        policy.path,
+        policy.version,
+        max_batch_sequences=128,
+        prefix_cache_mb=decoding.prefix_cache_mb,
+        lean_decoding=decoding.lean_decoding,
+    )
     scorer = HFScorer(ppm.path, ppm.version, max_batch=64)
     executor = SandboxExecutor(load_settings(SandboxSettings)) if runner is None else None
     if executor is not None:

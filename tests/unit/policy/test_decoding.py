@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -9,9 +10,11 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from services.common.store import ModelStore
-from services.policy.decoding import filter_logits, sample_candidates
+from services.policy.decoding import filter_logits, prefill, prefill_cached, sample_candidates, sample_from
 from services.policy.engine import SamplingParams, StepPrompt
 from services.policy.hf_engine import HFEngine, _Request
+from services.policy.lean import LeanDecoder
+from services.policy.prefix_cache import PrefixCache
 from support.tiny_models import QUESTION, STEPS, publish_micro_models
 
 
@@ -166,3 +169,97 @@ def test_a_cuda_device_takes_cudnn_out_of_the_attention_backends() -> None:
         assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
     finally:
         torch.backends.cuda.enable_cudnn_sdp(before)
+
+
+def test_prompts_encoded_from_cached_prefixes_decode_what_whole_prompts_do(lively_model: Qwen2ForCausalLM) -> None:
+    boundary = 5  # the token that ends a step: cached prompts are looked up at the positions after it
+    parents = [(10, 11, 12, 13, boundary), (20, 21, boundary), (30, 31, 32, boundary, 33, 34, boundary)]
+    children = [
+        (*parents[0], 40, 41, 42, boundary),  # a parent's prompt plus a step
+        (*parents[2], 43, boundary),
+        (*parents[2], 44, 45, 46, 47, 48, boundary),  # two children of one parent, of different lengths
+        (50, 51, 52, boundary),  # no cached prefix at all
+        parents[1],  # a prompt asked again: encoded again (a cached prompt serves the longer ones only)
+    ]
+    cache = PrefixCache(1 << 20, boundary=boundary)
+
+    def whole(prompts: list[tuple[int, ...]]) -> list[tuple[list[int], float]]:
+        width = max(map(len, prompts))
+        input_ids = torch.zeros((len(prompts), width), dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, ids in enumerate(prompts):
+            input_ids[row, width - len(ids) :], mask[row, width - len(ids) :] = torch.tensor(ids), 1
+        with torch.inference_mode():
+            rows = sample_candidates(
+                lively_model, input_ids, mask, counts=[2] * len(prompts), max_new_tokens=8, stop_ids=[0], temperature=0
+            )
+        return [(r.token_ids, r.logprob) for r in rows]
+
+    def cached(prompts: list[tuple[int, ...]]) -> list[tuple[list[int], float]]:
+        with torch.inference_mode():
+            rows = sample_from(
+                lively_model,
+                lambda: prefill_cached(lively_model, prompts, cache, pad_id=63, device=torch.device("cpu")),
+                counts=[2] * len(prompts),
+                max_new_tokens=8,
+                stop_ids=[0],
+                temperature=0,
+                device=torch.device("cpu"),
+            )
+        return [(r.token_ids, r.logprob) for r in rows]
+
+    for prompts in (parents, children):
+        expected, got = whole(list(prompts)), cached(list(prompts))
+        assert [ids for ids, _ in got] == [ids for ids, _ in expected]
+        assert [lp for _, lp in got] == pytest.approx([lp for _, lp in expected], abs=1e-4)
+    # The children reused their parents' 5 + 7 + 7 tokens; nothing else.
+    assert cache.stats.tokens_reused == 5 + 7 + 7
+    assert cache.stats.hits == 3 and len(cache) == len(parents) + 4
+
+
+def test_the_prefix_cache_stays_within_its_bytes_dropping_the_least_recently_used() -> None:
+    def layers(tokens: int) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+        return ((torch.zeros(1, tokens, 4), torch.zeros(1, tokens, 4)),)  # 32 bytes a token
+
+    cache = PrefixCache(max_bytes=32 * 9, boundary=None)
+    cache.put((1, 2, 3), layers(3))
+    cache.put((4, 5, 6), layers(3))
+    assert cache.longest((1, 2, 3, 9)) == (3, cache._entries[(1, 2, 3)])  # (1, 2, 3) is now the most recent
+    cache.put((7, 8, 9, 10), layers(4))  # 10 tokens in all, over 9: the oldest, (4, 5, 6), goes
+    assert cache.longest((4, 5, 6, 9))[0] == 0 and cache.longest((7, 8, 9, 10, 11))[0] == 4
+    assert cache.bytes == 32 * 7
+    cache.put((0,) * 11, layers(11))  # larger than the whole cache: not kept
+    assert cache.bytes == 32 * 7
+
+
+def test_lean_steps_decode_what_the_models_forward_pass_does(lively_model: Qwen2ForCausalLM) -> None:
+    lean = LeanDecoder.of(lively_model)
+    assert lean is not None
+    lengths = (9, 4, 6)
+    input_ids = torch.zeros((3, 9), dtype=torch.long)
+    attention_mask = torch.zeros((3, 9), dtype=torch.long)
+    for row, length in enumerate(lengths):
+        input_ids[row, 9 - length :] = torch.randint(10, 64, (length,), generator=torch.Generator().manual_seed(row))
+        attention_mask[row, 9 - length :] = 1
+
+    def run(decoder: LeanDecoder | None, temperature: float) -> list[tuple[list[int], float]]:
+        with torch.inference_mode():
+            rows = sample_from(
+                lively_model,
+                lambda: prefill(lively_model, input_ids, attention_mask),
+                counts=[3, 1, 2],
+                max_new_tokens=16,
+                stop_ids=list(range(6)),
+                temperature=temperature,
+                generator=torch.Generator().manual_seed(7),
+                device=torch.device("cpu"),
+                lean=decoder,
+            )
+        return [(r.token_ids, r.logprob) for r in rows]
+
+    for temperature in (0.0, 1.0):
+        ours, theirs = run(lean, temperature), run(None, temperature)
+        assert [ids for ids, _ in ours] == [ids for ids, _ in theirs]
+        assert [lp for _, lp in ours] == pytest.approx([lp for _, lp in theirs], abs=1e-4)
+        assert len({len(ids) for ids, _ in ours}) > 1, "rows should leave the batch at different steps"
+    assert LeanDecoder.of(copy.deepcopy(lively_model).to(torch.bfloat16)) is None  # only what it reproduces exactly
