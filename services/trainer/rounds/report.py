@@ -138,8 +138,11 @@ def plot(states: list[RoundState], path: Path) -> None:
         for level in levels:
             for method, style in (("greedy", "--"), ("mcts", "-")):
                 values = [(s.metrics.get("per_level") or {}).get(f"{method}_{level}") for s in states]
+                if all(v is None for v in values):
+                    continue  # a method not run on this level (MCTS on level 4 by default) has no line, not zeros
                 label = f"{'MCTS' if method == 'mcts' else method}, {level}"
-                axis.plot(rounds, [v or 0.0 for v in values], style, marker="o", label=label)
+                points = [float("nan") if v is None else v for v in values]
+                axis.plot(rounds, points, style, marker="o", label=label)
         ylabel = "held-out accuracy by level"
     else:
         for label, key in COLUMNS[:4]:
