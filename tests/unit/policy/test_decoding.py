@@ -63,14 +63,19 @@ def lively_model() -> Qwen2ForCausalLM:
     return Qwen2ForCausalLM(config).eval()
 
 
-def test_greedy_decoding_matches_generate_row_for_row(lively_model: Qwen2ForCausalLM) -> None:
-    # Prompts of different lengths (left padding) and stop tokens common enough that rows end at different steps.
-    lengths = (9, 4, 6)
+def _ragged_prompts() -> tuple[torch.Tensor, torch.Tensor]:
+    """Three left-padded prompts of 9, 4 and 6 random tokens."""
     input_ids = torch.zeros((3, 9), dtype=torch.long)
     attention_mask = torch.zeros((3, 9), dtype=torch.long)
-    for row, length in enumerate(lengths):
+    for row, length in enumerate((9, 4, 6)):
         input_ids[row, 9 - length :] = torch.randint(10, 64, (length,), generator=torch.Generator().manual_seed(row))
         attention_mask[row, 9 - length :] = 1
+    return input_ids, attention_mask
+
+
+def test_greedy_decoding_matches_generate_row_for_row(lively_model: Qwen2ForCausalLM) -> None:
+    # Prompts of different lengths (left padding) and stop tokens common enough that rows end at different steps.
+    input_ids, attention_mask = _ragged_prompts()
     stop_ids = list(range(8))
     with torch.inference_mode():
         ours = sample_candidates(
@@ -235,12 +240,7 @@ def test_the_prefix_cache_stays_within_its_bytes_dropping_the_least_recently_use
 def test_lean_steps_decode_what_the_models_forward_pass_does(lively_model: Qwen2ForCausalLM) -> None:
     lean = LeanDecoder.of(lively_model)
     assert lean is not None
-    lengths = (9, 4, 6)
-    input_ids = torch.zeros((3, 9), dtype=torch.long)
-    attention_mask = torch.zeros((3, 9), dtype=torch.long)
-    for row, length in enumerate(lengths):
-        input_ids[row, 9 - length :] = torch.randint(10, 64, (length,), generator=torch.Generator().manual_seed(row))
-        attention_mask[row, 9 - length :] = 1
+    input_ids, attention_mask = _ragged_prompts()
 
     def run(decoder: LeanDecoder | None, temperature: float) -> list[tuple[list[int], float]]:
         with torch.inference_mode():
