@@ -34,45 +34,28 @@ def main() -> None:
     tokens = torch.randint(5, model.config.vocab_size, (args.rows,))
     with torch.inference_mode():
 
-        def hf_steps(steps: int) -> int:
+        def hf_step() -> int:
             encoded = prefill(model, ids, mask)
-            grown, position = mask, torch.full((args.rows,), args.prompt)
-            calls = 0
-            for _ in range(steps):
-                grown = torch.cat([grown, grown.new_ones((args.rows, 1))], dim=1)
-                with profile(activities=[ProfilerActivity.CPU]) if steps == 1 else _nothing() as prof:
-                    model(
-                        input_ids=tokens[:, None],
-                        attention_mask=grown,
-                        position_ids=position[:, None],
-                        use_cache=True,
-                        **{_cache_argument(model): encoded.cache},
-                    )
-                position = position + 1
-                calls = sum(e.count for e in prof.key_averages()) if steps == 1 else 0
-            return calls
-
-        def lean_steps(steps: int) -> int:
-            state = lean.start(prefill(model, ids, mask).cache, mask, steps)
+            grown = torch.cat([mask, mask.new_ones((args.rows, 1))], dim=1)
             position = torch.full((args.rows,), args.prompt)
-            calls = 0
-            for _ in range(steps):
-                with profile(activities=[ProfilerActivity.CPU]) if steps == 1 else _nothing() as prof:
-                    lean.step(state, tokens, position)
-                position = position + 1
-                calls = sum(e.count for e in prof.key_averages()) if steps == 1 else 0
-            return calls
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                model(
+                    input_ids=tokens[:, None],
+                    attention_mask=grown,
+                    position_ids=position[:, None],
+                    use_cache=True,
+                    **{_cache_argument(model): encoded.cache},
+                )
+            return sum(e.count for e in prof.key_averages())
 
-        for name, run in (("transformers", hf_steps), ("lean", lean_steps)):
-            print(f"{name:<13} {run(1):>5} operator calls a step")
+        def lean_step() -> int:
+            state = lean.start(prefill(model, ids, mask).cache, mask, 1)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                lean.step(state, tokens, torch.full((args.rows,), args.prompt))
+            return sum(e.count for e in prof.key_averages())
 
-
-class _nothing:
-    def __enter__(self) -> _nothing:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+        for name, count in (("transformers", hf_step), ("lean", lean_step)):
+            print(f"{name:<13} {count():>5} operator calls a step")
 
 
 if __name__ == "__main__":

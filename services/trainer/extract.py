@@ -47,7 +47,7 @@ class NumberRule:
             if step.startswith(stepfmt.OUTPUT_START):
                 known |= set(_NUMBER.findall(step))
                 continue
-            if not stepfmt.written_by_policy(step) or step.startswith(stepfmt.ANSWER_START):
+            if step.startswith(stepfmt.ANSWER_START):
                 continue
             code = "\n".join(line.split("#", 1)[0] for line in step.splitlines())
             foreign += [n for n in _NUMBER.findall(code) if _canonical(n) not in known and n not in known]
@@ -103,10 +103,9 @@ def _outcomes(tree: Tree, lucky: set[int]) -> dict[int, tuple[bool, bool]]:
     return result
 
 
-def _judged(tree: Tree, numbers: NumberRule | None) -> tuple[list[Trajectory], Counter[str]]:
+def _judged(tree: Tree, lucky: set[int]) -> tuple[list[Trajectory], Counter[str]]:
     """The tree's SFT trajectories, and how many right ones each rule left out."""
     dropped: Counter[str] = Counter()
-    lucky = _lucky(tree, numbers)
     correct = []
     for node in (n for n in tree.terminals() if _right(n)):
         if not _clean(tree, node):
@@ -126,7 +125,7 @@ def clean_right_terminals(tree: Tree, numbers: NumberRule | None = None) -> list
 
 
 def sft_trajectories(tree: Tree, numbers: NumberRule | None = None) -> list[Trajectory]:
-    return _judged(tree, numbers)[0]
+    return _judged(tree, _lucky(tree, numbers))[0]
 
 
 def lone(tree: Tree, least_wrong: int = 3) -> bool:
@@ -137,7 +136,10 @@ def lone(tree: Tree, least_wrong: int = 3) -> bool:
 
 
 def step_pairs(tree: Tree, margin: float = 0.5, numbers: NumberRule | None = None) -> list[StepPair]:
-    lucky = _lucky(tree, numbers)
+    return _pairs(tree, margin, _lucky(tree, numbers))
+
+
+def _pairs(tree: Tree, margin: float, lucky: set[int]) -> list[StepPair]:
     outcomes = _outcomes(tree, lucky)
     mode = tree.config.q_mode
     pairs: list[StepPair] = []
@@ -168,10 +170,12 @@ def extract(trees: Iterable[Tree], margin: float = 0.5, numbers: NumberRule | No
     trees = list(trees)
     trajectories: list[Trajectory] = []
     dropped: Counter[str] = Counter()
+    pairs: list[StepPair] = []
     for tree in trees:
-        kept, left_out = _judged(tree, numbers)
+        lucky = _lucky(tree, numbers)  # once a tree: it reads every right terminal's program
+        kept, left_out = _judged(tree, lucky)
         trajectories += kept
         dropped += left_out
-    pairs = [p for tree in trees for p in step_pairs(tree, margin, numbers)]
+        pairs += _pairs(tree, margin, lucky)
     lone_trees = sum(lone(tree) for tree in trees if any(_right(n) for n in tree.terminals()))
     return Extracted(trajectories, pairs, solved=bool(trajectories), dropped=dict(dropped), lone=lone_trees)
