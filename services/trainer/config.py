@@ -58,7 +58,8 @@ class RoundConfig:
     # earlier output nor `sound_constants` gives is right by luck (services/trainer/extract.py `NumberRule`), and
     # neither SFT nor the PPM's pairs take it as right. The constants are what the curriculum's own teacher
     # solutions use unstated (100 for percentages, 2 and 4 legs); real problem sets need units and the like, so
-    # the rstar presets turn the rule off.
+    # the rule holds for the curriculum only: a `pool_file` of the user's problems turns it off, as do the rstar
+    # presets.
     number_rule: bool = True
     sound_constants: tuple[str, ...] = ("2", "4", "100")
     # Policy SFT from the round-0 model on every round's trajectories so far, each repeated `sft_weight` times,
@@ -113,8 +114,8 @@ class RoundConfig:
 
     @property
     def numbers(self) -> NumberRule | None:
-        """The rule that tells a clean solution from a lucky one, or None when it is off."""
-        return NumberRule(frozenset(self.sound_constants)) if self.number_rule else None
+        """The rule that tells a clean solution from a lucky one, or None when it is off (or the pool is the user's)."""
+        return NumberRule(frozenset(self.sound_constants)) if self.number_rule and not self.pool_file else None
 
     def supplied(self, number: int) -> bool:
         """Whether round `number` trains on the supplied trajectories instead of searching."""

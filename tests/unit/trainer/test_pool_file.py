@@ -131,3 +131,13 @@ def test_supplied_trajectories_are_read_in_the_step_format(tmp_path: Path) -> No
     broken.write_text(json.dumps({"question": "q", "steps": ["x = 1"]}) + "\n")
     with pytest.raises(InvalidInput, match="not in the step format"):
         read_trajectories(broken)
+
+
+def test_the_number_rule_judges_the_curriculum_only(tmp_path: Path) -> None:
+    # Its constants are the curriculum's: a user's problem "Natalia sold 48 clips..." is answered with numbers it
+    # never states (12 months, 60 minutes), so a pool file turns the rule off, as the rstar presets do.
+    config = preset("tiny")
+    rule = config.numbers
+    assert rule is not None and rule.foreign("Half of 10?", ["x = 10 / 3\n<end_of_step>"]) == ["3"]
+    assert replace(config, pool_file=str(tmp_path / "mine.jsonl")).numbers is None
+    assert preset("rstar-r2").numbers is None
