@@ -109,12 +109,20 @@ def _solve(args: argparse.Namespace) -> int:
 
 
 def load_problems(args: argparse.Namespace) -> list[Any]:
+    from services.common.errors import InvalidInput
     from services.search.eval.evaluate import EvalProblem
 
     if args.dataset == "curriculum":
         from services.math.curriculum import generate
+        from services.math.curriculum.rephrase import rephrasing
 
-        return [EvalProblem(p.id, p.question, p.answer, p.shape) for p in generate(args.level, args.n, seed=args.seed)]
+        generated = generate(args.level, args.n, seed=args.seed)
+        if args.rephrase:  # only the problems it says another way, under their own ids (`thinkmesh compare`)
+            said = rephrasing(args.rephrase)
+            generated = [r for p in generated if (r := said.problem(p)).question != p.question]
+        return [EvalProblem(p.id, p.question, p.answer, p.shape) for p in generated]
+    if args.rephrase:
+        raise InvalidInput("--rephrase rewrites curriculum problems: use it with --dataset curriculum")
     from services.math.datasets import load_problems as load
 
     problems = [EvalProblem(p.id, p.question, p.answer) for p in load(args.dataset)]
@@ -329,6 +337,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     evaluation.add_argument("--level", type=int, default=1)
     evaluation.add_argument("--n", type=int, default=100)
     evaluation.add_argument("--seed", type=int, default=12345, help="curriculum seed (held out from training seeds)")
+    evaluation.add_argument(
+        "--rephrase",
+        choices=("taught", "held-out"),
+        default=None,
+        help="curriculum: only the problems these rephrasings say another way (held-out: wordings never trained on)",
+    )
     evaluation.add_argument(
         "--preset",
         choices=("rstar-eval",),

@@ -72,6 +72,8 @@ class RoundConfig:
         default_factory=lambda: SFTConfig(max_steps=500, batch_size=16, learning_rate=2e-4, warmup_steps=20)
     )
     sft_replay: int = 1000
+    # Of the replay, the share said another way, as in the bootstrap's data (`BootstrapConfig.rephrased`).
+    replay_rephrased: float = 0.5
     sft_weight: int = 3
     sft_epochs: float = 2.0
     sft_min_steps: int = 100

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from services.common.errors import InvalidInput
 from services.math.curriculum import generate
+from services.math.curriculum.rephrase import teacher_problems
 from services.math.datasets import Problem, read_problem_file
 from services.search.engine.mcts import Tree
 from services.search.protocol import SolveTask
@@ -144,7 +145,9 @@ def sft_mix(config: RoundConfig, number: int, searched: list[Trajectory]) -> tup
     replay = [
         Trajectory(p.question, tuple(p.solution))
         for level in REPLAY_LEVELS
-        for p in generate(level, replayed // len(REPLAY_LEVELS), seed=c.seed + 31 * number + level)
+        for p in teacher_problems(
+            level, replayed // len(REPLAY_LEVELS), c.seed + 31 * number + level, c.replay_rephrased
+        )
     ]
     trajectories = searched * c.sft_weight + replay
     steps = scaled_steps(len(trajectories), c.sft_epochs, c.sft.batch_size, c.sft_min_steps, c.sft.max_steps)
