@@ -132,13 +132,17 @@ def _evolve(args: argparse.Namespace) -> int:
             config = replace(config, teacher_target=stack.start_teacher(args.teacher, model=args.teacher_model))
         factory = make_runner_factory(local_trainer_settings(stack), store, progress=bars, stop_after=args.stop_after)
         rounds = Rounds(store)
-        for _ in tqdm(range(args.rounds), desc="rounds"):
+        # Up to round `--rounds`: the same command run again resumes an interrupted round and adds none.
+        bar = tqdm(total=rounds.to_run(args.rounds), desc="rounds")
+        while rounds.to_run(args.rounds):
             runner: RoundRunner = factory(replace(config))
             state = runner.run()
             bars.close()
+            bar.update()
             print(f"round {state.round}: {state.state} ({state.message or 'ok'})", file=sys.stderr)
             if state.state == "failed" or args.stop_after:
                 break
+        bar.close()
         print(markdown_table(rounds.states()))
         print(f"report: {store.root / 'rounds' / 'report.md'}, plot: {store.root / 'rounds' / 'progress.png'}")
     except KeyboardInterrupt:
@@ -170,7 +174,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     boot.set_defaults(func=_bootstrap)
 
     evolve = sub.add_parser("evolve", help="run self-evolution rounds on this machine (resumable)")
-    evolve.add_argument("--rounds", type=int, default=3)
+    evolve.add_argument(
+        "--rounds", type=int, default=3, help="run the rounds up to this one (default 3); a rerun resumes"
+    )
     evolve.add_argument(
         "--preset",
         choices=("default", "demo", "tiny", "rstar-r1", "rstar-r2", "rstar-r3", "rstar-r4"),

@@ -125,6 +125,10 @@ class Rounds:
             return numbers[-1] + 1
         return 1
 
+    def to_run(self, last: int) -> int:
+        """How many rounds are still to run, up to round `last`: an unfinished one counts, a finished one not."""
+        return max(0, last - self.next_number() + 1)
+
     def latest_published(self, number: int) -> RoundState | None:
         """The latest round before `number` whose candidates were published (round 0: the bootstrap's)."""
         for n in range(number - 1, -1, -1):

@@ -31,6 +31,20 @@ def test_the_pool_sits_around_the_latest_published_frontier(tmp_path: Path) -> N
     assert runner(tmp_path).context.pool_levels(4) == (4, 5, 5, 5)  # clipped to the curriculum's levels
 
 
+def test_evolve_runs_rounds_up_to_the_last_and_a_rerun_only_resumes(tmp_path: Path) -> None:
+    rounds = Rounds(ModelStore(tmp_path))
+    assert rounds.to_run(3) == 3  # a fresh store: rounds 1, 2 and 3
+    rounds.save(RoundState(round=0, state="succeeded"))
+    rounds.save(RoundState(round=1, state="succeeded"))
+    rounds.save(RoundState(round=2, state="running"))  # interrupted: run again, not counted as done
+    assert rounds.to_run(3) == 2
+    rounds.save(RoundState(round=2, state="rejected"))  # finished, though not published
+    rounds.save(RoundState(round=3, state="failed"))  # resumable
+    assert rounds.to_run(3) == 1
+    rounds.save(RoundState(round=3, state="succeeded"))
+    assert rounds.to_run(3) == 0 and rounds.to_run(5) == 2
+
+
 def test_configured_pool_levels_win_and_weight_by_repetition(tmp_path: Path) -> None:
     chosen = runner(tmp_path, pool_levels=(2, 3, 3), pool_size=9)
     pool = chosen.context.pool(1)
