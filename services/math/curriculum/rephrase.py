@@ -91,52 +91,52 @@ def move_the_particle(parts: list[str], rng: random.Random) -> list[str]:
     return [*parts[:i], moved, *parts[i + 1 :]]
 
 
-def _ask(parts: list[str], rng: random.Random, forms: Sequence[str]) -> list[str]:
-    asked = _HOW_MANY_HAVE.match(parts[-1])
-    if asked is None:
-        return parts
-    noun, who = asked.groups()
-    form = rng.choice(forms)
-    return [*parts[:-1], form.format(noun=noun, who=who)]
+def asking(*forms: str) -> Rule:
+    """A rule that asks "How many marbles does Mia have now?" in one of `forms` ({noun}, {who})."""
+
+    def ask(parts: list[str], rng: random.Random) -> list[str]:
+        asked = _HOW_MANY_HAVE.match(parts[-1])
+        if asked is None:
+            return parts
+        noun, who = asked.groups()
+        return [*parts[:-1], rng.choice(forms).format(noun=noun, who=who)]
+
+    return ask
 
 
-def ask_another_way(parts: list[str], rng: random.Random) -> list[str]:
-    """Asks another way: "How many marbles does Mia have now?" -> "How many are left?", "... end up with?", ..."""
-    return _ask(
-        parts,
-        rng,
-        (
-            "How many {noun} are left?",
-            "How many are left?",
-            "How many {noun} does {who} have left?",
-            "How many {noun} does {who} end up with?",
-            "How many {noun} are there now?",
-        ),
-    )
+ask_another_way = asking(
+    "How many {noun} are left?",
+    "How many are left?",
+    "How many {noun} does {who} have left?",
+    "How many {noun} does {who} end up with?",
+    "How many {noun} are there now?",
+)
 
 
-def _swap(parts: list[str], rng: random.Random, words: dict[str, Sequence[str]]) -> list[str]:
-    spots = [(i, w) for i, s in enumerate(parts) for w in words if re.search(rf"\b{w}\b", s)]
-    if not spots:
-        return parts
-    i, word = rng.choice(spots)
-    return [*parts[:i], re.sub(rf"\b{word}\b", rng.choice(words[word]), parts[i], count=1), *parts[i + 1 :]]
+def swapping(words: dict[str, Sequence[str]]) -> Rule:
+    """A rule that says one of `words` (a verb or a link word) another way."""
+
+    def swap(parts: list[str], rng: random.Random) -> list[str]:
+        spots = [(i, w) for i, s in enumerate(parts) for w in words if re.search(rf"\b{w}\b", s)]
+        if not spots:
+            return parts
+        i, word = rng.choice(spots)
+        return [*parts[:i], re.sub(rf"\b{word}\b", rng.choice(words[word]), parts[i], count=1), *parts[i + 1 :]]
+
+    return swap
 
 
-def use_a_synonym(parts: list[str], rng: random.Random) -> list[str]:
-    """One verb or link word said another way ("buys" -> "purchases", "After that," -> "Afterwards,")."""
-    return _swap(
-        parts,
-        rng,
-        {
-            "buys": ("purchases",),
-            "gives away": ("hands out",),
-            "gets": ("is given",),
-            "sells": ("sells off",),
-            "After that,": ("Afterwards,",),
-            "Then": ("Next",),
-        },
-    )
+# One verb or link word said another way.
+use_a_synonym = swapping(
+    {
+        "buys": ("purchases",),
+        "gives away": ("hands out",),
+        "gets": ("is given",),
+        "sells": ("sells off",),
+        "After that,": ("Afterwards,",),
+        "Then": ("Next",),
+    }
+)
 
 
 # ------------------------------------------------------------------------------------------- held-out rules
@@ -151,32 +151,22 @@ def join_with_and_then(parts: list[str], rng: random.Random) -> list[str]:
     return [*parts[:i], f"{parts[i][:-1]}, and then {clause.group(1)} {clause.group(2)}.", *parts[i + 2 :]]
 
 
-def ask_yet_another_way(parts: list[str], rng: random.Random) -> list[str]:
-    """Question forms the training never sees: "How many marbles is Mia left with?", "... remain?"."""
-    return _ask(
-        parts,
-        rng,
-        (
-            "How many {noun} is {who} left with?",
-            "How many {noun} remain?",
-            "Find the number of {noun} {who} has now.",
-        ),
-    )
+# Question forms the training never sees.
+ask_yet_another_way = asking(
+    "How many {noun} is {who} left with?", "How many {noun} remain?", "Find the number of {noun} {who} has now."
+)
 
 
-def use_an_unseen_synonym(parts: list[str], rng: random.Random) -> list[str]:
-    return _swap(
-        parts,
-        rng,
-        {
-            "buys": ("picks up",),
-            "gives away": ("donates",),
-            "gets": ("receives",),
-            "eats": ("eats up",),
-            "After that,": ("Later on,",),
-            "Then": ("After this",),
-        },
-    )
+use_an_unseen_synonym = swapping(
+    {
+        "buys": ("picks up",),
+        "gives away": ("donates",),
+        "gets": ("receives",),
+        "eats": ("eats up",),
+        "After that,": ("Later on,",),
+        "Then": ("After this",),
+    }
+)
 
 
 @dataclass(frozen=True)
